@@ -1,0 +1,73 @@
+"""
+### finetune_weekly — the continuous fine-tuning loop
+
+Weekly (cron from `schedule.weekly_cron`), or started by `finetune_on_errors`, or by hand from the trigger form.
+
+`check_trigger` → `export_dataset` → `train` → `evaluate` → `validate` → `register` → `decide`
+→ `deploy` → `post_deploy_check` → (`rollback` only if the check fails) | `reject` | `hold` → `report`.
+
+A run whose trigger conditions are unmet is skipped (the report says why). Nothing reaches production unless the
+gate passes: WER/CER improvement, paired-bootstrap significance and degradation limits (`validation` config).
+Manual runs: tick **force_trigger** to train regardless of counts and cooldown; untick **auto_deploy** to keep a
+passing candidate registered (alias `candidate`) without promoting it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param, TriggerRule
+
+from tuneloop.operators.check_trigger import CheckTriggerOperator
+from tuneloop.operators.decide import DecideOperator
+from tuneloop.operators.deploy import DeployOperator, HoldOperator, RejectOperator, RollbackOperator
+from tuneloop.operators.evaluate import EvaluateOperator
+from tuneloop.operators.export_dataset import ExportDatasetOperator
+from tuneloop.operators.post_deploy_check import PostDeployCheckOperator
+from tuneloop.operators.register import RegisterCandidateOperator
+from tuneloop.operators.report import ReportOperator
+from tuneloop.operators.train import TrainOperator
+from tuneloop.operators.validate import ValidateOperator
+from tuneloop.schedule import cron
+
+with DAG(
+    dag_id="finetune_weekly",
+    doc_md=__doc__,
+    schedule=cron("weekly_cron", "0 2 * * 0"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["tuneloop", "speech-to-text"],
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    params={
+        "force_trigger": Param(False, type="boolean", description="Train even if trigger conditions are unmet."),
+        "auto_deploy": Param(True, type="boolean", description="Promote a candidate that passes the gate."),
+        "use_lora": Param(True, type="boolean", description="LoRA (peft) fine-tuning; untick for full."),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, description="Empty: training.epochs."),
+        "learning_rate": Param(None, type=["null", "number"], description="Empty: training.learning_rate."),
+        "backend": Param("local", type="string", enum=["local"], description="Where training runs."),
+        "label_noise": Param(
+            "none", type="string", enum=["none", "shuffle"],
+            description="shuffle: train on shuffled transcripts — a deliberately bad candidate, to test the gate.",
+        ),
+        "reason": Param("scheduled", type="string", description="Why this run started (shown in history)."),
+    },
+) as dag:
+    check_trigger = CheckTriggerOperator(task_id="check_trigger")
+    export_dataset = ExportDatasetOperator(task_id="export_dataset")
+    train = TrainOperator(task_id="train", execution_timeout=timedelta(hours=6))
+    evaluate = EvaluateOperator(task_id="evaluate", execution_timeout=timedelta(hours=2))
+    validate = ValidateOperator(task_id="validate")
+    register = RegisterCandidateOperator(task_id="register")
+    decide = DecideOperator(task_id="decide")
+    deploy = DeployOperator(task_id="deploy")
+    reject = RejectOperator(task_id="reject")
+    hold = HoldOperator(task_id="hold")
+    post_deploy_check = PostDeployCheckOperator(task_id="post_deploy_check", retries=0)
+    rollback = RollbackOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED)
+    report = ReportOperator(task_id="report", trigger_rule=TriggerRule.ALL_DONE, retries=1)
+
+    check_trigger >> export_dataset >> train >> evaluate >> validate >> register >> decide
+    decide >> [deploy, reject, hold]
+    deploy >> post_deploy_check >> rollback
+    [post_deploy_check, rollback, reject, hold] >> report

@@ -1,0 +1,157 @@
+"""``tuneloop`` — the command line: ingest error cases, see the loop's state, roll back, run the demo.
+
+    tuneloop ingest FILE.jsonl          store error cases (bad rows reported with reasons, valid rows kept)
+    tuneloop status [--json]            cases, trigger conditions, production model, last decisions
+    tuneloop history [--limit N]        deployment history: who, when, action, from -> to, why
+    tuneloop rollback [--to VERSION] [--reason TEXT]
+    tuneloop demo [--bad-candidate]     the end-to-end demo on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from tuneloop.config import ConfigError, TuneloopConfig, load_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        return args.handler(config, args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"tuneloop {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneloop", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="tuneloop.yaml (default: $TUNELOOP_CONFIG or include/config/tuneloop.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="store error cases from a JSONL file")
+    ingest.add_argument("file", type=Path)
+    ingest.add_argument("--source", help="source label for these cases (default: the file name)")
+    ingest.set_defaults(handler=cmd_ingest)
+
+    status = sub.add_parser("status", help="cases, trigger conditions, production model, last decisions")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=cmd_status)
+
+    history = sub.add_parser("history", help="deployment history")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(handler=cmd_history)
+
+    rollback = sub.add_parser("rollback", help="put a previous model version back into production")
+    rollback.add_argument("--to", dest="to_version", help="version to restore (default: the 'previous' alias)")
+    rollback.add_argument("--reason", default="manual rollback from the CLI")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    demo = sub.add_parser("demo", help="run the end-to-end demo (speech data, baseline, Airflow run)")
+    demo.add_argument("--bad-candidate", action="store_true",
+                      help="train on shuffled transcripts: the gate must reject it and production stay put")
+    demo.add_argument("--workdir", type=Path, help="demo state folder (default: <repo>/.demo)")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def cmd_ingest(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    from tuneloop.store import ErrorCaseStore
+
+    report = ErrorCaseStore.from_config(config).ingest_jsonl(args.file, source=args.source)
+    data = report.to_dict()
+    print(f"{args.file}: {len(data['accepted'])} accepted, {len(data['duplicates'])} duplicates, "
+          f"{len(data['rejected'])} rejected")
+    for row in data["rejected"]:
+        print(f"  line {row['line']}: {row['field']}: {row['reason']}")
+    return 0 if not data["rejected"] else 1
+
+
+def collect_status(config: TuneloopConfig) -> dict[str, Any]:
+    """The seed's get_system_status: everything an operator wants to see at a glance."""
+    from tuneloop.pipeline import evaluate_trigger
+    from tuneloop.registry import ModelRegistry
+    from tuneloop.store import ErrorCaseStore
+
+    store = ErrorCaseStore.from_config(config)
+    registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
+    trigger = evaluate_trigger(config, now=datetime.now(timezone.utc), force=False, store=store)
+    production = registry.production_version()
+    return {
+        "cases": store.statistics().to_dict(),
+        "trigger": trigger.to_dict(),
+        "model": {"name": config.mlflow.model_name, "production_version": production,
+                  "previous_version": registry.previous_version(),
+                  "production_tags": registry.get_version(production).tags if production else {}},
+        "last_runs": [r.to_dict() for r in store.training_runs(limit=5)],
+        "tracking_uri": config.tracking_uri,
+    }
+
+
+def cmd_status(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    status = collect_status(config)
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    cases = status["cases"]
+    print(f"error cases: {cases.get('total', 0)} total, by state {cases.get('by_state', {})}, "
+          f"corrected {cases.get('corrected', 0)}")
+    trig = status["trigger"]
+    print(f"trigger: {'WOULD START' if trig['should_trigger'] else 'waiting'}")
+    for reason in trig["reasons"]:
+        print(f"  - {reason}")
+    model = status["model"]
+    print(f"model {model['name']}: production v{model['production_version']} "
+          f"(previous v{model['previous_version']})")
+    for key in sorted(k for k in model["production_tags"] if k.endswith(("wer", "cer")) or k == "dataset_id"):
+        print(f"  {key} = {model['production_tags'][key]}")
+    print("last runs:")
+    for run in status["last_runs"] or [{"run_id": "(none yet)"}]:
+        print(f"  {run.get('run_id')}  {run.get('status', '')}  {run.get('finished_at') or ''}")
+    return 0
+
+
+def cmd_history(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    from tuneloop.store import ErrorCaseStore
+
+    events = ErrorCaseStore.from_config(config).deployment_history(config.mlflow.model_name, limit=args.limit)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in events], indent=2, default=str))
+        return 0
+    for e in events:
+        print(f"{e.at:%Y-%m-%d %H:%M:%S}  {e.action:<10} {e.from_version or '-':>4} -> {e.to_version or '-':<4} "
+              f"by {e.actor}: {e.reason}")
+    if not events:
+        print("no deployments yet")
+    return 0
+
+
+def cmd_rollback(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    from tuneloop.deployment import rollback
+    from tuneloop.registry import ModelRegistry
+    from tuneloop.store import ErrorCaseStore
+
+    registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
+    event = rollback(registry, ErrorCaseStore.from_config(config), to_version=args.to_version,
+                     reason=args.reason, actor=f"cli:{getpass.getuser()}")
+    print(f"production: v{event.from_version} -> v{event.to_version} ({event.reason})")
+    return 0
+
+
+def cmd_demo(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    from tuneloop_demo.main import run_demo
+
+    return run_demo(bad_candidate=args.bad_candidate, workdir=args.workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""tuneloop configuration: one typed object, read from YAML, overridden by environment variables.
+
+Precedence (last wins): the defaults below (the seed's names and defaults), ``include/config/tuneloop.yaml`` (or
+the file named by ``TUNELOOP_CONFIG``), then ``TUNELOOP__<SECTION>__<FIELD>`` environment variables, e.g.
+``TUNELOOP__VALIDATION__SIGNIFICANCE_ALPHA=0.01``. Every default works with zero configuration: SQLite store,
+local folders, local MLflow, CPU training. ``TUNELOOP_HOME`` moves all local state at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "TUNELOOP__"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_FILE = REPO_ROOT / "include" / "config" / "tuneloop.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FinetuningConfig(_Section):
+    """When to fine-tune (the seed's FinetuningConfig, plus a cooldown and an error-rate window)."""
+
+    min_error_cases: int = Field(100, ge=0, description="new (unconsumed) error cases needed")
+    min_corrected_cases: int = Field(50, ge=0, description="new cases that carry a human correction")
+    trigger_on_error_rate: bool = Field(True, description="also trigger when the production error rate is high")
+    error_rate_threshold: float = Field(0.15, ge=0, le=1, description="errors / inferences over the window")
+    error_rate_window_hours: float = Field(168, gt=0, description="window for the error rate (default a week)")
+    min_inferences_for_rate: int = Field(100, ge=1, description="below this many inferences the rate is not used")
+    cooldown_hours: float = Field(24, ge=0, description="minimum time since the last training run finished")
+    auto_approve_finetuning: bool = Field(
+        False, description="start training without a human approval (approval step arrives with the HITL issue)"
+    )
+
+
+class DatasetConfig(_Section):
+    """How error cases become a training/eval dataset."""
+
+    sample_rate: int = Field(16000, gt=0, description="audio is resampled to this rate in the export")
+    min_duration_s: float = Field(0.3, ge=0)
+    max_duration_s: float = Field(30.0, gt=0)
+    eval_fraction: float = Field(0.3, gt=0, lt=1, description="most recent share of cases held out for eval")
+    min_eval_cases: int = Field(10, ge=1)
+    max_cases: int | None = Field(None, ge=1, description="cap on cases per export (most recent kept)")
+    slice_fields: tuple[str, ...] = Field(("voice", "condition", "source"), description="metadata kept per row")
+
+    @model_validator(mode="after")
+    def _durations(self) -> "DatasetConfig":
+        if self.min_duration_s >= self.max_duration_s:
+            raise ValueError("dataset.min_duration_s must be below dataset.max_duration_s")
+        return self
+
+
+class TrainingConfig(_Section):
+    """How the trainer runs (mirrors the trainer's spec; the Params form overrides per run)."""
+
+    backend: Literal["local"] = Field("local", description="where training and evaluation run")
+    base_model: str | None = Field(None, description="HF model dir used when no production model is registered")
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(3e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    use_lora: bool = True
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    checkpoint_every_steps: int = Field(50, ge=1)
+    eval_batch_size: int = Field(16, ge=1)
+    timeout_minutes: float = Field(120, gt=0, description="the local backend kills a trainer running longer")
+
+
+class ValidationConfig(_Section):
+    """The gate (the seed's ValidationConfig) plus the statistics it needs."""
+
+    min_wer_improvement: float = 0.0
+    min_cer_improvement: float = 0.0
+    require_significance: bool = True
+    significance_alpha: float = Field(0.05, gt=0, lt=1)
+    max_wer_degradation_rate: float = Field(0.10, ge=0, le=1, description="share of utterances allowed to worsen")
+    require_no_major_degradation: bool = True
+    major_degradation_threshold: float = Field(0.5, gt=0, description="per-utterance WER increase that is major")
+    min_eval_size: int = Field(20, ge=1, description="below this many eval utterances the gate refuses to pass")
+    bootstrap_resamples: int = Field(10_000, ge=100)
+    bootstrap_seed: int = 0
+
+
+class DeploymentConfig(_Section):
+    """How a passing candidate is promoted (the seed's DeploymentConfig)."""
+
+    deployment_strategy: Literal["replace"] = "replace"
+    keep_previous_versions: int = Field(5, ge=1, description="deployed versions kept as rollback targets")
+    enable_auto_rollback: bool = True
+    rollback_on_error_threshold: float = Field(
+        0.5, gt=0, description="post-deploy check: roll back when the served model's WER on the smoke set exceeds it"
+    )
+    post_deploy_smoke_size: int = Field(20, ge=1, description="eval utterances transcribed through the alias")
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = Field(None, description="default: sqlite:///<home>/mlflow.db")
+    registry_uri: str | None = Field(None, description="default: the tracking URI")
+    artifact_location: str | None = Field(None, description="default: <home>/mlartifacts")
+    experiment_name: str = "tuneloop"
+    model_name: str = "speech-to-text"
+
+
+class ScheduleConfig(_Section):
+    weekly_cron: str = "0 2 * * 0"
+    on_errors_cron: str = "*/30 * * * *"
+    sensor_poke_seconds: float = Field(60, gt=0)
+    sensor_timeout_minutes: float = Field(25, gt=0, description="how long one sensor run waits before skipping")
+
+
+class TuneloopConfig(_Section):
+    """The whole configuration. Paths default under ``home``."""
+
+    home: Path = Field(default_factory=lambda: _default_home())
+    store_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/store.db")
+    storage_root: Path | None = Field(None, description="datasets and run artifacts; default <home>/storage")
+    inbox: Path | None = Field(None, description="JSONL batches dropped here are ingested; default <home>/inbox")
+    trigger: FinetuningConfig = FinetuningConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    training: TrainingConfig = TrainingConfig()
+    validation: ValidationConfig = ValidationConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.home / 'store.db'}"
+
+    @property
+    def resolved_storage_root(self) -> Path:
+        return self.storage_root or self.home / "storage"
+
+    @property
+    def resolved_inbox(self) -> Path:
+        return self.inbox or self.home / "inbox"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def registry_uri(self) -> str:
+        return self.mlflow.registry_uri or self.tracking_uri
+
+    @property
+    def artifact_location(self) -> str:
+        return self.mlflow.artifact_location or (self.home / "mlartifacts").as_uri()
+
+
+def _default_home() -> Path:
+    env = os.environ.get("TUNELOOP_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    if DEFAULT_CONFIG_FILE.exists():  # running from a checkout: keep state beside it
+        return REPO_ROOT / ".tuneloop"
+    return Path.home() / ".tuneloop"
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> TuneloopConfig:
+    """Read the YAML file (if any), apply ``TUNELOOP__`` overrides, validate; raise ConfigError naming the field."""
+    env = dict(os.environ if env is None else env)
+    file = Path(path or env.get("TUNELOOP_CONFIG") or DEFAULT_CONFIG_FILE)
+    data: dict[str, Any] = {}
+    if file.exists():
+        data = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: top level must be a mapping, got {type(data).__name__}")
+    elif path is not None or "TUNELOOP_CONFIG" in env:
+        raise ConfigError(f"config file {file} does not exist")
+    if env.get("TUNELOOP_HOME"):
+        data["home"] = env["TUNELOOP_HOME"]
+    _apply_env_overrides(data, env)
+    try:
+        return TuneloopConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, file)) from e
+
+
+def _apply_env_overrides(data: dict[str, Any], env: dict[str, str]) -> None:
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = key[len(ENV_PREFIX):].lower().split("__")
+        target = data
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{key}: {'.'.join(parts[:-1])} is not a section")
+        target[parts[-1]] = _parse_env_value(raw)
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are YAML scalars or JSON lists: ``true``, ``0.01``, ``["q_proj"]``."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return yaml.safe_load(raw)
+
+
+def _describe(error: ValidationError, file: Path) -> str:
+    lines = [f"invalid tuneloop configuration ({file} and TUNELOOP__ variables):"]
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"])
+        lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)

@@ -1,0 +1,27 @@
+"""The shared adapter: turn an Airflow task context into a ``PipelineRun``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+
+from tuneloop.config import load_config
+from tuneloop.pipeline import PipelineRun, RunParams
+
+
+class PipelineStepOperator(BaseOperator):
+    """Base for the ``finetune_weekly`` steps. Reads the config in ``execute`` (never at parse time)."""
+
+    ui_color = "#e8f0fe"
+
+    def pipeline(self, context: Context) -> PipelineRun:
+        params: dict[str, Any] = dict(context.get("params") or {})
+        return PipelineRun(load_config(), context["run_id"], RunParams.from_mapping(params))
+
+    def upstream(self, context: Context, task_id: str, key: str = "return_value") -> Any:
+        """The result an upstream step pushed; a missing one is an error, not a silent None."""
+        value = context["ti"].xcom_pull(task_ids=task_id, key=key)
+        if value is None:
+            raise RuntimeError(f"{self.task_id}: no result from upstream task {task_id!r}")
+        return value

@@ -1,0 +1,69 @@
+"""Registry moves as tasks: deploy, reject, hold, auto-rollback and the manual rollback DAG's task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+
+from tuneloop.config import load_config
+from tuneloop.operators.base import PipelineStepOperator
+
+
+class DeployOperator(PipelineStepOperator):
+    """Promote the candidate: alias ``production`` moves to it, the old production becomes ``previous``."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        version = self.upstream(context, "register")["version"]
+        event = self.pipeline(context).deploy(version)
+        self.log.info("deployed version %s (was %s)", event["to_version"], event["from_version"])
+        return event
+
+
+class RejectOperator(PipelineStepOperator):
+    """Reject the candidate: production is untouched; the version is tagged ``verdict=rejected``."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        version = self.upstream(context, "register")["version"]
+        event = self.pipeline(context).reject(version)
+        self.log.info("rejected version %s; production stays %s", version, event["from_version"])
+        return event
+
+
+class HoldOperator(PipelineStepOperator):
+    """The candidate passed but auto_deploy is off: it stays registered as ``candidate`` for a human."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        version = self.upstream(context, "register")["version"]
+        return self.pipeline(context).hold(version)
+
+
+class RollbackOperator(PipelineStepOperator):
+    """Runs only when the post-deploy check failed: put ``previous`` back, if this run's model is live."""
+
+    def execute(self, context: Context) -> dict[str, Any] | None:
+        run = self.pipeline(context)
+        if not run.config.deployment.enable_auto_rollback:
+            self.log.warning("post-deploy check failed but deployment.enable_auto_rollback is false")
+            return None
+        deployed = context["ti"].xcom_pull(task_ids="deploy")
+        check = context["ti"].xcom_pull(task_ids="post_deploy_check") or {}
+        why = "; ".join(check.get("reasons", [])) or "post-deploy check failed"
+        return run.auto_rollback(deployed["to_version"] if deployed else None, why)
+
+
+class ManualRollbackOperator(BaseOperator):
+    """The ``finetune_rollback`` DAG's step: roll back to ``params.target_version`` or ``previous``."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from tuneloop.pipeline import PipelineRun
+
+        params = context["params"]
+        run = PipelineRun(load_config(), context["run_id"])
+        from tuneloop.deployment import rollback
+
+        owner = context["dag_run"].conf.get("actor") if context["dag_run"].conf else None
+        event = rollback(run.registry, run.store, to_version=params.get("target_version") or None,
+                         reason=params["reason"], actor=owner or "finetune_rollback", run_id=context["run_id"])
+        self.log.info("rolled back production %s -> %s", event.from_version, event.to_version)
+        return event.to_dict()

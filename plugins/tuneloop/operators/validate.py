@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Context
+
+from tuneloop.operators.base import PipelineStepOperator
+
+
+class ValidateOperator(PipelineStepOperator):
+    """The gate: is the candidate measurably better than production? Pushes the verdict with every reason."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        result = self.pipeline(context).validate()
+        self.log.info("gate verdict: %s", result["verdict"])
+        return result

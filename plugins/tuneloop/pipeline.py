@@ -1,0 +1,359 @@
+"""One fine-tuning run, step by step, without Airflow.
+
+``PipelineRun`` holds what every step needs (config, store, registry, the run's folder, its MLflow run) and has
+one method per pipeline step. Operators are thin adapters that call exactly one of these methods and push its
+small JSON-safe result to XCom; tests call them directly. Steps exchange files under the run's folder, keyed on the
+Airflow run id (never the logical date), and every step can be re-run: it reuses what a previous attempt finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from tuneloop.config import TuneloopConfig
+
+log = logging.getLogger(__name__)
+
+Outcome = str  # "deploy" | "reject" | "hold"
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """Per-run choices from the Params form or dag_run.conf; None means "use the configuration"."""
+
+    force_trigger: bool = False
+    auto_deploy: bool = True
+    use_lora: bool | None = None
+    epochs: int | None = None
+    learning_rate: float | None = None
+    backend: str | None = None
+    label_noise: str = "none"
+    reason: str = "scheduled"
+
+    @classmethod
+    def from_mapping(cls, params: dict[str, Any]) -> "RunParams":
+        known = {k: params[k] for k in cls.__dataclass_fields__ if k in params and params[k] is not None}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run's files live: ``<storage_root>/runs/<run key>/``."""
+
+    root: Path
+
+    @property
+    def base_model(self) -> Path:
+        return self.root / "base_model"
+
+    @property
+    def training(self) -> Path:
+        return self.root / "training"
+
+    @property
+    def spec(self) -> Path:
+        return self.training / "spec.json"
+
+    @property
+    def model(self) -> Path:
+        return self.training / "model"
+
+    def predictions(self, model_tag: str, suite: str = "eval") -> Path:
+        return self.root / "predictions" / model_tag / f"{suite}.jsonl"
+
+    @property
+    def gate(self) -> Path:
+        return self.root / "gate.json"
+
+    @property
+    def post_deploy(self) -> Path:
+        return self.root / "post_deploy_check.json"
+
+
+def run_key(run_id: str) -> str:
+    """A filesystem-safe, collision-free folder name for an Airflow run id."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)[:80]
+    return f"{safe}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
+
+
+class PipelineRun:
+    """The steps of one ``finetune_weekly`` run. Construct per task; cheap (clients are created lazily)."""
+
+    def __init__(self, config: TuneloopConfig, run_id: str, params: RunParams | None = None,
+                 *, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.config = config
+        self.run_id = run_id
+        self.params = params or RunParams()
+        self.paths = RunPaths(config.resolved_storage_root / "runs" / run_key(run_id))
+        self._now = now
+        self._store = None
+        self._registry = None
+
+    # -- clients -------------------------------------------------------------------------------------------
+    @property
+    def store(self):
+        if self._store is None:
+            from tuneloop.store import ErrorCaseStore
+
+            self._store = ErrorCaseStore.from_config(self.config)
+        return self._store
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            from tuneloop.registry import ModelRegistry
+
+            self._registry = ModelRegistry(self.config.tracking_uri, self.config.registry_uri,
+                                           self.config.mlflow.model_name)
+        return self._registry
+
+    def mlflow_run_id(self) -> str:
+        from tuneloop import tracking
+
+        return tracking.ensure_run(self.config, self.run_id)
+
+    # -- 1. check_trigger ----------------------------------------------------------------------------------
+    def check_trigger(self) -> dict[str, Any]:
+        """Evaluate the trigger conditions; when they hold, mark this run as the training in progress."""
+        result = evaluate_trigger(self.config, now=self._now(), force=self.params.force_trigger, store=self.store,
+                                  own_run_id=self.run_id)
+        if result.should_trigger:
+            self.store.start_training_run(self.run_id, at=self._now())
+        return result.to_dict()
+
+    # -- 2. export_dataset ---------------------------------------------------------------------------------
+    def export_dataset(self) -> dict[str, Any]:
+        """Snapshot the corrected, unconsumed cases into an immutable dataset and log it to MLflow."""
+        from tuneloop import tracking
+        from tuneloop.datasets import export_dataset
+
+        manifest = export_dataset(self.store, self.config.resolved_storage_root, self.config.dataset,
+                                  run_id=self.run_id, now=self._now())
+        dataset_dir = self.config.resolved_storage_root / "datasets" / manifest.dataset_id
+        mlflow_run = self.mlflow_run_id()
+        tracking.log_params(self.config, mlflow_run, {"dataset_id": manifest.dataset_id,
+                                                      "reason": self.params.reason})
+        tracking.log_metrics(self.config, mlflow_run, {
+            "dataset_train_rows": manifest.counts["train"], "dataset_eval_rows": manifest.counts["eval"],
+            "dataset_quarantined": manifest.counts["quarantined"]})
+        for split in ("train", "eval"):
+            tracking.log_dataset(self.config, mlflow_run, dataset_dir, manifest.dataset_id, split)
+        tracking.log_artifact(self.config, mlflow_run, dataset_dir / "manifest.json", "dataset")
+        return {"dataset_id": manifest.dataset_id, "dataset_dir": str(dataset_dir), "counts": manifest.counts}
+
+    # -- 3. train ------------------------------------------------------------------------------------------
+    def prepare_base_model(self) -> Path:
+        """The model to start from: production's files from the registry, else ``training.base_model``."""
+        target = self.paths.base_model
+        if (target / "config.json").exists():
+            return target
+        version = self.registry.production_version()
+        if version is not None:
+            self.registry.download_model_dir(version, target)
+            return target
+        if not self.config.training.base_model:
+            raise ValueError("training.base_model: no production model is registered and no base model is "
+                             "configured; set training.base_model to a Hugging Face model directory")
+        source = Path(self.config.training.base_model)
+        if not (source / "config.json").exists():
+            raise ValueError(f"training.base_model: {source} is not a model directory (no config.json)")
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        return target
+
+    def training_spec(self, dataset_dir: Path, base_model: Path) -> dict[str, Any]:
+        t = self.config.training
+        use_lora = t.use_lora if self.params.use_lora is None else self.params.use_lora
+        return {
+            "task": "speech-to-text",
+            "base_model_uri": str(base_model),
+            "dataset_uri": str(dataset_dir),
+            "output_uri": str(self.paths.training),
+            "seed": t.seed,
+            "epochs": self.params.epochs or t.epochs,
+            "max_steps": t.max_steps,
+            "batch_size": t.batch_size,
+            "learning_rate": self.params.learning_rate or t.learning_rate,
+            "warmup_ratio": t.warmup_ratio,
+            "weight_decay": 0.0,
+            "lora": {"enabled": use_lora, "r": t.lora_rank, "alpha": t.lora_alpha, "dropout": t.lora_dropout,
+                     "target_modules": list(t.lora_target_modules)},
+            "precision": t.precision,
+            "checkpoint_every_steps": t.checkpoint_every_steps,
+            "label_noise": self.params.label_noise,
+            "mlflow": {"tracking_uri": self.config.tracking_uri, "run_id": self.mlflow_run_id()},
+        }
+
+    def train(self, dataset_dir: str, log_line: Callable[[str], None]) -> dict[str, Any]:
+        """Write the training spec and run the trainer on the configured backend (it resumes on retry)."""
+        base_model = self.prepare_base_model()
+        spec = self.training_spec(Path(dataset_dir), base_model)
+        self.paths.training.mkdir(parents=True, exist_ok=True)
+        _write_json(self.paths.spec, spec)
+        self._backend().train(self.paths.spec, log_line=log_line)
+        metrics = json.loads((self.paths.training / "metrics.json").read_text())
+        return {"model_dir": str(self.paths.model), "base_model_dir": str(base_model), "metrics": metrics}
+
+    def _backend(self):
+        from tuneloop.backends import get_backend
+
+        name = self.params.backend or self.config.training.backend
+        return get_backend(name, timeout_s=self.config.training.timeout_minutes * 60)
+
+    # -- 4. evaluate ---------------------------------------------------------------------------------------
+    def evaluate(self, dataset_dir: str, log_line: Callable[[str], None]) -> dict[str, str]:
+        """Transcribe the eval split with the candidate and with production (the base model of this run)."""
+        eval_split = Path(dataset_dir) / "eval.jsonl"
+        outputs = {}
+        for tag, model_dir in (("candidate", self.paths.model), ("production", self.paths.base_model)):
+            out = self.paths.predictions(tag)
+            if not out.exists():  # predictions are written atomically: present means complete
+                self._backend().evaluate(model_dir, eval_split, out, batch_size=self.config.training.eval_batch_size,
+                                         log_line=log_line)
+            outputs[tag] = str(out)
+        return outputs
+
+    # -- 5. validate ---------------------------------------------------------------------------------------
+    def validate(self) -> dict[str, Any]:
+        """The gate: candidate vs production on the same eval utterances."""
+        from tuneloop import tracking
+        from tuneloop.gate import gate
+        from tuneloop.predictions import pair_predictions, read_predictions
+
+        paired = pair_predictions(read_predictions(self.paths.predictions("production")),
+                                  read_predictions(self.paths.predictions("candidate")))
+        result = gate(paired, self.config.validation).to_dict()
+        _write_json(self.paths.gate, result)
+        mlflow_run = self.mlflow_run_id()
+        tracking.log_metrics(self.config, mlflow_run, _flat_metrics(result))
+        tracking.log_artifact(self.config, mlflow_run, self.paths.gate, "gate")
+        for reason in result["reasons"]:
+            log.info("gate: %s", reason)
+        return result
+
+    # -- 6. register ---------------------------------------------------------------------------------------
+    def register(self, dataset_id: str) -> dict[str, Any]:
+        """Register the candidate as a model version tagged with its dataset, run and verdict."""
+        from tuneloop_trainer import serving_path
+
+        gate_result = json.loads(self.paths.gate.read_text())
+        tags = {"dataset_id": dataset_id, "airflow_run_id": self.run_id, "verdict": gate_result["verdict"],
+                **{k: v for k, v in _flat_metrics(gate_result).items()}}
+        version = self.registry.register_candidate(self.paths.model, run_id=self.mlflow_run_id(), tags=tags,
+                                                   serving_code=serving_path())
+        return {"version": version, "production_version": self.registry.production_version()}
+
+    # -- 7. decide -----------------------------------------------------------------------------------------
+    def decide(self) -> Outcome:
+        gate_result = json.loads(self.paths.gate.read_text())
+        if not gate_result["passed"]:
+            return "reject"
+        return "deploy" if self.params.auto_deploy else "hold"
+
+    # -- 8. deploy / reject / hold / rollback --------------------------------------------------------------
+    def deploy(self, version: str) -> dict[str, Any]:
+        from tuneloop.deployment import deploy
+
+        event = deploy(self.registry, self.store, version, reason=self._gate_summary(), actor="finetune_weekly",
+                       run_id=self.run_id, keep_previous_versions=self.config.deployment.keep_previous_versions)
+        return event.to_dict()
+
+    def reject(self, version: str) -> dict[str, Any]:
+        from tuneloop.deployment import reject
+
+        event = reject(self.registry, self.store, version, reason=self._gate_summary(), actor="finetune_weekly",
+                       run_id=self.run_id)
+        return event.to_dict()
+
+    def hold(self, version: str) -> dict[str, Any]:
+        """Gate passed but auto_deploy is off: keep the candidate registered (alias ``candidate``), unpromoted."""
+        from tuneloop.history import DeploymentEvent
+
+        event = DeploymentEvent(action="register", model_name=self.config.mlflow.model_name,
+                                from_version=self.registry.production_version(), to_version=None,
+                                reason=f"held: passed the gate but auto_deploy is off; version {version} keeps the "
+                                       f"'candidate' alias. {self._gate_summary()}",
+                                actor="finetune_weekly", run_id=self.run_id, details={"candidate": version})
+        self.store.record_deployment(event)
+        return event.to_dict()
+
+    def post_deploy_check(self, dataset_dir: str) -> dict[str, Any]:
+        """Load ``models:/<name>@production`` like a serving system would and transcribe a smoke set."""
+        from tuneloop.post_deploy import check_served_model
+
+        result = check_served_model(self.config, self.paths.predictions("candidate"),
+                                    Path(dataset_dir) / "eval.jsonl")
+        _write_json(self.paths.post_deploy, result.to_dict())
+        return result.to_dict()
+
+    def auto_rollback(self, deployed_version: str | None, why: str) -> dict[str, Any] | None:
+        """Roll back only if production is still the version this run deployed (never someone else's)."""
+        from tuneloop.deployment import rollback
+
+        current = self.registry.production_version()
+        if deployed_version is None or current != deployed_version:
+            log.warning("auto-rollback skipped: production is %s, this run deployed %s", current, deployed_version)
+            return None
+        return rollback(self.registry, self.store, reason=f"auto-rollback: {why}", actor="finetune_weekly",
+                        run_id=self.run_id).to_dict()
+
+    def _gate_summary(self) -> str:
+        gate_result = json.loads(self.paths.gate.read_text())
+        return "; ".join(gate_result["reasons"])
+
+    # -- 9. report -----------------------------------------------------------------------------------------
+    def report(self, outcome: dict[str, Any]) -> dict[str, Any]:
+        """Write the decision record, finish the run in the store, consume the cases of a finished run."""
+        from tuneloop.report import write_decision_record
+
+        record = write_decision_record(self, outcome)
+        return record
+
+
+def evaluate_trigger(config: TuneloopConfig, *, now: datetime, force: bool, store: Any = None,
+                     own_run_id: str | None = None):
+    """Trigger conditions for the production model, then the approval policy. Used by the weekly DAG's first
+    step and by the sensor, so both decide alike.
+
+    ``own_run_id``: a retried check must not see its own run as "a training run in progress".
+    Approval policy: with ``auto_approve_finetuning`` false, conditions that hold do not start training by
+    themselves; a person approves by starting a run with ``force_trigger``.
+    """
+    from dataclasses import replace
+
+    from tuneloop.store import ErrorCaseStore
+    from tuneloop.triggering import TriggerResult, check_trigger
+
+    store = store or ErrorCaseStore.from_config(config)
+    deployed = store.deployed_versions(config.mlflow.model_name)
+    window = timedelta(hours=config.trigger.error_rate_window_hours)
+    metrics = store.trigger_metrics(now, window, deployed[0] if deployed else None)
+    if own_run_id is not None and metrics.running_training_run == own_run_id:
+        metrics = replace(metrics, running_training_run=None)
+    result = check_trigger(metrics, config.trigger, now=now, force=force)
+    if result.should_trigger and not force and not config.trigger.auto_approve_finetuning:
+        reasons = [*result.reasons, "conditions met, but auto_approve_finetuning is false: approve by starting "
+                                    "finetune_weekly with force_trigger=true"]
+        return TriggerResult(should_trigger=False, reasons=reasons, metrics=result.metrics)
+    return result
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def _flat_metrics(gate_result: dict[str, Any]) -> dict[str, float]:
+    """The gate's headline numbers as flat MLflow metrics."""
+    keys = ("baseline_wer", "candidate_wer", "baseline_cer", "candidate_cer", "wer_improvement",
+            "cer_improvement", "wer_p_value", "degradation_rate")
+    return {k: float(gate_result[k]) for k in keys if isinstance(gate_result.get(k), (int, float))}

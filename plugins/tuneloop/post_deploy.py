@@ -1,0 +1,78 @@
+"""The post-deploy check: is the model now served as production the one we validated, and does it work?
+
+It loads ``models:/<name>@production`` through the generic MLflow pyfunc loader, exactly as a serving system
+would, transcribes a smoke set of eval utterances, and compares with the validated candidate's predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop.config import TuneloopConfig
+
+# Serving and batch evaluation pad differently, so a few transcripts may differ by float noise; a different
+# model differs on most of them.
+SERVED_WER_TOLERANCE = 0.05
+MAX_MISMATCH_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class PostDeployCheck:
+    passed: bool
+    served_wer: float | None
+    validated_wer: float | None
+    n: int
+    mismatched: int
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_served_model(config: TuneloopConfig, candidate_predictions: Path, eval_split: Path) -> PostDeployCheck:
+    """Transcribe the first ``post_deploy_smoke_size`` eval rows through the production alias and judge them."""
+    import mlflow
+    import pandas as pd
+
+    from tuneloop.metrics import corpus_wer
+
+    rows = _read_jsonl(eval_split)[: config.deployment.post_deploy_smoke_size]
+    expected = {r["id"]: r for r in _read_jsonl(candidate_predictions)}
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_registry_uri(config.registry_uri)
+    uri = f"models:/{config.mlflow.model_name}@production"
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+        audio = [str((eval_split.parent / r["audio"]).resolve()) for r in rows]
+        served = list(model.predict(pd.DataFrame({"audio": audio})))
+    except Exception as e:  # a model that cannot load or predict is the clearest failure of all
+        return PostDeployCheck(False, None, None, len(rows), len(rows), [f"{uri} failed to serve: {e}"])
+    references = [r["text"] for r in rows]
+    served_wer = corpus_wer(references, served)
+    validated_wer = corpus_wer(references, [expected[r["id"]]["hypothesis"] for r in rows])
+    mismatched = sum(s != expected[r["id"]]["hypothesis"] for s, r in zip(served, rows))
+    return _judge(config, served_wer, validated_wer, len(rows), mismatched)
+
+
+def _judge(config: TuneloopConfig, served_wer: float, validated_wer: float, n: int, mismatched: int) -> PostDeployCheck:
+    threshold = config.deployment.rollback_on_error_threshold
+    reasons = [f"served model WER {served_wer:.3f} on {n} smoke utterances (validated candidate: {validated_wer:.3f})"]
+    passed = True
+    if served_wer > threshold:
+        passed = False
+        reasons.append(f"served WER {served_wer:.3f} > rollback_on_error_threshold {threshold}")
+    if served_wer > validated_wer + SERVED_WER_TOLERANCE:
+        passed = False
+        reasons.append(f"served WER exceeds the validated candidate's by more than {SERVED_WER_TOLERANCE}")
+    if mismatched > n * MAX_MISMATCH_SHARE:
+        passed = False
+        reasons.append(f"{mismatched}/{n} transcripts differ from the validated candidate's: production is not "
+                       "serving the model that passed the gate")
+    return PostDeployCheck(passed, served_wer, validated_wer, n, mismatched, reasons)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
+from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout, AirflowSkipException
+
+from tuneloop.config import load_config
+from tuneloop.triggers.trigger_conditions import TriggerConditionsTrigger
+
+
+class TriggerConditionsSensor(BaseSensorOperator):
+    """Wait until the fine-tuning trigger conditions hold; skip (no fine-tuning) if they don't in time.
+
+    Deferrable by default: after one check in the worker, the wait moves to the triggerer. Poke interval and
+    timeout default to ``schedule.sensor_poke_seconds`` / ``schedule.sensor_timeout_minutes``.
+
+    :param poke_interval_s: seconds between checks (default from config)
+    :param timeout_minutes: give up (skip) after this long (default from config)
+    :param deferrable: wait in the triggerer instead of holding a worker slot
+    """
+
+    def __init__(self, *, poke_interval_s: float | None = None, timeout_minutes: float | None = None,
+                 deferrable: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.poke_interval_s = poke_interval_s
+        self.timeout_minutes = timeout_minutes
+        self.deferrable = deferrable
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        from tuneloop.pipeline import evaluate_trigger
+
+        result = evaluate_trigger(load_config(), now=datetime.now(timezone.utc), force=False).to_dict()
+        return PokeReturnValue(is_done=result["should_trigger"], xcom_value=_summarise(result))
+
+    def execute(self, context: Context) -> Any:
+        config = load_config()
+        if not self.deferrable:
+            self.poke_interval = self.poke_interval_s or config.schedule.sensor_poke_seconds
+            self.timeout = 60 * (self.timeout_minutes or config.schedule.sensor_timeout_minutes)
+            try:
+                return super().execute(context)
+            except AirflowSensorTimeout as e:
+                raise AirflowSkipException("trigger conditions unmet until the sensor timed out") from e
+        first = self.poke(context)
+        if first.is_done:
+            return first.xcom_value
+        timeout_s = 60 * (self.timeout_minutes or config.schedule.sensor_timeout_minutes)
+        self.defer(
+            trigger=TriggerConditionsTrigger(
+                config=config.model_dump(mode="json"),
+                poke_interval=self.poke_interval_s or config.schedule.sensor_poke_seconds,
+                deadline=time.time() + timeout_s,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        if event["status"] == "success":
+            return _summarise(event["result"])
+        if event["status"] == "timeout":
+            raise AirflowSkipException("trigger conditions unmet: " + "; ".join(event["result"]["reasons"]))
+        raise AirflowException(f"checking the trigger conditions failed: {event.get('message')}")
+
+
+def _summarise(result: dict[str, Any]) -> dict[str, Any]:
+    return {"summary": "error cases: " + "; ".join(result["reasons"]), "result": result}

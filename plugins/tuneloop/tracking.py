@@ -1,0 +1,105 @@
+"""MLflow experiment tracking for one pipeline run.
+
+Each Airflow DAG run owns exactly one MLflow run, found again by its ``airflow_run_id`` tag, so a retried task
+logs into the same MLflow run instead of starting a new one. mlflow is imported inside functions: importing this
+module stays cheap for DAG parsing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from tuneloop.config import TuneloopConfig
+
+log = logging.getLogger(__name__)
+
+RUN_TAG = "airflow_run_id"
+
+
+def _client(config: TuneloopConfig):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.registry_uri)
+
+
+def experiment_id(config: TuneloopConfig) -> str:
+    """Return the configured experiment's id, creating it (with the configured artifact location) if absent."""
+    client = _client(config)
+    found = client.get_experiment_by_name(config.mlflow.experiment_name)
+    if found is not None:
+        return found.experiment_id
+    config.home.mkdir(parents=True, exist_ok=True)
+    try:
+        return client.create_experiment(config.mlflow.experiment_name, artifact_location=config.artifact_location)
+    except Exception:  # created concurrently by another task: read it back
+        found = client.get_experiment_by_name(config.mlflow.experiment_name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def ensure_run(config: TuneloopConfig, airflow_run_id: str, *, dag_id: str = "finetune_weekly") -> str:
+    """Return the MLflow run id for ``airflow_run_id``, creating the run on first use (idempotent)."""
+    client = _client(config)
+    exp = experiment_id(config)
+    quoted = airflow_run_id.replace("'", "\\'")
+    runs = client.search_runs([exp], filter_string=f"tags.{RUN_TAG} = '{quoted}'", max_results=1)
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(exp, run_name=airflow_run_id, tags={RUN_TAG: airflow_run_id, "airflow_dag_id": dag_id})
+    log.info("created MLflow run %s for %s", run.info.run_id, airflow_run_id)
+    return run.info.run_id
+
+
+def log_params(config: TuneloopConfig, run_id: str, params: dict[str, Any]) -> None:
+    """Log params, skipping keys already logged (MLflow refuses to change a logged param; retries re-log)."""
+    from mlflow.entities import Param
+
+    client = _client(config)
+    existing = client.get_run(run_id).data.params
+    fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+    if fresh:
+        client.log_batch(run_id, params=fresh)
+
+
+def log_metrics(config: TuneloopConfig, run_id: str, metrics: dict[str, float]) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    values = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
+    if values:
+        _client(config).log_batch(run_id, metrics=values)
+
+
+def set_tags(config: TuneloopConfig, run_id: str, tags: dict[str, Any]) -> None:
+    client = _client(config)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def log_artifact(config: TuneloopConfig, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    _client(config).log_artifact(run_id, str(path), artifact_path)
+
+
+def log_dataset(config: TuneloopConfig, run_id: str, dataset_dir: Path, dataset_id: str, context: str) -> None:
+    """Record a dataset split as an MLflow dataset input (name = dataset id, source = its directory)."""
+    import pandas as pd
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    split = dataset_dir / f"{context}.jsonl"
+    frame = pd.read_json(split, lines=True) if split.stat().st_size else pd.DataFrame()
+    dataset = mlflow.data.from_pandas(frame, source=str(split), name=f"{dataset_id}-{context}", targets="text")
+    entity = dataset._to_mlflow_entity()
+    _client(config).log_inputs(
+        run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]
+    )
+
+
+def run_url(config: TuneloopConfig, run_id: str, ui_base: str = "http://localhost:5000") -> str:
+    """Link to the run in the MLflow UI (used in task logs and decision records)."""
+    return f"{ui_base}/#/experiments/{experiment_id(config)}/runs/{run_id}"
