@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,3 +30,30 @@ def airflow_env(tmp_path_factory) -> dict[str, str]:
     }
     os.environ.update(env)
     return {**os.environ, **env}
+
+
+# --- audio for the data-core tests (store, audio, datasets) -------------------------------------------------
+# Synthesised with numpy + soundfile, so tests need no recordings and no network.
+
+
+@pytest.fixture
+def wav_factory(tmp_path: Path) -> Callable[..., Path]:
+    """``wav_factory("a.wav", seconds=0.5, sample_rate=16000, channels=1, subtype="PCM_16") -> Path``.
+
+    Each file name gives different samples (a tone plus noise seeded by the name), so distinct names are distinct
+    recordings for content hashing; the same name and parameters always give the same samples.
+    """
+
+    def make(name: str, *, seconds: float = 0.5, sample_rate: int = 16_000, channels: int = 1,
+             subtype: str = "PCM_16") -> Path:
+        seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+        rng = np.random.default_rng(seed)
+        t = np.arange(int(seconds * sample_rate)) / sample_rate
+        tone = 0.3 * np.sin(2 * np.pi * (200 + seed % 600) * t)
+        samples = np.stack([tone + 0.01 * rng.standard_normal(t.size) for _ in range(channels)], axis=1)
+        path = tmp_path / "audio" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, samples, sample_rate, subtype=subtype)
+        return path
+
+    return make

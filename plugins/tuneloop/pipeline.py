@@ -331,7 +331,9 @@ def evaluate_trigger(config: TuneloopConfig, *, now: datetime, force: bool, stor
     from tuneloop.store import ErrorCaseStore
     from tuneloop.triggering import TriggerResult, check_trigger
 
-    store = store or ErrorCaseStore.from_config(config)
+    if store is None:
+        with ErrorCaseStore.from_config(config) as own_store:
+            return evaluate_trigger(config, now=now, force=force, store=own_store, own_run_id=own_run_id)
     deployed = store.deployed_versions(config.mlflow.model_name)
     window = timedelta(hours=config.trigger.error_rate_window_hours)
     metrics = store.trigger_metrics(now, window, deployed[0] if deployed else None)

@@ -113,5 +113,7 @@ def write_decision_record(run: "PipelineRun", outcome: dict[str, Any]) -> dict[s
 
 
 def _trained_case_ids(run: "PipelineRun", dataset_id: str) -> list[str]:
-    manifest = json.loads((run.config.resolved_storage_root / "datasets" / dataset_id / "manifest.json").read_text())
-    return list(manifest["case_ids"]["train"])  # eval cases were not trained on: next run may train on them
+    """Train cases and their duplicates/superseded twins; eval cases stay new (not trained on: next run may)."""
+    from tuneloop.datasets import load_manifest
+
+    return list(load_manifest(run.config.resolved_storage_root / "datasets" / dataset_id).case_ids_to_consume())

@@ -1,0 +1,1036 @@
+"""The error-case store: every production mistake, its correction, and the bookkeeping around training runs.
+
+One SQLAlchemy 2 database (SQLite file by default, PostgreSQL at scale) holds
+
+* ``tuneloop_error_cases`` — prediction + human correction per audio clip, with a state: ``new`` (waiting to be
+  trained on), ``consumed`` (a finished run trained on it) or ``quarantined`` (unusable, with a reason);
+* ``tuneloop_ingest_rejections`` — JSONL rows that were refused, with line number, field and reason;
+* ``tuneloop_inference_counts`` — requests served per model version and period (the error-rate denominator);
+* ``tuneloop_training_runs`` — one row per pipeline run (the cooldown and "in progress" come from here);
+* ``tuneloop_deployment_events`` — registry moves (MLflow keeps no alias history).
+
+Every write is idempotent because Airflow retries tasks: a case is identified by its id, or by the hash of its
+audio content and its normalised text, so storing or ingesting the same case again returns the existing id.
+Times are stored as UTC; naive datetimes given to this module are taken to be UTC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, Self, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.pool import StaticPool
+
+from tuneloop.audio import AudioError, local_audio_path, probe_audio
+from tuneloop.config import TuneloopConfig
+from tuneloop.history import DeploymentEvent
+from tuneloop.text import normalize_transcript
+from tuneloop.triggering import TriggerMetrics
+
+log = logging.getLogger(__name__)
+
+CaseState = Literal["new", "consumed", "quarantined"]
+RunStatus = Literal["running", "deployed", "rejected", "held", "rolled_back", "failed", "skipped"]
+CASE_STATES: tuple[CaseState, ...] = ("new", "consumed", "quarantined")
+FINISHED_STATUSES: tuple[RunStatus, ...] = ("deployed", "rejected", "held", "rolled_back", "failed", "skipped")
+# Runs whose data was judged (a verdict was reached): only these consume their cases. A failed run leaves them
+# new for the next run; a skipped run never had any.
+CONSUMING_STATUSES: tuple[RunStatus, ...] = ("deployed", "rejected", "held", "rolled_back")
+# Runs that used training compute: they start the cooldown. A skipped run (trigger unmet) trained nothing.
+TRAINED_STATUSES: tuple[RunStatus, ...] = (*CONSUMING_STATUSES, "failed")
+PRODUCTION_ACTIONS = ("bootstrap", "deploy", "rollback")
+SNIPPET_CHARS = 200
+_WRITE_OPTION = "tuneloop_write"  # marks write transactions (SQLite takes its write lock when they begin)
+_T = TypeVar("_T")
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked (bad URL, unreachable database, an illegal state change)."""
+
+
+class NotFound(StoreError, LookupError):
+    """A case or training run named by id does not exist."""
+
+
+class InvalidCase(ValueError):
+    """An error case is refused; ``field`` names the offending input field and ``reason`` says why."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        self.field = field_name
+        self.reason = reason
+        super().__init__(f"{field_name}: {reason}")
+
+
+# --------------------------------------------------------------------------------------------------- entities
+
+
+@dataclass(frozen=True)
+class ErrorCase:
+    """One stored error case. ``audio_hash`` is None for remote audio not yet fetched (checked at export)."""
+
+    id: str
+    created_at: datetime
+    source: str
+    model_version: str | None
+    audio_uri: str
+    audio_hash: str | None
+    prediction: str
+    correction: str | None
+    error_types: tuple[str, ...]
+    error_score: float | None
+    annotator: str | None
+    metadata: dict[str, Any]
+    content_hash: str
+    state: CaseState
+    state_reason: str | None = None
+    consumed_by_run: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        data["error_types"] = list(self.error_types)
+        return data
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """A JSONL row that was refused: where it was, which field, why, and the start of the raw line."""
+
+    line: int
+    field: str
+    reason: str
+    snippet: str
+
+
+@dataclass(frozen=True)
+class DuplicateRow:
+    line: int
+    case_id: str
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """Outcome of one JSONL batch: ids newly stored, rows that were already stored, rows refused."""
+
+    batch: str
+    rows: int
+    accepted: tuple[str, ...]
+    duplicates: tuple[DuplicateRow, ...]
+    rejected: tuple[RejectedRow, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "rows": self.rows,
+            "accepted": list(self.accepted),
+            "duplicates": [asdict(d) for d in self.duplicates],
+            "rejected": [asdict(r) for r in self.rejected],
+        }
+
+
+@dataclass(frozen=True)
+class IngestRejection:
+    """A stored rejection (``ErrorCaseStore.ingest_rejections``)."""
+
+    batch: str
+    line: int
+    field: str
+    reason: str
+    snippet: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    run_id: str
+    status: RunStatus
+    started_at: datetime
+    finished_at: datetime | None = None
+    dataset_id: str | None = None
+    candidate_version: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started_at"] = self.started_at.isoformat()
+        data["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        return data
+
+
+@dataclass(frozen=True)
+class StoreStatistics:
+    """Counts for ``tuneloop status`` and the seed's ``get_statistics``."""
+
+    total_cases: int
+    by_state: dict[str, int]
+    corrected_cases: int
+    new_corrected_cases: int
+    by_model_version: dict[str, int]
+    by_error_type: dict[str, int]
+    rejected_rows: int
+    inferences_total: int
+    inferences_by_model_version: dict[str, int]
+    training_runs_by_status: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------- schema
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Stores naive UTC (portable across SQLite and PostgreSQL) and hands back aware UTC datetimes."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else as_utc(value).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = sa.MetaData()
+
+cases_table = sa.Table(
+    "tuneloop_error_cases",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("ingested_at", UTCDateTime, nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(200), index=True),
+    sa.Column("audio_uri", sa.Text, nullable=False),
+    sa.Column("audio_hash", sa.String(64), index=True),
+    sa.Column("prediction", sa.Text, nullable=False),
+    sa.Column("correction", sa.Text),
+    sa.Column("error_types", sa.JSON, nullable=False),
+    sa.Column("error_score", sa.Float),
+    sa.Column("annotator", sa.String(200)),
+    sa.Column("metadata", sa.JSON, nullable=False, key="meta"),
+    sa.Column("content_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("state_reason", sa.Text),
+    sa.Column("state_changed_at", UTCDateTime),
+    sa.Column("consumed_by_run", sa.String(250)),
+)
+
+rejections_table = sa.Table(
+    "tuneloop_ingest_rejections",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rejection_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("batch", sa.Text, nullable=False),
+    sa.Column("line", sa.Integer, nullable=False),
+    sa.Column("field", sa.String(100), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("snippet", sa.Text, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
+
+inferences_table = sa.Table(
+    "tuneloop_inference_counts",
+    metadata,
+    sa.Column("model_version", sa.String(200), primary_key=True),
+    sa.Column("period_start", UTCDateTime, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
+runs_table = sa.Table(
+    "tuneloop_training_runs",
+    metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, index=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("dataset_id", sa.String(100)),
+    sa.Column("candidate_version", sa.String(200)),
+    sa.Column("summary", sa.JSON, nullable=False),
+)
+
+deployments_table = sa.Table(
+    "tuneloop_deployment_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=False, index=True),
+    sa.Column("from_version", sa.String(200)),
+    sa.Column("to_version", sa.String(200)),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.String(250)),
+    sa.Column("at", UTCDateTime, nullable=False, index=True),
+    sa.Column("details", sa.JSON, nullable=False),
+)
+
+
+# ------------------------------------------------------------------------------------------------------ store
+
+
+class ErrorCaseStore:
+    """Facade over the store's tables. Construct with a SQLAlchemy URL; tables are created if missing.
+
+    :param url: e.g. ``sqlite:////var/tuneloop/store.db`` or ``postgresql+psycopg2://user@host:5432/tuneloop``.
+    :param clock: returns "now" (aware UTC); injectable so tests are deterministic.
+    """
+
+    def __init__(self, url: str, *, clock: Callable[[], datetime] | None = None) -> None:
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._engine = _make_engine(url)
+        self._writer = self._engine.execution_options(**{_WRITE_OPTION: True})
+        _create_tables(self._engine)
+
+    @classmethod
+    def from_config(cls, config: TuneloopConfig) -> ErrorCaseStore:
+        return cls(config.resolved_store_url)
+
+    def __repr__(self) -> str:
+        return f"ErrorCaseStore({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # ------------------------------------------------------------------------------------------ writing cases
+
+    def store_failed_case(
+        self,
+        audio_path: str | Path,
+        original_transcript: str,
+        corrected_transcript: str | None,
+        error_types: list[str] | None = None,
+        error_score: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        source: str = "api",
+        model_version: str | None = None,
+        annotator: str | None = None,
+        created_at: datetime | str | None = None,
+        case_id: str | None = None,
+    ) -> str:
+        """Store one error case (the seed's call) and return its id; the same case again returns the same id.
+
+        Relative audio paths are taken from the current directory and stored absolute. Raises ``InvalidCase``.
+        """
+        row = {
+            "id": case_id,
+            "audio_path": os.fspath(audio_path) if isinstance(audio_path, os.PathLike) else audio_path,
+            "prediction": original_transcript,
+            "correction": corrected_transcript,
+            "error_types": error_types,
+            "error_score": error_score,
+            "metadata": metadata,
+            "source": source,
+            "model_version": model_version,
+            "annotator": annotator,
+            "created_at": created_at,
+        }
+        draft = parse_case(row, base_dir=Path.cwd(), default_source=source, now=self._clock())
+        case_id, is_new = self._transaction(lambda conn: self._insert_case(conn, draft))
+        log.info("%s error case %s", "stored" if is_new else "already had", case_id)
+        return case_id
+
+    def ingest_jsonl(self, path: str | Path, *, source: str | None = None) -> IngestReport:
+        """Store every valid row of a JSONL batch; refuse the others with line, field and reason.
+
+        Valid rows are stored even when others fail. Relative audio paths are relative to the JSONL file.
+        Re-ingesting the same file stores nothing new (rows come back as duplicates, rejections are not
+        recorded twice). ``source`` is the default for rows without one (default ``"jsonl"``).
+        """
+        file = Path(path).absolute()
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: JSONL batch does not exist")
+        drafts, rejected = self._parse_batch(file, default_source=source or "jsonl")
+
+        def write(conn: Connection) -> IngestReport:
+            accepted: list[str] = []
+            duplicates: list[DuplicateRow] = []
+            refused = list(rejected)
+            for line, snippet, draft in drafts:
+                try:
+                    case_id, is_new = self._insert_case(conn, draft)
+                except InvalidCase as error:
+                    refused.append(RejectedRow(line, error.field, error.reason, snippet))
+                    continue
+                if is_new:
+                    accepted.append(case_id)
+                else:
+                    duplicates.append(DuplicateRow(line, case_id))
+            refused.sort(key=lambda r: r.line)
+            self._record_rejections(conn, str(file), refused)
+            return IngestReport(str(file), len(drafts) + len(rejected), tuple(accepted), tuple(duplicates),
+                                tuple(refused))
+
+        report = self._transaction(write)
+        log.info("ingested %s: %d rows, %d stored, %d duplicates, %d rejected", file, report.rows,
+                 len(report.accepted), len(report.duplicates), len(report.rejected))
+        for row in report.rejected:
+            log.warning("%s:%d rejected: %s: %s", file, row.line, row.field, row.reason)
+        return report
+
+    def _parse_batch(
+        self, file: Path, *, default_source: str
+    ) -> tuple[list[tuple[int, str, CaseDraft]], list[RejectedRow]]:
+        """Parse and check every line (audio probing included) before any database work."""
+        drafts: list[tuple[int, str, CaseDraft]] = []
+        rejected: list[RejectedRow] = []
+        now = self._clock()
+        with file.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                snippet = raw.decode("utf-8", errors="replace").strip()[:SNIPPET_CHARS]
+                try:
+                    row = _decode_row(raw)
+                    drafts.append((number, snippet, parse_case(row, base_dir=file.parent,
+                                                               default_source=default_source, now=now)))
+                except InvalidCase as error:
+                    rejected.append(RejectedRow(number, error.field, error.reason, snippet))
+        return drafts, rejected
+
+    def _insert_case(self, conn: Connection, draft: CaseDraft) -> tuple[str, bool]:
+        """Insert unless the same id or the same content is stored; return (id, inserted)."""
+        t = cases_table
+        same = sa.or_(t.c.id == draft.id, t.c.content_hash == draft.content_hash)
+        existing = conn.execute(sa.select(t.c.id, t.c.content_hash).where(same)).all()
+        for row in existing:
+            if row.id == draft.id and row.content_hash != draft.content_hash:
+                raise InvalidCase("id", f"{draft.id!r} is already used by a case with different audio or text")
+        if existing:
+            return existing[0].id, False
+        conn.execute(sa.insert(t).values(**draft.values(), ingested_at=self._clock(), state="new"))
+        return draft.id, True
+
+    def _record_rejections(self, conn: Connection, batch: str, rows: Iterable[RejectedRow]) -> None:
+        """Record rejections once: a key over (batch, line, field, reason, snippet) makes re-ingestion silent."""
+        t = rejections_table
+        for row in rows:
+            key = _sha256(json.dumps([batch, row.line, row.field, row.reason, row.snippet]))
+            if conn.execute(sa.select(t.c.id).where(t.c.rejection_key == key)).first() is None:
+                conn.execute(sa.insert(t).values(rejection_key=key, batch=batch, line=row.line, field=row.field,
+                                                 reason=row.reason, snippet=row.snippet, at=self._clock()))
+
+    def record_inferences(self, model_version: str, count: int, *, period_start: datetime | None = None) -> None:
+        """Record ``count`` requests served by ``model_version`` in the period starting at ``period_start``.
+
+        Recording the same (model_version, period_start) again replaces the count, so a retried report is
+        harmless; give ``period_start`` (e.g. the hour) for that. Without it the period starts now, so every
+        call adds a separate row.
+        """
+        if not isinstance(model_version, str) or not model_version.strip():
+            raise ValueError(f"model_version: must be a non-empty string, got {model_version!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"count: must be an integer >= 0, got {count!r}")
+        start = as_utc(period_start) if period_start else self._clock()
+        t = inferences_table
+
+        def write(conn: Connection) -> None:
+            match = (t.c.model_version == model_version) & (t.c.period_start == start)
+            if conn.execute(sa.update(t).where(match).values(count=count)).rowcount == 0:
+                conn.execute(sa.insert(t).values(model_version=model_version, period_start=start, count=count))
+
+        self._transaction(write)
+
+    # ------------------------------------------------------------------------------------------ reading cases
+
+    def get_case(self, case_id: str) -> ErrorCase:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(cases_table).where(cases_table.c.id == case_id)).first()
+        if row is None:
+            raise NotFound(f"error case {case_id!r} does not exist")
+        return _case_from_row(row)
+
+    def cases_for_export(self, limit: int | None = None) -> list[ErrorCase]:
+        """New cases that carry a correction, oldest first (ties by id, so the order is deterministic)."""
+        t = cases_table
+        query = (sa.select(t).where(t.c.state == "new", t.c.correction.is_not(None))
+                 .order_by(t.c.created_at, t.c.id).limit(limit))
+        with self._engine.connect() as conn:
+            return [_case_from_row(row) for row in conn.execute(query)]
+
+    def statistics(self) -> StoreStatistics:
+        """Totals by state, model version and error type, plus rejections, inferences and runs."""
+        c, i, r = cases_table.c, inferences_table.c, runs_table.c
+        with self._engine.connect() as conn:
+            by_state = {state: 0 for state in CASE_STATES} | _grouped(conn, c.state, sa.func.count())
+            corrected = conn.scalar(sa.select(sa.func.count()).where(c.correction.is_not(None))) or 0
+            new_corrected = conn.scalar(
+                sa.select(sa.func.count()).where(c.correction.is_not(None), c.state == "new")) or 0
+            by_version = {str(k or "unknown"): v for k, v in _grouped(conn, c.model_version, sa.func.count()).items()}
+            error_types: Counter[str] = Counter()
+            for types in conn.execute(sa.select(c.error_types)).scalars():
+                error_types.update(types or [])
+            rejected = conn.scalar(sa.select(sa.func.count()).select_from(rejections_table)) or 0
+            inferences = _grouped(conn, i.model_version, sa.func.sum(i.count))
+            runs = _grouped(conn, r.status, sa.func.count())
+        return StoreStatistics(
+            total_cases=sum(by_state.values()),
+            by_state=by_state,
+            corrected_cases=corrected,
+            new_corrected_cases=new_corrected,
+            by_model_version=by_version,
+            by_error_type=dict(error_types.most_common()),
+            rejected_rows=rejected,
+            inferences_total=int(sum(inferences.values())),
+            inferences_by_model_version={k: int(v) for k, v in inferences.items()},
+            training_runs_by_status=runs,
+        )
+
+    def trigger_metrics(self, now: datetime, window: timedelta, model_version: str | None) -> TriggerMetrics:
+        """The numbers ``check_trigger`` decides on; the window is [now - window, now], both ends included.
+
+        Errors in the window count cases of every state (a consumed or quarantined case was still a mistake of
+        the model); inferences are periods that start inside the window.
+        """
+        now = as_utc(now)
+        start = now - window
+        c, i = cases_table.c, inferences_table.c
+        case_window = [c.created_at >= start, c.created_at <= now]
+        inference_window = [i.period_start >= start, i.period_start <= now]
+        if model_version is not None:
+            case_window.append(c.model_version == model_version)
+            inference_window.append(i.model_version == model_version)
+        with self._engine.connect() as conn:
+            new = conn.scalar(sa.select(sa.func.count()).where(c.state == "new")) or 0
+            new_corrected = conn.scalar(
+                sa.select(sa.func.count()).where(c.state == "new", c.correction.is_not(None))) or 0
+            errors = conn.scalar(sa.select(sa.func.count()).select_from(cases_table).where(*case_window)) or 0
+            inferences = conn.scalar(sa.select(sa.func.sum(i.count)).where(*inference_window)) or 0
+            running = conn.scalar(
+                sa.select(runs_table.c.run_id).where(runs_table.c.status == "running")
+                .order_by(runs_table.c.started_at.desc()).limit(1))
+        last = self.last_finished_training()
+        return TriggerMetrics(
+            new_cases=new,
+            new_corrected_cases=new_corrected,
+            window_errors=errors,
+            window_inferences=int(inferences),
+            window_start=start,
+            window_end=now,
+            model_version=model_version,
+            last_training_finished_at=last.finished_at if last else None,
+            running_training_run=running,
+        )
+
+    # ------------------------------------------------------------------------------------------ case states
+
+    def quarantine(self, case_id: str, reason: str) -> None:
+        """Take a case out of training for good, with the reason (shown by status and the dataset manifest)."""
+        if not reason or not reason.strip():
+            raise ValueError("reason: a quarantine needs a reason")
+        t = cases_table
+
+        def write(conn: Connection) -> int:
+            return conn.execute(sa.update(t).where(t.c.id == case_id).values(
+                state="quarantined", state_reason=reason, state_changed_at=self._clock())).rowcount
+
+        if self._transaction(write) == 0:
+            raise NotFound(f"error case {case_id!r} does not exist")
+        log.info("quarantined error case %s: %s", case_id, reason)
+
+    def mark_consumed(self, case_ids: Iterable[str], run_id: str) -> int:
+        """Mark new cases as trained on by ``run_id``; return how many changed state.
+
+        Only a run that reached a verdict (deployed, rejected, held, rolled_back) consumes its cases; after a
+        ``failed`` or ``skipped`` run nothing changes and the cases stay new for the next run. Calling
+        this for an unknown run, or one still running, is an error: finish the run first. Cases that are not
+        new (already consumed, quarantined) are left as they are, so calling again is harmless.
+        """
+        ids = sorted(set(case_ids))
+        run = self.training_run(run_id)
+        if run.status == "running":
+            raise StoreError(f"training run {run_id!r} is still running; finish it before marking cases consumed")
+        if run.status not in CONSUMING_STATUSES:
+            log.info("training run %s finished %s: its %d cases stay new", run_id, run.status, len(ids))
+            return 0
+        t = cases_table
+
+        def write(conn: Connection) -> int:
+            changed = 0
+            for chunk in _chunks(ids, 500):
+                changed += conn.execute(sa.update(t).where(t.c.id.in_(chunk), t.c.state == "new").values(
+                    state="consumed", consumed_by_run=run_id, state_changed_at=self._clock())).rowcount
+            return changed
+
+        changed = self._transaction(write)
+        log.info("training run %s consumed %d of %d cases", run_id, changed, len(ids))
+        return changed
+
+    # ---------------------------------------------------------------------------------------- training runs
+
+    def start_training_run(self, run_id: str, *, at: datetime | None = None) -> TrainingRun:
+        """Record that ``run_id`` is running. Idempotent; a failed or skipped run may start again (a retry), one
+        that reached a verdict may not (its cases may be consumed already: use a new run id)."""
+        t = runs_table
+        now = as_utc(at) if at else self._clock()
+
+        def write(conn: Connection) -> None:
+            row = conn.execute(sa.select(t).where(t.c.run_id == run_id)).first()
+            if row is None:
+                conn.execute(sa.insert(t).values(run_id=run_id, started_at=now, status="running", summary={}))
+            elif row.status in CONSUMING_STATUSES:
+                raise StoreError(f"training run {run_id!r} already finished {row.status}; use a new run id")
+            elif row.status != "running":
+                log.info("training run %s restarts after %s", run_id, row.status)
+                conn.execute(sa.update(t).where(t.c.run_id == run_id).values(status="running", finished_at=None))
+
+        self._transaction(write)
+        return self.training_run(run_id)
+
+    def finish_training_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        dataset_id: str | None = None,
+        candidate_version: str | None = None,
+        summary: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> TrainingRun:
+        """Record how ``run_id`` ended (creating the row for runs that never started, e.g. skipped).
+
+        Idempotent: finishing again with the same status keeps the first finish time; fields given as None
+        keep their stored values.
+        """
+        if status not in FINISHED_STATUSES:
+            raise ValueError(f"status: must be one of {', '.join(FINISHED_STATUSES)}, got {status!r}")
+        summary_value = _json_value("summary", dict(summary)) if summary is not None else None
+        now = as_utc(at) if at else self._clock()
+        t = runs_table
+
+        def write(conn: Connection) -> None:
+            row = conn.execute(sa.select(t).where(t.c.run_id == run_id)).first()
+            changes: dict[str, Any] = {"status": status}
+            if row is None or row.status != status or row.finished_at is None:
+                changes["finished_at"] = now
+            for name, value in (("dataset_id", dataset_id), ("candidate_version", candidate_version),
+                                ("summary", summary_value)):
+                if value is not None:
+                    changes[name] = value
+            if row is None:
+                conn.execute(sa.insert(t).values({"run_id": run_id, "started_at": now, "summary": {}} | changes))
+            else:
+                conn.execute(sa.update(t).where(t.c.run_id == run_id).values(changes))
+
+        self._transaction(write)
+        log.info("training run %s finished: %s", run_id, status)
+        return self.training_run(run_id)
+
+    def training_run(self, run_id: str) -> TrainingRun:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(runs_table).where(runs_table.c.run_id == run_id)).first()
+        if row is None:
+            raise NotFound(f"training run {run_id!r} does not exist")
+        return _run_from_row(row)
+
+    def training_runs(self, limit: int = 20) -> list[TrainingRun]:
+        """Most recent first."""
+        t = runs_table
+        query = sa.select(t).order_by(t.c.started_at.desc(), t.c.run_id.desc()).limit(limit)
+        with self._engine.connect() as conn:
+            return [_run_from_row(row) for row in conn.execute(query)]
+
+    def last_finished_training(self) -> TrainingRun | None:
+        """The run that finished last among those that trained (any finished status but skipped)."""
+        t = runs_table
+        query = (sa.select(t).where(t.c.status.in_(TRAINED_STATUSES), t.c.finished_at.is_not(None))
+                 .order_by(t.c.finished_at.desc(), t.c.run_id.desc()).limit(1))
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _run_from_row(row) if row else None
+
+    # ----------------------------------------------------------------------------------------- deployments
+
+    def record_deployment(self, event: DeploymentEvent) -> bool:
+        """Append a registry move; return False when it was already recorded.
+
+        An event with a run id is recorded once per (action, model, from, to, run id), so a retried task does not
+        write it twice even though its ``at`` differs; without a run id the time is part of the identity.
+        """
+        identity = [event.action, event.model_name, event.from_version, event.to_version, event.run_id]
+        if event.run_id is None:
+            identity.append(as_utc(event.at).isoformat())
+        key = _sha256(json.dumps(identity))
+        details = _json_value("details", dict(event.details))
+        t = deployments_table
+
+        def write(conn: Connection) -> bool:
+            if conn.execute(sa.select(t.c.id).where(t.c.event_key == key)).first() is not None:
+                return False
+            conn.execute(sa.insert(t).values(
+                event_key=key, action=event.action, model_name=event.model_name, from_version=event.from_version,
+                to_version=event.to_version, reason=event.reason, actor=event.actor, run_id=event.run_id,
+                at=event.at, details=details))
+            return True
+
+        return self._transaction(write)
+
+    def deployment_history(self, model_name: str | None = None, limit: int = 50) -> list[DeploymentEvent]:
+        """Newest first."""
+        t = deployments_table
+        query = sa.select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        if model_name is not None:
+            query = query.where(t.c.model_name == model_name)
+        with self._engine.connect() as conn:
+            return [
+                DeploymentEvent(action=row.action, model_name=row.model_name, from_version=row.from_version,
+                                to_version=row.to_version, reason=row.reason, actor=row.actor, run_id=row.run_id,
+                                at=row.at, details=dict(row.details or {}))
+                for row in conn.execute(query)
+            ]
+
+    def deployed_versions(self, model_name: str) -> list[str]:
+        """Versions that have been production (bootstrap, deploy, rollback), newest first, each once.
+
+        The first entry is the current production version; the rest are rollback targets in order of preference.
+        """
+        t = deployments_table
+        query = (sa.select(t.c.to_version)
+                 .where(t.c.model_name == model_name, t.c.action.in_(PRODUCTION_ACTIONS), t.c.to_version.is_not(None))
+                 .order_by(t.c.at.desc(), t.c.id.desc()))
+        with self._engine.connect() as conn:
+            return list(dict.fromkeys(conn.execute(query).scalars()))
+
+    def ingest_rejections(self, limit: int = 100) -> list[IngestRejection]:
+        """Most recent first."""
+        t = rejections_table
+        query = sa.select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        with self._engine.connect() as conn:
+            return [IngestRejection(row.batch, row.line, row.field, row.reason, row.snippet, row.at)
+                    for row in conn.execute(query)]
+
+    # ------------------------------------------------------------------------------------------- plumbing
+
+    def _transaction(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` in one write transaction; retry once when a concurrent writer won a unique-key race."""
+        try:
+            with self._writer.begin() as conn:
+                return work(conn)
+        except IntegrityError:
+            log.info("concurrent write to the store; retrying once")
+        with self._writer.begin() as conn:
+            return work(conn)
+
+
+# ---------------------------------------------------------------------------------------- case validation
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "audio": ("audio_path", "audio_uri"),
+    "prediction": ("prediction", "original_transcript"),
+    "correction": ("correction", "corrected_transcript"),
+}
+_PLAIN_KEYS = ("id", "error_types", "error_score", "model_version", "created_at", "annotator", "source", "metadata")
+ROW_KEYS = frozenset(_PLAIN_KEYS).union(*_ALIASES.values())
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class CaseDraft:
+    """A validated case, ready to insert."""
+
+    id: str
+    created_at: datetime
+    source: str
+    model_version: str | None
+    audio_uri: str
+    audio_hash: str | None
+    prediction: str
+    correction: str | None
+    error_types: tuple[str, ...]
+    error_score: float | None
+    annotator: str | None
+    metadata: dict[str, Any]
+    content_hash: str
+
+    def values(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["error_types"] = list(self.error_types)
+        data["meta"] = data.pop("metadata")
+        return data
+
+
+def parse_case(row: Mapping[str, Any], *, base_dir: Path, default_source: str, now: datetime) -> CaseDraft:
+    """Check one case (a JSONL row or the arguments of ``store_failed_case``); raise ``InvalidCase``.
+
+    Cheap checks come first; the audio is decoded last. Relative audio paths are resolved against ``base_dir``.
+    """
+    unknown = sorted(set(row) - ROW_KEYS)
+    if unknown:
+        raise InvalidCase(unknown[0], "unknown field (put extra information under metadata)")
+    audio_key, audio = _aliased(row, "audio")
+    if audio is None or (isinstance(audio, str) and not audio.strip()):
+        raise InvalidCase("audio_path", "missing: give audio_path (or audio_uri)")
+    if not isinstance(audio, str):
+        raise InvalidCase(audio_key, f"must be a string path or URI, got {type(audio).__name__}")
+    prediction, correction = _transcripts(row)
+    text = correction if correction is not None else prediction
+    fields = {
+        "error_types": _error_types(row.get("error_types")),
+        "error_score": _error_score(row.get("error_score")),
+        "model_version": _model_version(row.get("model_version")),
+        "annotator": _optional_str(row, "annotator"),
+        "source": _optional_str(row, "source") or default_source,
+        "metadata": _metadata(row.get("metadata")),
+        "created_at": _created_at(row.get("created_at"), now),
+    }
+    case_id = _case_id(row.get("id"))
+    audio_uri, audio_hash = _check_audio(audio_key, audio, base_dir)
+    audio_identity = f"sha256:{audio_hash}" if audio_hash else f"uri:{audio_uri}"
+    content_hash = _sha256(f"{audio_identity}\n{normalize_transcript(text)}")
+    return CaseDraft(id=case_id or content_hash[:32], audio_uri=audio_uri, audio_hash=audio_hash,
+                     prediction=prediction, correction=correction, content_hash=content_hash, **fields)
+
+
+def _aliased(row: Mapping[str, Any], name: str) -> tuple[str, Any]:
+    """Return (key used, value) for a field with two accepted names; both given and different is an error."""
+    present = [(key, row[key]) for key in _ALIASES[name] if row.get(key) is not None]
+    if len(present) > 1 and present[0][1] != present[1][1]:
+        raise InvalidCase(present[0][0], f"{present[0][0]} and {present[1][0]} are both given and differ")
+    return present[0] if present else (_ALIASES[name][0], None)
+
+
+def _transcripts(row: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The prediction must be a string (empty is allowed only with a correction: the model said nothing);
+    a correction, when given, must keep some text after normalisation (use null for "not corrected yet")."""
+    prediction_key, prediction = _aliased(row, "prediction")
+    correction_key, correction = _aliased(row, "correction")
+    if prediction is None:
+        raise InvalidCase("prediction", "missing: give prediction (or original_transcript)")
+    if not isinstance(prediction, str):
+        raise InvalidCase(prediction_key, f"must be a string, got {type(prediction).__name__}")
+    if correction is not None:
+        if not isinstance(correction, str):
+            raise InvalidCase(correction_key, f"must be a string or null, got {type(correction).__name__}")
+        if not normalize_transcript(correction):
+            raise InvalidCase(correction_key, f"empty after normalisation ({correction[:40]!r}); "
+                                              "use null for a case without a correction")
+    elif not normalize_transcript(prediction):
+        raise InvalidCase(prediction_key, f"empty after normalisation ({prediction[:40]!r}) and no correction given")
+    return prediction, correction
+
+
+def _error_types(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidCase("error_types", f"must be a list of strings, got {_describe(value)}")
+    return tuple(value)
+
+
+def _error_score(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidCase("error_score", f"must be a finite number or null, got {_describe(value)}")
+    return float(value)
+
+
+def _model_version(value: Any) -> str | None:
+    """Strings, or integers (MLflow registry versions are often sent as numbers)."""
+    if value is None or (isinstance(value, str) and value.strip()):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InvalidCase("model_version", f"must be a non-empty string or an integer, got {_describe(value)}")
+
+
+def _optional_str(row: Mapping[str, Any], name: str) -> str | None:
+    value = row.get(name)
+    if value is None or isinstance(value, str):
+        return value or None
+    raise InvalidCase(name, f"must be a string or null, got {_describe(value)}")
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidCase("metadata", f"must be a JSON object, got {_describe(value)}")
+    try:
+        return _json_value("metadata", value)
+    except ValueError as error:
+        raise InvalidCase("metadata", str(error).removeprefix("metadata: ")) from error
+
+
+def _created_at(value: Any, now: datetime) -> datetime:
+    """ISO-8601 text or a datetime; without a zone it is taken as UTC; missing means now."""
+    if value is None:
+        return now
+    if isinstance(value, datetime):
+        return as_utc(value)
+    if not isinstance(value, str):
+        raise InvalidCase("created_at", f"must be an ISO-8601 string, got {_describe(value)}")
+    try:
+        return as_utc(datetime.fromisoformat(value.strip()))
+    except ValueError as error:
+        raise InvalidCase("created_at", f"not an ISO-8601 date-time: {value[:40]!r}") from error
+
+
+def _case_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 128 or value != value.strip():
+        raise InvalidCase("id", f"must be a non-empty string of at most 128 characters without surrounding "
+                                f"spaces, got {_describe(value)}")
+    return value
+
+
+def _check_audio(key: str, audio: str, base_dir: Path) -> tuple[str, str | None]:
+    """Local audio must exist and decode (returns its absolute path and content hash); remote URIs are kept
+    as given and checked at export, where the backend can read them."""
+    local = local_audio_path(audio)
+    if local is None:
+        return audio, None
+    path = Path(os.path.abspath(base_dir / local.expanduser()))
+    try:
+        info = probe_audio(path)
+    except AudioError as error:
+        raise InvalidCase(key, f"audio file {error.reason}: {path}" + (f" ({error.detail})" if error.detail else ""))
+    return str(path), info.content_hash
+
+
+def _decode_row(raw: bytes) -> Mapping[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidCase("line", f"not UTF-8 text ({error.reason} at byte {error.start})") from error
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidCase("line", f"not valid JSON ({error.msg} at column {error.colno})") from error
+    if not isinstance(row, dict):
+        raise InvalidCase("line", f"must be a JSON object, got {_describe(row)}")
+    return row
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _json_value(name: str, value: dict[str, Any]) -> dict[str, Any]:
+    """Check that ``value`` is plain JSON (no NaN, no datetimes) so every database stores it the same way."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}: must be plain JSON ({error})") from error
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, list, dict, bool)) else repr(value)
+    return f"{type(value).__name__} {text[:40]}"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _grouped(conn: Connection, key: sa.ColumnElement[Any], aggregate: sa.ColumnElement[Any]) -> dict[Any, Any]:
+    return {k: v for k, v in conn.execute(sa.select(key, aggregate).group_by(key)).tuples()}
+
+
+def _case_from_row(row: sa.Row[Any]) -> ErrorCase:
+    return ErrorCase(
+        id=row.id, created_at=row.created_at, source=row.source, model_version=row.model_version,
+        audio_uri=row.audio_uri, audio_hash=row.audio_hash, prediction=row.prediction, correction=row.correction,
+        error_types=tuple(row.error_types or ()), error_score=row.error_score, annotator=row.annotator,
+        metadata=dict(row.meta or {}), content_hash=row.content_hash, state=row.state,
+        state_reason=row.state_reason, consumed_by_run=row.consumed_by_run,
+    )
+
+
+def _run_from_row(row: sa.Row[Any]) -> TrainingRun:
+    return TrainingRun(run_id=row.run_id, status=row.status, started_at=row.started_at, finished_at=row.finished_at,
+                       dataset_id=row.dataset_id, candidate_version=row.candidate_version,
+                       summary=dict(row.summary or {}))
+
+
+def _make_engine(url: str) -> Engine:
+    """An engine for ``url``; a bad URL or a missing driver is a StoreError naming the URL."""
+    try:
+        parsed = sa.make_url(url)
+    except ArgumentError as error:
+        raise StoreError(f"store_url: not a SQLAlchemy URL: {url!r}") from error
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed)
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    except (ArgumentError, ImportError) as error:
+        raise StoreError(f"store_url {parsed.render_as_string(hide_password=True)}: {error}") from error
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    """SQLite set up for several Airflow tasks writing at once: WAL (readers never wait), a busy timeout, and
+    write transactions that take the write lock when they begin (BEGIN IMMEDIATE), so two writers queue instead
+    of one failing with "database is locked" when it upgrades a read to a write."""
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        engine = sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+    sa.event.listen(engine, "connect", _sqlite_connect)
+    sa.event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event below starts transactions, not pysqlite
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE_OPTION) else "BEGIN")
+
+
+def _create_tables(engine: Engine) -> None:
+    """Create missing tables; fail fast when the database cannot be reached.
+
+    Processes starting together race (one sees "table already exists" for a table another just created); each
+    retry finds at least one more table in place, so one attempt per table always ends the race.
+    """
+    url = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as error:
+        raise StoreError(f"store {url} is not reachable: {error.orig}") from error
+    for _ in range(len(metadata.tables) + 1):
+        try:
+            metadata.create_all(engine.execution_options(**{_WRITE_OPTION: True}))
+            return
+        except DBAPIError as error:
+            last = error
+            log.info("creating the store's tables raced with another process (%s); retrying", error.orig)
+    raise StoreError(f"store {url}: cannot create its tables: {last.orig}") from last

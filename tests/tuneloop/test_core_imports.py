@@ -1,0 +1,24 @@
+"""The data core stays importable without Airflow and without the GPU stack (house style rule 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+CORE_MODULES = ("tuneloop.store", "tuneloop.audio", "tuneloop.triggering", "tuneloop.datasets")
+FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
+
+
+def test_core_modules_import_no_airflow_torch_or_mlflow():
+    """One fresh interpreter imports all of them (one process keeps the test fast; the message names the culprit
+    package, and ``python -X importtime`` finds the importer)."""
+    code = (f"import json, sys, {', '.join(CORE_MODULES)}; "
+            f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(FORBIDDEN)!r}))))")
+    env = {**os.environ, "PYTHONPATH": str(PLUGINS)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                            check=True)
+    assert json.loads(result.stdout) == []

@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import soundfile as sf
+import sqlalchemy as sa
+
+from tuneloop.audio import probe_audio
+from tuneloop.config import DatasetConfig
+from tuneloop.datasets import DatasetTooSmall, export_dataset, load_manifest
+from tuneloop.store import ErrorCaseStore, cases_table
+
+T0 = datetime(2025, 5, 1, tzinfo=UTC)
+NOW = datetime(2025, 6, 1, tzinfo=UTC)
+CONFIG = DatasetConfig(min_duration_s=0.3, max_duration_s=2.0, eval_fraction=0.3, min_eval_cases=2)
+
+
+@pytest.fixture
+def store(tmp_path) -> ErrorCaseStore:
+    with ErrorCaseStore(f"sqlite:///{tmp_path / 'store.db'}", clock=lambda: NOW) as store:
+        yield store
+
+
+def add_cases(store, wav_factory, count: int, *, start: int = 0, **wav_kwargs) -> list[str]:
+    """``count`` corrected cases, one hour apart, alternating voices."""
+    return [
+        store.store_failed_case(
+            wav_factory(f"case{i}.wav", **wav_kwargs), "wrong words", f"Case number {words(i)}!",
+            metadata={"voice": f"v{i % 2}", "condition": "clean", "source": "ignored"}, source="production",
+            model_version="3", created_at=T0 + timedelta(hours=i))
+        for i in range(start, start + count)
+    ]
+
+
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def words(number: int) -> str:
+    return " ".join(DIGITS[int(d)] for d in str(number))
+
+
+def read_rows(manifest, split: str) -> list[dict]:
+    return [json.loads(line) for line in manifest.split_path(split).read_text().splitlines()]
+
+
+def test_export_writes_a_self_contained_time_split_dataset(store, wav_factory, tmp_path):
+    ids = add_cases(store, wav_factory, 10)
+    manifest = export_dataset(store, tmp_path / "root", CONFIG, run_id="run-1", now=NOW)
+    folder = tmp_path / "root" / "datasets" / manifest.dataset_id
+    assert manifest.directory == folder and not manifest.reused
+    assert manifest.train_ids == tuple(ids[:7]) and manifest.eval_ids == tuple(ids[7:])  # most recent 30% evaluate
+    assert manifest.counts["train"] == 7 and manifest.counts["eval"] == 3 and manifest.counts["candidates"] == 10
+    row = read_rows(manifest, "eval")[0]
+    assert row == {
+        "id": ids[7], "audio": row["audio"], "text": "case number seven", "duration_s": 0.5, "sample_rate": 16000,
+        "created_at": (T0 + timedelta(hours=7)).isoformat(), "model_version": "3", "source": "production",
+        "voice": "v1", "condition": "clean",
+    }
+    info = sf.info(folder / row["audio"])
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+    assert folder.stat().st_mode & 0o755 == 0o755 and (folder / row["audio"]).stat().st_mode & 0o644 == 0o644
+    assert load_manifest(folder) == manifest and load_manifest(folder / "manifest.json").run_id == "run-1"
+    stored = json.loads((folder / "manifest.json").read_text())
+    assert stored["case_ids"]["train"] == ids[:7] and stored["created_at"] == NOW.isoformat()
+    assert manifest.stats["train"]["slices"]["voice"] == {"v0": 4, "v1": 3}
+    assert manifest.stats["eval"]["duration_s"]["total"] == 1.5
+    assert sorted(p.name for p in folder.iterdir()) == ["audio", "eval.jsonl", "manifest.json", "train.jsonl"]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_same_input_same_dataset_and_reuse(store, wav_factory, tmp_path):
+    add_cases(store, wav_factory, 6)
+    first = export_dataset(store, tmp_path, CONFIG, run_id="run-1", now=NOW)
+    stamp = (first.directory / "manifest.json").stat().st_mtime_ns
+    second = export_dataset(store, tmp_path, CONFIG, run_id="run-2", now=NOW + timedelta(days=1))
+    assert second.dataset_id == first.dataset_id and second.reused
+    assert second.run_id == "run-1" and second.created_at == NOW  # untouched
+    assert (first.directory / "manifest.json").stat().st_mtime_ns == stamp
+
+    # another store holding the same cases, ingested at another time, exports the same dataset id
+    with ErrorCaseStore(f"sqlite:///{tmp_path / 'other.db'}", clock=lambda: NOW + timedelta(days=9)) as other:
+        add_cases(other, wav_factory, 6)
+        again = export_dataset(other, tmp_path / "elsewhere", CONFIG, run_id="run-9")
+    assert again.dataset_id == first.dataset_id
+    assert export_dataset(store, tmp_path, CONFIG.model_copy(update={"eval_fraction": 0.5}),
+                          run_id="r").dataset_id != first.dataset_id
+
+
+def test_incomplete_folder_is_moved_aside_and_rewritten(store, wav_factory, tmp_path):
+    add_cases(store, wav_factory, 4)
+    first = export_dataset(store, tmp_path, CONFIG, run_id="run-1")
+    (first.directory / "manifest.json").unlink()
+    second = export_dataset(store, tmp_path, CONFIG, run_id="run-2")
+    assert not second.reused and second.run_id == "run-2" and (second.directory / "manifest.json").is_file()
+    assert [p.name.startswith(".incomplete-") for p in (tmp_path / "datasets").iterdir()].count(True) == 1
+
+
+def test_bad_rows_are_quarantined_with_reasons(store, wav_factory, tmp_path):
+    good = add_cases(store, wav_factory, 4)
+    bad = {
+        "corrupt": store.store_failed_case(wav_factory("corrupt.wav"), "x", "corrupt audio"),
+        "deleted": store.store_failed_case(wav_factory("deleted.wav"), "x", "deleted audio"),
+        "short": store.store_failed_case(wav_factory("short.wav", seconds=0.1), "x", "too short"),
+        "long": store.store_failed_case(wav_factory("long.wav", seconds=2.5), "x", "too long"),
+        "changed": store.store_failed_case(wav_factory("changed.wav"), "x", "changed audio"),
+        "empty": store.store_failed_case(wav_factory("empty.wav"), "x", "soon empty"),
+    }
+    audio = tmp_path / "audio"
+    (audio / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    (audio / "deleted.wav").unlink()
+    shutil.copy(audio / "case0.wav", audio / "changed.wav")
+    with store._engine.begin() as conn:  # an empty correction cannot be ingested; simulate an old row
+        conn.execute(sa.update(cases_table).where(cases_table.c.id == bad["empty"]).values(correction=" ?! "))
+
+    manifest = export_dataset(store, tmp_path, CONFIG, run_id="run-1")
+    reasons = {note.id: note.reason for note in manifest.quarantined}
+    expected = {"corrupt": "audio undecodable", "deleted": "audio missing", "short": "audio too short: 0.100 s",
+                "long": "audio too long: 2.500 s > max_duration_s 2", "changed": "audio changed since ingestion",
+                "empty": "correction is empty after normalisation"}
+    for name, reason in expected.items():
+        assert reason in reasons[bad[name]], (name, reasons[bad[name]])
+        assert store.get_case(bad[name]).state == "quarantined"
+        assert store.get_case(bad[name]).state_reason == reasons[bad[name]]
+    assert set(manifest.train_ids + manifest.eval_ids) == set(good)  # nothing valid lost
+    assert manifest.counts["quarantined"] == 6
+
+
+def test_dedupe_keeps_the_latest_correction(store, wav_factory, tmp_path):
+    add_cases(store, wav_factory, 4)
+    shared = wav_factory("shared.wav")
+    old = store.store_failed_case(shared, "x", "the old label", created_at=T0 + timedelta(days=1))
+    new = store.store_failed_case(shared, "x", "the new label", created_at=T0 + timedelta(days=2))
+    # remote URIs cannot be hashed at ingest: two URIs for one recording are only found out at export
+    remote = [store.store_failed_case(f"gs://bucket/{n}.wav", "x", "same words", created_at=T0 + timedelta(days=d))
+              for n, d in (("r1", 3), ("r2", 4))]
+    manifest = export_dataset(store, tmp_path, CONFIG, run_id="run-1",
+                              fetch_audio=lambda uri: wav_factory("remote.wav"))
+    assert [(n.id, n.kept_id) for n in manifest.superseded] == [(old, new)]
+    assert [(n.id, n.kept_id) for n in manifest.duplicates] == [(remote[0], remote[1])]
+    kept = manifest.train_ids + manifest.eval_ids
+    assert new in kept and remote[1] in kept and old not in kept and remote[0] not in kept
+    texts = [row["text"] for split in ("train", "eval") for row in read_rows(manifest, split)]
+    assert "the new label" in texts and "the old label" not in texts
+
+
+def test_remote_audio_without_fetcher_is_skipped_not_quarantined(store, wav_factory, tmp_path):
+    add_cases(store, wav_factory, 4)
+    remote = store.store_failed_case("gs://bucket/a.wav", "x", "remote words")
+    manifest = export_dataset(store, tmp_path, CONFIG, run_id="run-1")
+    assert [n.id for n in manifest.skipped] == [remote] and store.get_case(remote).state == "new"
+
+
+def test_excluded_hashes_are_counted_and_left_out(store, wav_factory, tmp_path):
+    ids = add_cases(store, wav_factory, 8)
+    suite = frozenset(probe_audio(tmp_path / "audio" / f"case{i}.wav").content_hash for i in (1, 5))
+    manifest = export_dataset(store, tmp_path, CONFIG, run_id="run-1", exclude_hashes=suite)
+    assert manifest.counts["excluded"] == 2 and manifest.excluded_count == 2
+    assert set(manifest.excluded_ids) == {ids[1], ids[5]}
+    assert not set(manifest.excluded_ids) & set(manifest.train_ids + manifest.eval_ids)
+
+
+def test_max_cases_keeps_the_most_recent(store, wav_factory, tmp_path):
+    ids = add_cases(store, wav_factory, 10)
+    manifest = export_dataset(store, tmp_path, CONFIG.model_copy(update={"max_cases": 5}), run_id="run-1")
+    assert manifest.train_ids + manifest.eval_ids == tuple(ids[5:])
+    assert manifest.counts["dropped_by_max_cases"] == 5 and manifest.eval_ids == tuple(ids[8:])
+
+
+@pytest.mark.parametrize(("count", "eval_size"), [(3, 2), (7, 2), (10, 3), (15, 5)])
+def test_split_sizes(store, wav_factory, tmp_path, count, eval_size):
+    add_cases(store, wav_factory, count)
+    manifest = export_dataset(store, tmp_path, CONFIG, run_id="run-1")
+    assert (len(manifest.train_ids), len(manifest.eval_ids)) == (count - eval_size, eval_size)
+
+
+def test_too_few_cases_says_how_many(store, wav_factory, tmp_path):
+    add_cases(store, wav_factory, 2)
+    store.store_failed_case(wav_factory("short.wav", seconds=0.1), "x", "too short")
+    with pytest.raises(DatasetTooSmall, match=r"only 2 usable cases .* need at least 3 .* from 3 new corrected "
+                                              r"cases after dropping 1 quarantined") as caught:
+        export_dataset(store, tmp_path, CONFIG, run_id="run-1")
+    assert (caught.value.usable, caught.value.needed) == (2, 3)
+    assert not (tmp_path / "datasets").exists() or not any((tmp_path / "datasets").iterdir())
+
+
+@pytest.mark.parametrize("source_rate", [22_050, 44_100])
+def test_stereo_high_rate_audio_becomes_16k_mono(store, wav_factory, tmp_path, source_rate):
+    add_cases(store, wav_factory, 4, sample_rate=source_rate, channels=2, seconds=0.75)
+    manifest = export_dataset(store, tmp_path, CONFIG, run_id="run-1")
+    for split in ("train", "eval"):
+        for row in read_rows(manifest, split):
+            data, rate = sf.read(manifest.directory / row["audio"])
+            assert rate == 16_000 and data.ndim == 1 and data.shape[0] == 12_000
+            assert row["duration_s"] == 0.75
+
+
+def test_case_ids_to_consume(store, wav_factory, tmp_path):
+    ids = add_cases(store, wav_factory, 6)
+    shared = wav_factory("shared.wav")
+    old = store.store_failed_case(shared, "x", "old label", created_at=T0 - timedelta(days=1))
+    store.store_failed_case(shared, "x", "new label", created_at=T0 - timedelta(hours=1))
+    suite = frozenset({probe_audio(tmp_path / "audio" / "case2.wav").content_hash})
+    manifest = export_dataset(store, tmp_path, CONFIG, run_id="run-1", exclude_hashes=suite)
+    consume = set(manifest.case_ids_to_consume())
+    assert set(manifest.train_ids) <= consume and old in consume and ids[2] in consume
+    assert not consume & set(manifest.eval_ids)  # held out, never trained on: stays new for the next run
