@@ -4,6 +4,7 @@
     tuneloop status [--json]            cases, trigger conditions, production model, last decisions
     tuneloop history [--limit N]        deployment history: who, when, action, from -> to, why
     tuneloop rollback [--to VERSION] [--reason TEXT]
+    tuneloop bootstrap MODEL_DIR        register an existing model as the first production version
     tuneloop demo [--bad-candidate]     the end-to-end demo on CPU
 """
 
@@ -55,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", dest="to_version", help="version to restore (default: the 'previous' alias)")
     rollback.add_argument("--reason", default="manual rollback from the CLI")
     rollback.set_defaults(handler=cmd_rollback)
+
+    bootstrap = sub.add_parser("bootstrap", help="register an existing HF model dir as the first production model")
+    bootstrap.add_argument("model_dir", type=Path)
+    bootstrap.add_argument("--reason", default="initial production model")
+    bootstrap.set_defaults(handler=cmd_bootstrap)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo (speech data, baseline, Airflow run)")
     demo.add_argument("--bad-candidate", action="store_true",
@@ -144,6 +150,23 @@ def cmd_rollback(config: TuneloopConfig, args: argparse.Namespace) -> int:
     event = rollback(registry, ErrorCaseStore.from_config(config), to_version=args.to_version,
                      reason=args.reason, actor=f"cli:{getpass.getuser()}")
     print(f"production: v{event.from_version} -> v{event.to_version} ({event.reason})")
+    return 0
+
+
+def cmd_bootstrap(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    from tuneloop import tracking
+    from tuneloop.deployment import bootstrap_production
+    from tuneloop.registry import ModelRegistry
+    from tuneloop.store import ErrorCaseStore
+    from tuneloop_trainer import serving_path
+
+    if not (args.model_dir / "config.json").exists():
+        raise ValueError(f"model_dir: {args.model_dir} is not a Hugging Face model directory (no config.json)")
+    registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
+    run_id = tracking.ensure_run(config, "bootstrap", dag_id="cli")
+    event = bootstrap_production(registry, ErrorCaseStore.from_config(config), args.model_dir, run_id=run_id,
+                                 reason=args.reason, actor=f"cli:{getpass.getuser()}", serving_code=serving_path())
+    print(f"production: v{event.to_version} ({event.reason})")
     return 0
 
 

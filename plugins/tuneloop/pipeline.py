@@ -355,7 +355,13 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _flat_metrics(gate_result: dict[str, Any]) -> dict[str, float]:
-    """The gate's headline numbers as flat MLflow metrics."""
-    keys = ("baseline_wer", "candidate_wer", "baseline_cer", "candidate_cer", "wer_improvement",
-            "cer_improvement", "wer_p_value", "degradation_rate")
-    return {k: float(gate_result[k]) for k in keys if isinstance(gate_result.get(k), (int, float))}
+    """The gate's headline numbers as flat MLflow metrics / version tags (``candidate_wer``, ``wer_p_value``...)."""
+    flat: dict[str, Any] = {"gate_n": gate_result.get("n"), "degradation_rate": gate_result.get("degradation_rate")}
+    for metric in ("wer", "cer"):
+        comparison = gate_result.get(metric) or {}
+        flat[f"baseline_{metric}"] = comparison.get("baseline")
+        flat[f"candidate_{metric}"] = comparison.get("candidate")
+        flat[f"{metric}_improvement"] = comparison.get("improvement")
+        for key in ("ci_low", "ci_high", "p_value"):
+            flat[f"{metric}_{key}"] = (comparison.get("bootstrap") or {}).get(key)
+    return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
-CORE_MODULES = ("tuneloop.store", "tuneloop.audio", "tuneloop.triggering", "tuneloop.datasets")
+CORE_MODULES = (
+    "tuneloop.config", "tuneloop.text", "tuneloop.history", "tuneloop.store", "tuneloop.audio", "tuneloop.triggering",
+    "tuneloop.datasets", "tuneloop.predictions", "tuneloop.metrics", "tuneloop.stats", "tuneloop.gate",
+    "tuneloop.registry", "tuneloop.deployment", "tuneloop.pipeline", "tuneloop.report", "tuneloop.post_deploy",
+    "tuneloop.tracking", "tuneloop.inbox", "tuneloop.backends", "tuneloop.cli",
+)
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 
 

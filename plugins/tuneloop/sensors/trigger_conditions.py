@@ -14,6 +14,10 @@ from tuneloop.triggers.trigger_conditions import TriggerConditionsTrigger
 class TriggerConditionsSensor(BaseSensorOperator):
     """Wait until the fine-tuning trigger conditions hold; skip (no fine-tuning) if they don't in time.
 
+    When they hold, the fine-tuning run it is about to start is recorded in the store as in progress, so that no
+    other check starts a second one before that run's own first step; its run id (``on_errors__<this run id>``)
+    is returned for the DAG's TriggerDagRunOperator.
+
     Deferrable by default: after one check in the worker, the wait moves to the triggerer. Poke interval and
     timeout default to ``schedule.sensor_poke_seconds`` / ``schedule.sensor_timeout_minutes``.
 
@@ -32,8 +36,18 @@ class TriggerConditionsSensor(BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue:
         from tuneloop.pipeline import evaluate_trigger
 
-        result = evaluate_trigger(load_config(), now=datetime.now(timezone.utc), force=False).to_dict()
-        return PokeReturnValue(is_done=result["should_trigger"], xcom_value=_summarise(result))
+        config = load_config()
+        result = evaluate_trigger(config, now=datetime.now(timezone.utc), force=False).to_dict()
+        if not result["should_trigger"]:
+            return PokeReturnValue(is_done=False)
+        return PokeReturnValue(is_done=True, xcom_value=self._claim(config, context, result))
+
+    def _claim(self, config: Any, context: Context, result: dict[str, Any]) -> dict[str, Any]:
+        from tuneloop.store import ErrorCaseStore
+
+        run_id = f"on_errors__{context['run_id']}"
+        ErrorCaseStore.from_config(config).start_training_run(run_id, at=datetime.now(timezone.utc))
+        return {"summary": "error cases: " + "; ".join(result["reasons"]), "result": result, "run_id": run_id}
 
     def execute(self, context: Context) -> Any:
         config = load_config()
@@ -59,11 +73,8 @@ class TriggerConditionsSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         if event["status"] == "success":
-            return _summarise(event["result"])
+            return self._claim(load_config(), context, event["result"])
         if event["status"] == "timeout":
             raise AirflowSkipException("trigger conditions unmet: " + "; ".join(event["result"]["reasons"]))
         raise AirflowException(f"checking the trigger conditions failed: {event.get('message')}")
 
-
-def _summarise(result: dict[str, Any]) -> dict[str, Any]:
-    return {"summary": "error cases: " + "; ".join(result["reasons"]), "result": result}
