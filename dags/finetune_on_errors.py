@@ -34,7 +34,7 @@ with DAG(
     start = TriggerDagRunOperator(
         task_id="start_finetune",
         trigger_dag_id="finetune_weekly",
-        trigger_run_id="on_errors__{{ run_id }}",
+        trigger_run_id="{{ ti.xcom_pull(task_ids='wait_for_trigger_conditions')['run_id'] }}",
         conf={"reason": "{{ ti.xcom_pull(task_ids='wait_for_trigger_conditions')['summary'] }}"},
         skip_when_already_exists=True,
     )

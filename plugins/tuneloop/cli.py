@@ -30,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"tuneloop {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # typed domain errors (registry, deployment, store, dataset) carry their reason
+        if type(e).__module__.startswith("tuneloop."):
+            print(f"tuneloop {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,8 +114,9 @@ def cmd_status(config: TuneloopConfig, args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, default=str))
         return 0
     cases = status["cases"]
-    print(f"error cases: {cases.get('total', 0)} total, by state {cases.get('by_state', {})}, "
-          f"corrected {cases.get('corrected', 0)}")
+    print(f"error cases: {cases['total_cases']} total, by state {cases['by_state']}, "
+          f"corrected {cases['corrected_cases']} ({cases['new_corrected_cases']} new); "
+          f"{cases['rejected_rows']} rejected rows; {cases['inferences_total']} inferences recorded")
     trig = status["trigger"]
     print(f"trigger: {'WOULD START' if trig['should_trigger'] else 'waiting'}")
     for reason in trig["reasons"]:

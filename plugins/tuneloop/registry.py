@@ -203,9 +203,13 @@ class ModelRegistry:
             return {k: str(v) for k, v in self.client.get_registered_model(self.model_name).aliases.items()}
 
     def alias_version(self, alias: Alias) -> str | None:
-        """The version an alias points to, or None when the alias is not set."""
+        """The version an alias points to, or None when the alias is not set (or nothing is registered yet:
+        before the first registration there is no production model, which callers handle like an unset alias)."""
         _check_alias(alias)
-        return self.aliases().get(alias)
+        try:
+            return self.aliases().get(alias)
+        except RegistryNotFoundError:
+            return None
 
     def production_version(self) -> str | None:
         return self.alias_version("production")

@@ -98,17 +98,17 @@ def write_decision_record(run: "PipelineRun", outcome: dict[str, Any]) -> dict[s
     record = build_record(run, outcome, status)
     _write_json(run.paths.root / "decision.json", record)
     (run.paths.root / "decision.md").write_text(to_markdown(record))
-    if status != "skipped":
+    if status != "skipped":  # a skipped run has nothing worth an MLflow run
         mlflow_run = run.mlflow_run_id()
         tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.json", "decision")
         tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.md", "decision")
         tracking.set_tags(run.config, mlflow_run, {"status": status})
-        dataset_id = (record.get("dataset") or {}).get("dataset_id")
-        run.store.finish_training_run(run.run_id, status, dataset_id=dataset_id,
-                                      candidate_version=record.get("candidate_version"),
-                                      summary={"lines": summary_lines(record)})
-        if status in FINISHED and dataset_id:
-            run.store.mark_consumed(_trained_case_ids(run, dataset_id), run.run_id)
+    dataset_id = (record.get("dataset") or {}).get("dataset_id")
+    run.store.finish_training_run(run.run_id, status, dataset_id=dataset_id,
+                                  candidate_version=record.get("candidate_version"),
+                                  summary={"lines": summary_lines(record)})
+    if status in FINISHED and dataset_id:
+        run.store.mark_consumed(_trained_case_ids(run, dataset_id), run.run_id)
     return {"status": status, "summary": summary_lines(record), "record": str(run.paths.root / "decision.json")}
 
 

@@ -75,8 +75,9 @@ def test_register_is_idempotent_and_served_through_an_alias(env: MlflowEnv) -> N
 
 def test_not_found_is_an_error(env: MlflowEnv) -> None:
     registry = env.registry()
+    assert registry.production_version() is None  # nothing registered yet: no production model, not an error
     with pytest.raises(RegistryNotFoundError, match="not found") as info:
-        registry.production_version()
+        registry.aliases()
     assert isinstance(info.value.__cause__, mlflow.exceptions.MlflowException)
     version = env.quick_version(registry, "r1")
     with pytest.raises(RegistryNotFoundError, match="version 42"):

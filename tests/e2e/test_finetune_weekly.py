@@ -1,0 +1,94 @@
+"""`airflow dags test finetune_weekly` end to end on a tiny model: deploy, reject, auto-rollback, skip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.scenario import Scenario, permissive_gate, write_cases
+
+pytestmark = pytest.mark.slow
+
+
+def _registry(scenario: Scenario):
+    from tuneloop.registry import ModelRegistry
+
+    config = scenario.config()
+    return ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
+
+
+def _store(scenario: Scenario):
+    from tuneloop.store import ErrorCaseStore
+
+    return ErrorCaseStore.from_config(scenario.config())
+
+
+def _decision(scenario: Scenario) -> dict:
+    records = list((scenario.root / "tuneloop" / "storage" / "runs").glob("*/decision.json"))
+    assert len(records) == 1, records
+    return json.loads(records[0].read_text())
+
+
+def _dags_test(scenario: Scenario, conf: dict) -> None:
+    scenario.airflow("dags", "test", "finetune_weekly", "-c", json.dumps(conf))
+
+
+def test_passing_candidate_is_deployed(scenario, speech):
+    permissive_gate(scenario)
+    scenario.env["TUNELOOP__DEPLOYMENT__ROLLBACK_ON_ERROR_THRESHOLD"] = "100"
+    scenario.tuneloop("ingest", str(write_cases(scenario.root / "cases.jsonl", speech)))
+
+    _dags_test(scenario, {"reason": "e2e deploy"})
+
+    decision = _decision(scenario)
+    assert decision["status"] == "deployed", decision
+    registry = _registry(scenario)
+    assert registry.production_version() == decision["candidate_version"] == "2"
+    assert registry.previous_version() == "1"
+    history = _store(scenario).deployment_history(scenario.config().mlflow.model_name)
+    assert [e.action for e in history][:2] == ["deploy", "bootstrap"]
+    assert history[0].from_version == "1" and history[0].to_version == "2"
+    train_ids = decision["dataset"]["counts"]["train"]
+    assert _store(scenario).statistics().to_dict()["by_state"].get("consumed") == train_ids
+    status = json.loads(scenario.tuneloop("status", "--json").stdout)
+    assert status["model"]["production_version"] == "2"
+    assert status["last_runs"][0]["status"] == "deployed"
+
+
+def test_candidate_failing_the_gate_is_rejected(scenario, speech):
+    scenario.tuneloop("ingest", str(write_cases(scenario.root / "cases.jsonl", speech)))
+
+    _dags_test(scenario, {"reason": "e2e reject"})
+
+    decision = _decision(scenario)
+    assert decision["status"] == "rejected", decision
+    assert decision["gate"]["passed"] is False and decision["gate"]["reasons"]
+    registry = _registry(scenario)
+    assert registry.production_version() == "1"
+    assert registry.get_version(decision["candidate_version"]).tags["verdict"] in ("fail", "insufficient_evidence")
+    history = _store(scenario).deployment_history(scenario.config().mlflow.model_name)
+    assert history[0].action == "reject" and history[0].from_version == history[0].to_version == "1"
+
+
+def test_failed_post_deploy_check_rolls_back(scenario, speech):
+    permissive_gate(scenario)
+    scenario.env["TUNELOOP__DEPLOYMENT__ROLLBACK_ON_ERROR_THRESHOLD"] = "0.0001"  # no tiny model is that good
+    scenario.tuneloop("ingest", str(write_cases(scenario.root / "cases.jsonl", speech)))
+
+    scenario.airflow("dags", "test", "finetune_weekly", "-c", json.dumps({"reason": "e2e rollback"}), check=False)
+
+    decision = _decision(scenario)
+    assert decision["status"] == "rolled_back", decision
+    assert _registry(scenario).production_version() == "1"
+    actions = [e.action for e in _store(scenario).deployment_history(scenario.config().mlflow.model_name)]
+    assert actions[:3] == ["rollback", "deploy", "bootstrap"]
+
+
+def test_unmet_conditions_skip_the_run(scenario):
+    _dags_test(scenario, {})
+
+    decision = _decision(scenario)
+    assert decision["status"] == "skipped"
+    assert any("min_error_cases" in r for r in decision["trigger"]["reasons"])
+    assert _registry(scenario).production_version() == "1"

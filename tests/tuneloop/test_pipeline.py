@@ -1,0 +1,92 @@
+"""The run's plumbing: params, paths, the trigger + approval policy, gate metrics, the local backend."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+
+import pytest
+
+from tuneloop.backends import LocalBackend, TrainerFailed, get_backend
+from tuneloop.config import load_config
+from tuneloop.pipeline import PipelineRun, RunParams, _flat_metrics, evaluate_trigger, run_key
+from tuneloop.store import ErrorCaseStore
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def config(tmp_path):
+    env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP__TRIGGER__MIN_ERROR_CASES": "3",
+           "TUNELOOP__TRIGGER__MIN_CORRECTED_CASES": "3"}
+    file = tmp_path / "tuneloop.yaml"
+    file.write_text("trigger:\n  auto_approve_finetuning: false\n")
+    return load_config(file, env=env)
+
+
+@pytest.fixture
+def store_with_cases(config, wav_factory):
+    store = ErrorCaseStore.from_config(config)
+    for i in range(3):
+        store.store_failed_case(wav_factory(f"c{i}.wav"), "wrong words", f"right words {i}",
+                                created_at=datetime(2026, 11, 19, tzinfo=timezone.utc))
+    return store
+
+
+def test_run_params_ignore_unknown_and_null():
+    params = RunParams.from_mapping({"epochs": None, "force_trigger": True, "unrelated": 1, "label_noise": "shuffle"})
+    assert params == RunParams(force_trigger=True, label_noise="shuffle")
+
+
+def test_run_key_is_safe_and_distinct():
+    a, b = run_key("manual__2026-11-22T00:34:01+00:00"), run_key("manual__2026-11-22T00:34:01_00:00")
+    assert a != b and "/" not in a and ":" not in a and "+" not in a
+
+
+def test_approval_policy_holds_back_unforced_runs(config, store_with_cases):
+    result = evaluate_trigger(config, now=NOW, force=False, store=store_with_cases)
+    assert not result.should_trigger
+    assert "auto_approve_finetuning is false" in result.reasons[-1]
+    forced = evaluate_trigger(config, now=NOW, force=True, store=store_with_cases)
+    assert forced.should_trigger
+
+
+def test_check_trigger_marks_the_run_and_tolerates_its_own_retry(config, store_with_cases):
+    run = PipelineRun(config, "manual__1", RunParams(force_trigger=True), now=lambda: NOW)
+    assert run.check_trigger()["should_trigger"]
+    assert store_with_cases.training_run("manual__1").status == "running"
+    assert run.check_trigger()["should_trigger"], "a retried check must not block on its own run"
+    other = PipelineRun(config, "manual__2", RunParams(force_trigger=True), now=lambda: NOW).check_trigger()
+    assert not other["should_trigger"] and any("in progress" in r for r in other["reasons"])
+
+
+def test_training_spec_applies_params_over_config(config, tmp_path):
+    run = PipelineRun(config, "r", RunParams(use_lora=False, epochs=2, label_noise="shuffle"))
+    run.mlflow_run_id = lambda: "mlflow-run"
+    spec = run.training_spec(tmp_path / "ds", tmp_path / "base")
+    assert spec["lora"]["enabled"] is False and spec["epochs"] == 2 and spec["label_noise"] == "shuffle"
+    assert spec["learning_rate"] == config.training.learning_rate
+    assert spec["output_uri"] == str(run.paths.training)
+
+
+def test_flat_metrics_reads_the_gate_record():
+    gate = {"n": 40, "degradation_rate": 0.05,
+            "wer": {"baseline": 0.4, "candidate": 0.3, "improvement": 0.1,
+                    "bootstrap": {"ci_low": 0.05, "ci_high": 0.15, "p_value": 0.001}},
+            "cer": {"baseline": 0.2, "candidate": 0.15, "improvement": 0.05, "bootstrap": None}}
+    flat = _flat_metrics(gate)
+    assert flat["candidate_wer"] == 0.3 and flat["wer_p_value"] == 0.001 and flat["gate_n"] == 40
+    assert "cer_p_value" not in flat
+
+
+def test_unknown_backend_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known: local"):
+        get_backend("gke-typo", timeout_s=10)
+
+
+def test_local_backend_reports_the_trainers_failure(tmp_path):
+    backend = LocalBackend(timeout_s=60, python=sys.executable)
+    lines: list[str] = []
+    with pytest.raises(TrainerFailed, match="exited with status 2"):
+        backend.train(tmp_path / "missing-spec.json", log_line=lines.append)
+    assert lines and "tuneloop_trainer" in lines[0]
