@@ -6,9 +6,11 @@ the repo's dags/ and plugins/), the trainer as a subprocess, MLflow on a local s
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -37,29 +39,78 @@ def speech(tmp_path_factory) -> dict[str, Any]:
     return {"root": root, "texts": texts, "jobs": jobs, "base_model": base}
 
 
+@pytest.fixture(scope="session")
+def damaged_model(speech) -> Path:
+    """The shipped baseline with its CTC head re-initialised. Fine-tuning (head trainable) repairs it within a
+    few steps, so the deploy and rollback paths run on a real, measurable improvement, not a rigged gate."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from tuneloop_demo.baseline import shipped_baseline
+
+    target = speech["root"] / "damaged_model"
+    shutil.copytree(shipped_baseline(), target)
+    weights = load_file(target / "model.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    for name in [n for n in weights if n.startswith("lm_head.")]:
+        weights[name] = torch.randn(weights[name].shape, generator=generator) * 0.5
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+@pytest.fixture(scope="session")
+def migrated_airflow_db(tmp_path_factory, airflow_env) -> Path:
+    """An Airflow metadata DB migrated once per session; each installation starts from a copy (saves a minute)."""
+    home = tmp_path_factory.mktemp("airflow_template")
+    env = {**airflow_env, "AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db"}
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    return home / "airflow.db"
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory) -> Path:
+    """An empty MLflow tracking DB with its schema migrated once per session (copied per installation)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def scenario(tmp_path, speech, airflow_env) -> Scenario:
-    """A fresh installation (SQLite Airflow DB, store, MLflow) with the tiny model bootstrapped as production."""
-    env = {
-        **airflow_env,
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow/airflow.db",
-        "TUNELOOP_HOME": str(tmp_path / "tuneloop"),
-        "TUNELOOP__TRIGGER__MIN_ERROR_CASES": "20",
-        "TUNELOOP__TRIGGER__MIN_CORRECTED_CASES": "20",
-        "TUNELOOP__TRIGGER__AUTO_APPROVE_FINETUNING": "true",
-        "TUNELOOP__TRAINING__EPOCHS": "1",
-        "TUNELOOP__TRAINING__BATCH_SIZE": "8",
-        "TUNELOOP__TRAINING__LEARNING_RATE": "0.001",
-        "TUNELOOP__DATASET__MIN_EVAL_CASES": "5",
-        "TUNELOOP__VALIDATION__MIN_EVAL_SIZE": "5",
-        "TUNELOOP__VALIDATION__BOOTSTRAP_RESAMPLES": "1000",
-        "TUNELOOP__SCHEDULE__SENSOR_POKE_SECONDS": "1",
-        "TUNELOOP__SCHEDULE__SENSOR_TIMEOUT_MINUTES": "0.05",
-    }
-    scenario = Scenario(tmp_path, env)
-    scenario.airflow("db", "migrate")
-    scenario.tuneloop("bootstrap", str(speech["base_model"]), "--reason", "e2e baseline")
-    return scenario
+def install(tmp_path, airflow_env, migrated_airflow_db, migrated_mlflow_db) -> Callable[[Path], Scenario]:
+    """``install(model_dir)``: a fresh installation (SQLite Airflow DB, store, MLflow) with ``model_dir``
+    bootstrapped as production version 1."""
+
+    def make(model_dir: Path) -> Scenario:
+        env = {
+            **airflow_env,
+            "AIRFLOW_HOME": str(tmp_path / "airflow"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow/airflow.db",
+            "TUNELOOP_HOME": str(tmp_path / "tuneloop"),
+            "TUNELOOP__TRIGGER__MIN_ERROR_CASES": "20",
+            "TUNELOOP__TRIGGER__MIN_CORRECTED_CASES": "20",
+            "TUNELOOP__TRIGGER__AUTO_APPROVE_FINETUNING": "true",
+            "TUNELOOP__TRAINING__EPOCHS": "2",
+            "TUNELOOP__TRAINING__BATCH_SIZE": "8",
+            "TUNELOOP__TRAINING__LEARNING_RATE": "0.003",
+            "TUNELOOP__DATASET__MIN_EVAL_CASES": "5",
+            "TUNELOOP__VALIDATION__MIN_EVAL_SIZE": "5",
+            "TUNELOOP__VALIDATION__BOOTSTRAP_RESAMPLES": "1000",
+            "TUNELOOP__SCHEDULE__SENSOR_POKE_SECONDS": "1",
+            "TUNELOOP__SCHEDULE__SENSOR_TIMEOUT_MINUTES": "0.05",
+        }
+        scenario = Scenario(tmp_path, env)
+        (tmp_path / "airflow").mkdir()
+        (tmp_path / "tuneloop").mkdir()
+        shutil.copy2(migrated_airflow_db, tmp_path / "airflow" / "airflow.db")
+        shutil.copy2(migrated_mlflow_db, tmp_path / "tuneloop" / "mlflow.db")
+        scenario.tuneloop("bootstrap", str(model_dir), "--reason", "e2e baseline")
+        return scenario
+
+    return make
 
 
+@pytest.fixture
+def scenario(install, speech) -> Scenario:
+    """An installation whose production model is an untrained tiny model (no fine-tuning can pass the gate)."""
+    return install(speech["base_model"])

@@ -34,7 +34,8 @@ def _dags_test(scenario: Scenario, conf: dict) -> None:
     scenario.airflow("dags", "test", "finetune_weekly", "-c", json.dumps(conf))
 
 
-def test_passing_candidate_is_deployed(scenario, speech):
+def test_passing_candidate_is_deployed(install, damaged_model, speech):
+    scenario = install(damaged_model)
     permissive_gate(scenario)
     scenario.env["TUNELOOP__DEPLOYMENT__ROLLBACK_ON_ERROR_THRESHOLD"] = "100"
     scenario.tuneloop("ingest", str(write_cases(scenario.root / "cases.jsonl", speech)))
@@ -71,7 +72,8 @@ def test_candidate_failing_the_gate_is_rejected(scenario, speech):
     assert history[0].action == "reject" and history[0].from_version == history[0].to_version == "1"
 
 
-def test_failed_post_deploy_check_rolls_back(scenario, speech):
+def test_failed_post_deploy_check_rolls_back(install, damaged_model, speech):
+    scenario = install(damaged_model)
     permissive_gate(scenario)
     scenario.env["TUNELOOP__DEPLOYMENT__ROLLBACK_ON_ERROR_THRESHOLD"] = "0.0001"  # no tiny model is that good
     scenario.tuneloop("ingest", str(write_cases(scenario.root / "cases.jsonl", speech)))
