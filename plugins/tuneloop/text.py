@@ -17,6 +17,5 @@ _SPACES = re.compile(r"\s+")
 def normalize_transcript(text: str) -> str:
     """Return ``text`` in the model's vocabulary; accents are folded (``café`` -> ``cafe``)."""
     folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    lowered = folded.lower().replace("-", " ")
-    kept = _NOT_IN_VOCAB.sub(" ", lowered)
+    kept = _NOT_IN_VOCAB.sub(" ", folded.lower())
     return _SPACES.sub(" ", kept).strip()

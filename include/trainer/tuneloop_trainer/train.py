@@ -1,0 +1,325 @@
+"""``train``: fine-tune a wav2vec2 CTC model on a dataset directory as the training spec says.
+
+Outputs in ``output_uri``: ``model/`` (merged weights + processor, loadable with ``from_pretrained``),
+``metrics.json`` and ``checkpoints/step-N``. Re-running a finished spec is a no-op; re-running an interrupted
+one resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from tuneloop_trainer import checkpoint as ckpt
+from tuneloop_trainer.arguments import SpecError
+from tuneloop_trainer.data import epoch_order, local_path, make_batch, read_rows, shuffle_transcripts
+from tuneloop_trainer.modeling import (
+    check_model_dir,
+    count_parameters,
+    describe,
+    load_processor,
+    merged_model,
+    prepare_for_training,
+)
+from tuneloop_trainer.spec import TrainingSpec
+from tuneloop_trainer.tracking import RunLogger
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers from glibc's malloc.h
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Run length derived from the spec and the train split."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+def main(spec: TrainingSpec) -> dict[str, Any]:
+    """Train as ``spec`` says and return the metrics written to metrics.json."""
+    output = local_path(spec.output_uri)
+    finished = finished_metrics(output, spec)
+    if finished is not None:
+        log.info("%s already holds a finished run of this spec (hash %s); nothing to do", output, spec.spec_hash()[:12])
+        return finished
+    configure_threads()
+    device = select_device(spec.precision)
+    seed_everything(spec.seed)
+    rows = load_train_rows(spec)
+    plan = plan_run(spec, len(rows))
+    model, processor = load_model_and_processor(spec, device)
+    optimizer, scheduler = build_optimizer(model, spec, plan)
+    tracker = RunLogger(spec.mlflow)
+    tracker.log_params(spec.to_dict() | {"train_rows": len(rows), "total_steps": plan.total_steps})
+    start = resume_if_possible(output, spec, plan, model, optimizer, scheduler)
+    counts = count_parameters(model)
+    state = train_loop(spec, plan, rows, model, processor, optimizer, scheduler, start, output, device, tracker)
+    save_model(model, processor, output)
+    resumed_from = start.global_step or None
+    return write_metrics(output, spec, plan, counts, state, resumed_from, len(rows), tracker)
+
+
+def finished_metrics(output: Path, spec: TrainingSpec) -> dict[str, Any] | None:
+    """metrics.json of a finished run of the same spec, or None when training is needed."""
+    metrics_file = output / METRICS_FILE
+    if not metrics_file.is_file() or not (output / MODEL_DIR / "config.json").is_file():
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    return metrics if metrics.get("spec_hash") == spec.spec_hash() else None
+
+
+def configure_threads() -> None:
+    """Use as many intra-op threads as CPUs this process may run on (a pod's CPU limit, not the host's).
+
+    An explicit OMP_NUM_THREADS wins: whoever set it knows what else runs on the machine.
+    """
+    keep_freed_memory_in_heap()
+    if os.environ.get("OMP_NUM_THREADS"):
+        log.info("using %d CPU thread(s) (OMP_NUM_THREADS)", torch.get_num_threads())
+        return
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_limit()
+    threads = max(1, min(available, quota or available))
+    torch.set_num_threads(threads)
+    log.info("using %d CPU thread(s)", threads)
+
+
+def keep_freed_memory_in_heap() -> None:
+    """Stop glibc from unmapping large freed blocks after every step.
+
+    Batches have different lengths, so activation buffers of tens of MB are allocated and freed each step; by
+    default glibc serves them with mmap/munmap and the process then page-faults them back in every step
+    (measured 10-15% of CPU time as system time on 2 cores). Raising the thresholds keeps them in the heap.
+    No-op where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        log.debug("libc.so.6 not found; leaving the allocator as it is")
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
+
+
+def _cgroup_cpu_limit() -> int | None:
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+
+
+def select_device(precision: str) -> torch.device:
+    """CUDA when present; fp16 without a GPU is a spec error rather than a silent fp32 run."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if precision == "fp16":
+        raise SpecError("precision 'fp16' needs a CUDA GPU and none is visible; use 'fp32' or 'bf16' on CPU")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_train_rows(spec: TrainingSpec) -> list[dict[str, Any]]:
+    """The dataset's train split, with transcripts shuffled across rows when ``label_noise`` is 'shuffle'."""
+    dataset = local_path(spec.dataset_uri)
+    if not dataset.is_dir():
+        raise SpecError(f"dataset_uri {dataset} does not exist or is not a directory")
+    train_file = dataset / "train.jsonl"
+    if not train_file.is_file():
+        raise SpecError(f"dataset_uri {dataset} has no train.jsonl; point it at an exported dataset directory")
+    rows = read_rows(train_file)
+    if not rows:
+        raise SpecError(f"dataset {dataset} has an empty train split ({train_file} has no rows); "
+                        "export more corrected error cases first")
+    if spec.label_noise == "shuffle":
+        log.warning("label_noise=shuffle: training on deliberately mismatched transcripts")
+        rows = shuffle_transcripts(rows, spec.seed)
+    log.info("train split: %d rows from %s", len(rows), train_file)
+    return rows
+
+
+def plan_run(spec: TrainingSpec, num_rows: int) -> Plan:
+    steps_per_epoch = math.ceil(num_rows / spec.batch_size)
+    total = spec.max_steps or max(1, math.ceil(spec.epochs * steps_per_epoch))
+    return Plan(steps_per_epoch, total, int(spec.warmup_ratio * total))
+
+
+def load_model_and_processor(spec: TrainingSpec, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    base = local_path(spec.base_model_uri)
+    check_model_dir(base, "base_model_uri")
+    processor = load_processor(base)
+    model = prepare_for_training(base, spec.lora, spec.freeze_feature_encoder).to(device)
+    log.info("model from %s (%s, %s)", base, "LoRA" if spec.lora.enabled else "full fine-tuning", describe(model))
+    return model, processor
+
+
+def build_optimizer(model: torch.nn.Module, spec: TrainingSpec, plan: Plan) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over trainable parameters (no decay on biases and norms) with linear warmup and decay."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=spec.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
+    return optimizer, scheduler
+
+
+def resume_if_possible(output: Path, spec: TrainingSpec, plan: Plan, model: torch.nn.Module,
+                       optimizer: torch.optim.Optimizer, scheduler: Any) -> ckpt.TrainState:
+    """Restore the newest compatible checkpoint, or return a fresh state at step 0."""
+    found = ckpt.latest_compatible(output / CHECKPOINT_DIR, spec.resume_key(), plan.total_steps)
+    if found is None:
+        return ckpt.TrainState(spec.resume_key(), 0, 0, 0, 0.0, 0.0)
+    state = ckpt.load_checkpoint(found, model, optimizer, scheduler)
+    # A run extended from a checkpoint keeps its optimizer state but follows the new schedule length: the
+    # scheduler's lambdas come from this plan, so recompute the learning rate for the restored step.
+    for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
+    log.info("resuming from checkpoint step %d (%s)", state.global_step, found)
+    return replace(state, resume_key=spec.resume_key())
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def batches_from(rows: list[dict[str, Any]], spec: TrainingSpec, plan: Plan,
+                 start_step: int) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
+    """(epoch, batch index, rows) from ``start_step`` on; the order is a pure function of seed and epoch."""
+    step = start_step
+    while step < plan.total_steps:
+        epoch, index = divmod(step, plan.steps_per_epoch)
+        order = epoch_order(rows, spec.batch_size, spec.seed, epoch)
+        for position in range(index, len(order)):
+            if step >= plan.total_steps:
+                return
+            yield epoch, position, [rows[i] for i in order[position]]
+            step += 1
+
+
+def train_loop(spec: TrainingSpec, plan: Plan, rows: list[dict[str, Any]], model: torch.nn.Module, processor: Any,
+               optimizer: torch.optim.Optimizer, scheduler: Any, state: ckpt.TrainState, output: Path,
+               device: torch.device, tracker: RunLogger) -> ckpt.TrainState:
+    """Optimise until ``plan.total_steps``, logging progress and checkpointing every N steps."""
+    model.train()
+    scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    run_start = time.perf_counter() - state.elapsed_s
+    for epoch, position, batch_rows in batches_from(rows, spec, plan, state.global_step):
+        loss = training_step(model, processor, batch_rows, spec, device, optimizer, scheduler, scaler)
+        step = state.global_step + 1
+        state = replace(state, global_step=step, epoch=epoch, batch_in_epoch=position + 1,
+                        loss_sum=state.loss_sum + loss, elapsed_s=time.perf_counter() - run_start)
+        window_loss, window_steps = window_loss + loss, window_steps + 1
+        if step % spec.logging_steps == 0 or step == plan.total_steps:
+            seconds = (time.perf_counter() - window_start) / window_steps
+            lr = scheduler.get_last_lr()[0]
+            log.info("step %d/%d epoch %.1f loss %.3f lr %.1e (%.2f s/it)", step, plan.total_steps,
+                     step / plan.steps_per_epoch, window_loss / window_steps, lr, seconds)
+            tracker.log_metrics({"train_loss": window_loss / window_steps, "learning_rate": lr}, step)
+            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        if step % spec.checkpoint_every_steps == 0 or step == plan.total_steps:
+            ckpt.save_checkpoint(output / CHECKPOINT_DIR, model, optimizer, scheduler, state, spec.keep_checkpoints)
+    return state
+
+
+def training_step(model: torch.nn.Module, processor: Any, batch_rows: list[dict[str, Any]], spec: TrainingSpec,
+                  device: torch.device, optimizer: torch.optim.Optimizer, scheduler: Any,
+                  scaler: torch.amp.GradScaler | None) -> float:
+    """One optimizer step on one batch; returns the batch loss."""
+    batch = make_batch(batch_rows, processor, with_labels=True)
+    with autocast(spec.precision, device):
+        out = model(input_values=batch.input_values.to(device), attention_mask=batch.attention_mask.to(device),
+                    labels=batch.labels.to(device))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if scaler is not None:
+        scaler.scale(out.loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        out.loss.backward()
+    if spec.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(out.loss.detach())
+
+
+def save_model(model: torch.nn.Module, processor: Any, output: Path) -> Path:
+    """Merge LoRA into the base weights and write model/ + processor atomically (tmp dir + rename)."""
+    final, partial = output / MODEL_DIR, output / f".{MODEL_DIR}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    plain = merged_model(model).to("cpu").eval()
+    plain.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    log.info("saved merged model to %s", final)
+    return final
+
+
+def write_metrics(output: Path, spec: TrainingSpec, plan: Plan, counts: tuple[int, int], state: ckpt.TrainState,
+                  resumed_from: int | None, train_rows: int, tracker: RunLogger) -> dict[str, Any]:
+    """metrics.json last and atomically: its presence (with the spec hash) marks the run finished."""
+    trainable, total = counts
+    metrics = {
+        "train_loss": state.loss_sum / max(1, state.global_step),
+        "steps": state.global_step,
+        "epochs": state.global_step / plan.steps_per_epoch,
+        "train_runtime_s": round(state.elapsed_s, 3),
+        "trainable_params": trainable,
+        "total_params": total,
+        "resumed_from_step": resumed_from,
+        "train_rows": train_rows,
+        "lora": spec.lora.enabled,
+        "spec_hash": spec.spec_hash(),
+    }
+    write_json_atomic(output / METRICS_FILE, metrics)
+    tracker.log_metrics({"train_loss_mean": metrics["train_loss"], "train_runtime_s": metrics["train_runtime_s"],
+                         "train_steps": state.global_step, "trainable_params": trainable,
+                         "total_params": total}, state.global_step)
+    log.info("done: %d steps, mean loss %.3f, %.1f s", state.global_step, metrics["train_loss"], state.elapsed_s)
+    return metrics
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,103 @@
+"""Fixtures for trainer tests: a tiny random wav2vec2 model and a handful of real espeak-ng utterances."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuneloop_trainer.spec import ModelSize
+
+TINY = ModelSize(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                 conv_dim=[16, 16, 16, 16], num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4, seed=0)
+TRAIN_TEXTS = ["turn on the kitchen lights", "set a timer for ten minutes", "call anna tomorrow",
+               "play some jazz music", "what's the weather in boston", "add milk to my shopping list"]
+EVAL_TEXTS = ["navigate to the airport", "i'll be home soon", "pause the music", "do we need eggs"]
+
+requires_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised tiny model + processor written with save_pretrained."""
+    from tuneloop_trainer.modeling import init_model
+
+    return init_model(tmp_path_factory.mktemp("tiny") / "model", TINY)
+
+
+@pytest.fixture(scope="session")
+def speech_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset directory in the export layout with 6 train and 4 eval espeak utterances."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    from tuneloop_demo.speech import SynthesisJob, synthesize
+
+    root = tmp_path_factory.mktemp("dataset")
+    for split, texts in (("train", TRAIN_TEXTS), ("eval", EVAL_TEXTS)):
+        rows = []
+        for index, text in enumerate(texts):
+            relative = f"audio/{split}-{index}.wav"
+            voice = ["en-us", "en-gb+f2"][index % 2]
+            duration = synthesize(SynthesisJob(text=text, voice=voice, out_path=root / relative))
+            # One eval row uses an absolute path: the contract allows both.
+            audio = str(root / relative) if (split, index) == ("eval", 3) else relative
+            rows.append({"id": f"{split}-{index}", "audio": audio, "text": text, "duration_s": duration,
+                         "sample_rate": 16000, "voice": voice, "condition": "clean", "source": "test"})
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (root / "manifest.json").write_text(json.dumps({"id": "test"}))
+    return root
+
+
+@pytest.fixture
+def make_spec(tiny_model_dir: Path, speech_dataset: Path, tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    """Build a valid spec dict for a 3-step run, with keyword overrides (nested dicts merge)."""
+
+    def build(**overrides: Any) -> dict[str, Any]:
+        spec = {"task": "speech-to-text", "base_model_uri": str(tiny_model_dir), "dataset_uri": str(speech_dataset),
+                "output_uri": str(tmp_path / "out"), "seed": 0, "epochs": 1, "max_steps": 3, "batch_size": 2,
+                "learning_rate": 1e-3, "warmup_ratio": 0.1, "weight_decay": 0.0,
+                "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+                "precision": "fp32", "checkpoint_every_steps": 2, "label_noise": "none", "mlflow": None,
+                "logging_steps": 1}
+        for key, value in overrides.items():
+            spec[key] = {**spec[key], **value} if isinstance(value, dict) and isinstance(spec.get(key), dict) else value
+        return spec
+
+    return build
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
+    def write(spec: dict[str, Any]) -> Path:
+        path = tmp_path / "spec.json"
+        path.write_text(json.dumps(spec))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """One sqlite tracking store per session (creating its schema takes seconds): (uri, artifact root)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+
+
+@pytest.fixture
+def tracking(tracking_store: tuple[str, str], request: pytest.FixtureRequest) -> Iterator[str]:
+    """The session's tracking store as the current one, with an experiment per test; previous URIs restored."""
+    import mlflow
+
+    previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    uri, artifacts = tracking_store
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    name = request.node.name
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment(name, f"{artifacts}/{name}"))
+    yield uri
+    mlflow.set_tracking_uri(previous)
+    mlflow.set_registry_uri(previous_registry)
