@@ -57,6 +57,16 @@ def test_production_utterances_span_the_past_days(small_world: World, small_conf
     assert {"audio_path", "text", "voice", "condition", "created_at"} <= set(utterances[0])
 
 
+def test_replay_utterances_are_older_than_production(small_world: World) -> None:
+    from tuneloop_demo import production_utterances, replay_utterances
+
+    now = datetime(2026, 1, 10, tzinfo=UTC)
+    oldest_production = min(u["created_at"] for u in production_utterances(small_world, now=now))
+    replay = list(replay_utterances(small_world, now=now))
+    assert replay and all(u["created_at"] < oldest_production for u in replay)
+    assert {u["voice"] for u in replay} <= set(small_world.seen_voices)
+
+
 def test_dataset_dir_is_readable_by_the_trainer(small_world: World, tmp_path: Path) -> None:
     rows = read_split(small_world, "production")
     dataset = write_dataset_dir(tmp_path / "ds", rows[:15], rows[15:], small_world.root, source="test")

@@ -178,7 +178,8 @@ def plan_world(config: WorldConfig, seed: int) -> dict[str, list[dict[str, Any]]
     for split in SPLITS:
         count = getattr(config, split)
         plans[split] = [_row(split, index, next(texts), config, rng) for index in range(count)]
-    _assign_ages(plans["production"], config, rng)
+    _assign_ages(plans["production"], rng, 0.0, config.production_days)
+    _assign_ages(plans["replay"], rng, config.production_days + 1, config.production_days + 30)
     return plans
 
 
@@ -197,9 +198,9 @@ def _row(split: str, index: int, text: str, config: WorldConfig, rng: random.Ran
     return row
 
 
-def _assign_ages(rows: list[dict[str, Any]], config: WorldConfig, rng: random.Random) -> None:
-    """Spread production rows over the past ``production_days``, oldest first (ids follow time)."""
-    ages = sorted((rng.uniform(0, config.production_days * 86400) for _ in rows), reverse=True)
+def _assign_ages(rows: list[dict[str, Any]], rng: random.Random, newest_days: float, oldest_days: float) -> None:
+    """Spread rows between ``oldest_days`` and ``newest_days`` ago, oldest first (ids follow time)."""
+    ages = sorted((rng.uniform(newest_days * 86400, oldest_days * 86400) for _ in rows), reverse=True)
     for row, age in zip(rows, ages, strict=True):
         row["age_s"] = round(age, 1)
 
@@ -224,11 +225,24 @@ def read_split(world: World, split: str) -> list[dict[str, Any]]:
 def production_utterances(world: World, now: datetime | None = None) -> Iterator[dict[str, Any]]:
     """Production traffic for the error-case ingestion, oldest first.
 
-    Yields ``{"audio_path" (absolute), "text" (the true transcript, i.e. the correction), "voice", "condition",
-    "created_at" (ISO 8601, UTC; ``now`` minus the row's age), "id", "duration_s"}``.
+    Yields ``{"id", "audio_path" (absolute), "text" (the true transcript, i.e. the correction), "voice",
+    "condition", "duration_s", "created_at" (ISO 8601, UTC; ``now`` minus the row's age)}``.
     """
+    return _utterances(world, "production", now)
+
+
+def replay_utterances(world: World, now: datetime | None = None) -> Iterator[dict[str, Any]]:
+    """Older, correctly transcribed seen-voice traffic (one to five weeks before the production window).
+
+    Same fields as :func:`production_utterances`. Ingested as already-consumed cases, it gives the export's
+    replay option something to mix in, which keeps fine-tuning from eroding the seen voices.
+    """
+    return _utterances(world, "replay", now)
+
+
+def _utterances(world: World, split: str, now: datetime | None) -> Iterator[dict[str, Any]]:
     now = now or datetime.now(UTC)
-    for row in read_split(world, "production"):
+    for row in read_split(world, split):
         yield {
             "id": row["id"], "audio_path": str((world.root / row["audio"]).resolve()), "text": row["text"],
             "voice": row["voice"], "condition": row["condition"], "duration_s": row["duration_s"],
