@@ -14,7 +14,8 @@ $(STAMP): requirements.txt pyproject.toml scripts/airflow-wrapper.sh
 	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng sox libsndfile1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements.txt  # the full pinned set: nothing to resolve
+	$(PY) -m pip check
 	$(PY) -m pip install -q --no-deps -e .
 	sed -e "s|@REPO@|$(CURDIR)|" -e "s|@PYTHON@|$(CURDIR)/$(PY)|" scripts/airflow-wrapper.sh > $(VENV)/bin/airflow
 	chmod +x $(VENV)/bin/airflow

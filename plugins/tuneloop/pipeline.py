@@ -284,12 +284,13 @@ class PipelineRun:
         self.store.record_deployment(event)
         return event.to_dict()
 
-    def post_deploy_check(self, dataset_dir: str) -> dict[str, Any]:
+    def post_deploy_check(self, dataset_dir: str, deployed_version: str) -> dict[str, Any]:
         """Load ``models:/<name>@production`` like a serving system would and transcribe a smoke set."""
         from tuneloop.post_deploy import check_served_model
 
         result = check_served_model(self.config, self.paths.predictions("candidate"),
-                                    Path(dataset_dir) / "eval.jsonl")
+                                    Path(dataset_dir) / "eval.jsonl", deployed_version,
+                                    self.registry.production_version())
         _write_json(self.paths.post_deploy, result.to_dict())
         return result.to_dict()
 

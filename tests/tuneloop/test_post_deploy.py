@@ -20,7 +20,14 @@ def test_too_many_errors_fail(tmp_path):
     assert not result.passed and "rollback_on_error_threshold 0.3" in result.reasons[-1]
 
 
-def test_a_different_model_behind_the_alias_fails(tmp_path):
+def test_a_served_model_worse_than_validated_fails(tmp_path):
     result = _judge(_config(tmp_path), served_wer=0.45, validated_wer=0.20, n=20, mismatched=15)
     assert not result.passed
-    assert any("not serving the model that passed the gate" in r for r in result.reasons)
+    assert any("exceeds the validated candidate's" in r for r in result.reasons)
+
+
+def test_the_alias_must_point_to_the_deployed_version(tmp_path):
+    from tuneloop.post_deploy import check_served_model
+
+    result = check_served_model(_config(tmp_path), tmp_path / "p.jsonl", tmp_path / "e.jsonl", "3", "2")
+    assert not result.passed and "points to version 2, not to the deployed 3" in result.reasons[0]

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tuneloop_demo.settings import VARIANTS
 from tuneloop_trainer.cli import prefer_passive_openmp
 
 
@@ -17,14 +18,16 @@ def build_parser() -> argparse.ArgumentParser:
     world = commands.add_parser("build-world", help="Synthesise the demo world (idempotent).")
     world.add_argument("--root", type=Path, required=True, help="Directory for the world.")
     world.add_argument("--seed", type=int, default=0, help="World seed.")
+    world.add_argument("--with-baseline-train", action="store_true",
+                       help="Also synthesise the 3000 baseline-training utterances (only the bootstrap needs them).")
     baseline = commands.add_parser("bootstrap-baseline", help="Train the baseline from scratch (resumable).")
     baseline.add_argument("--output", type=Path, required=True, help="Where to write the baseline model.")
     baseline.add_argument("--work-dir", type=Path, required=True, help="World, dataset, checkpoints.")
     measure = commands.add_parser("measure", help="Run the demo's ML path without Airflow and report numbers.")
     measure.add_argument("--work-dir", type=Path, required=True, help="World and run outputs.")
     measure.add_argument("--baseline", type=Path, default=None, help="Baseline model (default: shipped one).")
-    measure.add_argument("--variants", nargs="+", default=["lora", "full", "shuffle"],
-                         help="Fine-tuning variants to run (see tuneloop_demo.settings.VARIANTS).")
+    measure.add_argument("--variants", nargs="+", default=["full", "lora", "shuffle"], choices=list(VARIANTS),
+                         help="Fine-tuning variants to run (tuneloop_demo.settings.VARIANTS).")
     return parser
 
 
@@ -33,9 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prefer_passive_openmp()
     if args.command == "build-world":
-        from tuneloop_demo.world import build_world
+        from dataclasses import replace
 
-        print(build_world(args.root, args.seed).root)
+        from tuneloop_demo.settings import DEMO_WORLD
+        from tuneloop_demo.world import SPLITS, build_world
+
+        config = replace(DEMO_WORLD, splits=SPLITS) if args.with_baseline_train else DEMO_WORLD
+        print(build_world(args.root, args.seed, config).root)
     elif args.command == "bootstrap-baseline":
         from tuneloop_demo.baseline import bootstrap_baseline
         from tuneloop_trainer.modeling import quiet_transformers

@@ -28,23 +28,24 @@ BASELINE_TRAINING: dict[str, Any] = {
 DEMO_SEED = 0
 # The demo world: the shipped baseline makes the 3000 baseline-training utterances unnecessary.
 DEMO_WORLD = WorldConfig(splits=("seen_eval", "production", "heldout", "replay"))
-# Seen-voice rows mixed into the fine-tuning train split (the export's replay of older data).
-DEMO_REPLAY = 0
+# Seen-voice rows mixed into the fine-tuning train split (the export's replay of older data): without them,
+# fine-tuning on unseen voices and noise erodes the seen voices (measured: seen-voice WER 0.022 -> 0.095).
+DEMO_REPLAY = 300
 # Share of error cases (the most recent) that the measurement holds out as the dataset's eval split.
 EXPORT_EVAL_SHARE = 0.15
 
 _LORA = {"enabled": True, "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+_COMMON = {"epochs": 5, "batch_size": 8, "warmup_ratio": 0.1, "weight_decay": 0.0, "checkpoint_every_steps": 50}
 
-# Fine-tuning variants measured by `python -m tuneloop_demo measure`; DEMO_FINETUNE is the recommended one.
+# Fine-tuning variants measured by `python -m tuneloop_demo measure` (numbers in MEASURED below).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "lora": {"epochs": 8, "batch_size": 8, "learning_rate": 3e-3, "warmup_ratio": 0.1, "weight_decay": 0.0,
-             "lora": _LORA, "checkpoint_every_steps": 50},
-    "full": {"epochs": 8, "batch_size": 8, "learning_rate": 5e-4, "warmup_ratio": 0.1, "weight_decay": 0.0,
-             "lora": {**_LORA, "enabled": False}, "checkpoint_every_steps": 50},
+    "full": {**_COMMON, "learning_rate": 5e-4, "lora": {**_LORA, "enabled": False}},
+    "lora": {**_COMMON, "learning_rate": 3e-3, "lora": _LORA},
+    "lora-all": {**_COMMON, "learning_rate": 3e-3, "lora": {**_LORA, "target_modules": [
+        "q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"]}},
 }
-VARIANTS["lora-all"] = {**VARIANTS["lora"], "lora": {**_LORA, "target_modules": [
-    "q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense"]}}
-VARIANTS["full-hi"] = {**VARIANTS["full"], "learning_rate": 1e-3}
-VARIANTS["shuffle"] = {**VARIANTS["lora"], "label_noise": "shuffle"}
+# The deliberately bad candidate: the recommended settings with every transcript moved to another utterance.
+VARIANTS["shuffle"] = {**VARIANTS["full"], "label_noise": "shuffle"}
 
-DEMO_FINETUNE: dict[str, Any] = VARIANTS["lora"]
+# Recommended demo training settings (spec fields): full fine-tuning, feature encoder frozen.
+DEMO_FINETUNE: dict[str, Any] = VARIANTS["full"]

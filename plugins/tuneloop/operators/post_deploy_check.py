@@ -16,7 +16,8 @@ class PostDeployCheckOperator(PipelineStepOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         dataset = self.upstream(context, "export_dataset")
-        result = self.pipeline(context).post_deploy_check(dataset["dataset_dir"])
+        deployed = self.upstream(context, "deploy")["to_version"]
+        result = self.pipeline(context).post_deploy_check(dataset["dataset_dir"], deployed)
         for reason in result["reasons"]:
             self.log.info("post-deploy: %s", reason)
         if not result["passed"]:
