@@ -68,7 +68,7 @@ def paired_bootstrap(base: list[dict[str, Any]], cand: list[dict[str, Any]], ite
     rng = np.random.default_rng(seed)
     index = rng.integers(0, len(base), size=(iterations, len(base)))
     deltas = (cand_edits[index].sum(1) - base_edits[index].sum(1)) / words[index].sum(1)
-    base_wer, cand_wer = base_edits.sum() / words.sum(), cand_edits.sum() / words.sum()
+    base_wer, cand_wer = float(base_edits.sum() / words.sum()), float(cand_edits.sum() / words.sum())
     increase = (cand_edits - base_edits) / words  # per-utterance WER change, what the gate's checks look at
     return Comparison(n=len(base), baseline_wer=round(base_wer, 4), candidate_wer=round(cand_wer, 4),
                       delta=round(cand_wer - base_wer, 4), ci_low=round(float(np.quantile(deltas, 0.025)), 4),
