@@ -160,6 +160,7 @@ class ModelRegistry:
         subprocesses); both are put back on exit so nothing leaks into the caller's process.
         """
         import mlflow
+        from mlflow.tracking import fluent
         from mlflow.tracking._model_registry import utils as registry_state
         from mlflow.tracking._tracking_service import utils as tracking_state
 
@@ -167,12 +168,19 @@ class ModelRegistry:
         # resolved default would pin it and make later MLFLOW_TRACKING_URI changes ineffective.
         saved_tracking = getattr(tracking_state, "_tracking_uri", None)
         saved_registry = getattr(registry_state, "_registry_uri", None)
-        saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+        saved_env = {k: os.environ.get(k) for k in keys}
+        # An experiment made active elsewhere in the process (``mlflow.set_experiment``, which also exports
+        # MLFLOW_EXPERIMENT_ID) would make ``start_run(run_id=...)`` refuse a run of another experiment.
+        saved_experiment = fluent._active_experiment_id
+        fluent._active_experiment_id = None
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.registry_uri)
         try:
             yield
         finally:
+            fluent._active_experiment_id = saved_experiment
             mlflow.set_tracking_uri(saved_tracking)  # type: ignore[arg-type]  # None means "unset"
             mlflow.set_registry_uri(saved_registry)  # type: ignore[arg-type]
             for key, value in saved_env.items():

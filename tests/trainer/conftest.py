@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -89,15 +91,28 @@ def tracking_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 @pytest.fixture
 def tracking(tracking_store: tuple[str, str], request: pytest.FixtureRequest) -> Iterator[str]:
-    """The session's tracking store as the current one, with an experiment per test; previous URIs restored."""
+    """The session's tracking store as the current one, with an experiment per test; MLflow's process-wide
+    state (URIs, active experiment and the environment variables MLflow exports) is put back afterwards."""
     import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
 
-    previous, previous_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+    saved_env = {k: os.environ.get(k) for k in keys}
+    saved_tracking = getattr(tracking_state, "_tracking_uri", None)
+    saved_registry = getattr(registry_state, "_registry_uri", None)
     uri, artifacts = tracking_store
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = request.node.name
     mlflow.set_experiment(experiment_id=mlflow.create_experiment(name, f"{artifacts}/{name}"))
     yield uri
-    mlflow.set_tracking_uri(previous)
-    mlflow.set_registry_uri(previous_registry)
+    fluent._active_experiment_id = None
+    mlflow.set_tracking_uri(saved_tracking)  # type: ignore[arg-type]  # None means "unset"
+    mlflow.set_registry_uri(saved_registry)  # type: ignore[arg-type]
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
