@@ -3,13 +3,21 @@
 
 Weekly (cron from `schedule.weekly_cron`), or started by `finetune_on_errors`, or by hand from the trigger form.
 
-`check_trigger` → `export_dataset` → `train` → `evaluate` → `validate` → `register` → `decide`
-→ `deploy` → `post_deploy_check` → (`rollback` only if the check fails) | `reject` | `hold` → `report`.
+`check_trigger` → `approve_training` → `export_dataset` → `train` → `evaluate` → `validate` → `regression_suite`
+→ `register` → `decide` → `approve_deploy` → `deploy` → `post_deploy_check` → (`rollback` only if the check fails)
+| `reject` → `report`.
 
 A run whose trigger conditions are unmet is skipped (the report says why). Nothing reaches production unless the
-gate passes: WER/CER improvement, paired-bootstrap significance and degradation limits (`validation` config).
-Manual runs: tick **force_trigger** to train regardless of counts and cooldown; untick **auto_deploy** to keep a
-passing candidate registered (alias `candidate`) without promoting it.
+gate passes (WER/CER improvement, paired-bootstrap significance, degradation limits, slices, newly broken
+utterances: `validation` config) and no regression suite blocks (`regression` config).
+
+**Approvals** (Airflow's human-in-the-loop, under *Required actions*): `approve_training` waits when
+`trigger.auto_approve_finetuning` is false and the run was not forced; `approve_deploy` waits when **auto_deploy**
+is unticked, or on a first run under `validation.first_run_policy: require_approval`. Reject, or no answer in time,
+leaves production untouched and is written to the deployment history. Otherwise both pass at once.
+
+Manual runs: tick **force_trigger** to train regardless of counts and cooldown (starting it is the approval).
+Each step's **MLflow run** button opens the run's metrics, plot and decision record.
 """
 
 from __future__ import annotations
@@ -18,17 +26,19 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, TriggerRule
 
+from tuneloop.operators.approve import ApproveDeployOperator, ApproveTrainingOperator
 from tuneloop.operators.check_trigger import CheckTriggerOperator
 from tuneloop.operators.decide import DecideOperator
-from tuneloop.operators.deploy import DeployOperator, HoldOperator, RejectOperator, RollbackOperator
+from tuneloop.operators.deploy import DeployOperator, RejectOperator, RollbackOperator
 from tuneloop.operators.evaluate import EvaluateOperator
 from tuneloop.operators.export_dataset import ExportDatasetOperator
 from tuneloop.operators.post_deploy_check import PostDeployCheckOperator
 from tuneloop.operators.register import RegisterCandidateOperator
+from tuneloop.operators.regression_suite import RegressionSuiteOperator
 from tuneloop.operators.report import ReportOperator
 from tuneloop.operators.train import TrainOperator
 from tuneloop.operators.validate import ValidateOperator
-from tuneloop.schedule import cron
+from tuneloop.schedule import approval_timeout, cron
 
 with DAG(
     dag_id="finetune_weekly",
@@ -41,7 +51,8 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
     params={
         "force_trigger": Param(False, type="boolean", description="Train even if trigger conditions are unmet."),
-        "auto_deploy": Param(True, type="boolean", description="Promote a candidate that passes the gate."),
+        "auto_deploy": Param(True, type="boolean",
+                             description="Promote a candidate that passes the gate; untick to approve it by hand."),
         "use_lora": Param(True, type="boolean", description="LoRA (peft) fine-tuning; untick for full."),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="Empty: training.epochs."),
         "learning_rate": Param(None, type=["null", "number"], description="Empty: training.learning_rate."),
@@ -54,20 +65,34 @@ with DAG(
     },
 ) as dag:
     check_trigger = CheckTriggerOperator(task_id="check_trigger")
+    approve_training = ApproveTrainingOperator(
+        task_id="approve_training",
+        subject="Start fine-tuning the production model? ({{ run_id }})",
+        body="{{ ti.xcom_pull(task_ids='check_trigger')['summary_md'] }}",
+        response_timeout=approval_timeout("trigger"),
+        retries=0,
+    )
     export_dataset = ExportDatasetOperator(task_id="export_dataset")
     train = TrainOperator(task_id="train", execution_timeout=timedelta(hours=6))
     evaluate = EvaluateOperator(task_id="evaluate", execution_timeout=timedelta(hours=2))
     validate = ValidateOperator(task_id="validate")
+    regression_suite = RegressionSuiteOperator(task_id="regression_suite")
     register = RegisterCandidateOperator(task_id="register")
     decide = DecideOperator(task_id="decide")
+    approve_deploy = ApproveDeployOperator(
+        task_id="approve_deploy",
+        subject="Deploy version {{ ti.xcom_pull(task_ids='register')['version'] }} to production? ({{ run_id }})",
+        body="{{ ti.xcom_pull(task_ids='decide', key='summary') }}",
+        response_timeout=approval_timeout("deployment"),
+        retries=0,
+    )
     deploy = DeployOperator(task_id="deploy")
     reject = RejectOperator(task_id="reject")
-    hold = HoldOperator(task_id="hold")
     post_deploy_check = PostDeployCheckOperator(task_id="post_deploy_check", retries=0)
     rollback = RollbackOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED)
     report = ReportOperator(task_id="report", trigger_rule=TriggerRule.ALL_DONE, retries=1)
 
-    check_trigger >> export_dataset >> train >> evaluate >> validate >> register >> decide
-    decide >> [deploy, reject, hold]
-    deploy >> post_deploy_check >> rollback
-    [post_deploy_check, rollback, reject, hold] >> report
+    check_trigger >> approve_training >> export_dataset >> train >> evaluate >> validate >> regression_suite
+    regression_suite >> register >> decide >> [approve_deploy, reject]
+    approve_deploy >> deploy >> post_deploy_check >> rollback
+    [post_deploy_check, rollback, reject] >> report

@@ -40,8 +40,9 @@ class FinetuningConfig(_Section):
     min_inferences_for_rate: int = Field(100, ge=1, description="below this many inferences the rate is not used")
     cooldown_hours: float = Field(24, ge=0, description="minimum time since the last training run finished")
     auto_approve_finetuning: bool = Field(
-        False, description="start training without a human approval (approval step arrives with the HITL issue)"
+        False, description="start training without a person approving it in Airflow (approve_training task)"
     )
+    approval_timeout_hours: float = Field(72, gt=0, description="an unanswered training approval is a reject")
 
 
 class DatasetConfig(_Section):
@@ -84,8 +85,34 @@ class TrainingConfig(_Section):
     timeout_minutes: float = Field(120, gt=0, description="the local backend kills a trainer running longer")
 
 
+class SliceSpec(_Section):
+    """A metadata field of the eval rows whose values are gated one by one (e.g. ``condition``: clean / noisy).
+
+    A value with at least ``min_n`` utterances fails the gate when its WER rises by more than ``max_wer_increase``
+    (absolute); smaller values are reported, not gated. ``buckets`` turns a numeric field into ranges, e.g.
+    ``field: duration_s, buckets: [2, 5]`` gives ``<2``, ``2-5`` and ``>=5``.
+    """
+
+    field: str = Field(min_length=1)
+    min_n: int = Field(30, ge=1, description="a slice value needs this many utterances to be gated")
+    max_wer_increase: float = Field(0.0, ge=0, description="tolerated rise of the slice's WER (absolute)")
+    buckets: tuple[float, ...] | None = Field(None, description="ascending edges for a numeric field")
+
+    @model_validator(mode="after")
+    def _ascending(self) -> "SliceSpec":
+        if self.buckets is not None and (not self.buckets or list(self.buckets) != sorted(set(self.buckets))):
+            raise ValueError(f"slice {self.field!r}: buckets must be strictly ascending, got {list(self.buckets)}")
+        return self
+
+
 class ValidationConfig(_Section):
-    """The gate (the seed's ValidationConfig) plus the statistics it needs."""
+    """The gate (the seed's ValidationConfig) plus the statistics it needs, slices, churn and the first-run policy.
+
+    First run (no production model to compare with): ``first_run_policy: absolute`` judges the candidate alone
+    against ``first_run_max_wer`` / ``first_run_max_cer``; ``require_approval`` (the default) runs the usual
+    comparison against the base model it started from and, if it passes, waits for a person to approve the
+    deployment whatever ``auto_deploy`` says.
+    """
 
     min_wer_improvement: float = 0.0
     min_cer_improvement: float = 0.0
@@ -94,9 +121,55 @@ class ValidationConfig(_Section):
     max_wer_degradation_rate: float = Field(0.10, ge=0, le=1, description="share of utterances allowed to worsen")
     require_no_major_degradation: bool = True
     major_degradation_threshold: float = Field(0.5, gt=0, description="per-utterance WER increase that is major")
-    min_eval_size: int = Field(20, ge=1, description="below this many eval utterances the gate refuses to pass")
+    min_eval_size: int = Field(20, ge=1, description="below this many eval utterances: insufficient evidence")
     bootstrap_resamples: int = Field(10_000, ge=100)
     bootstrap_seed: int = 0
+    slices: tuple[SliceSpec, ...] = Field((), description="metadata fields gated value by value")
+    slice_resamples: int = Field(2_000, ge=100, description="bootstrap resamples for each slice's CI")
+    max_newly_broken: int | None = Field(None, ge=0, description="cap on utterances production got right and the "
+                                                                 "candidate gets wrong (count)")
+    max_newly_broken_rate: float | None = Field(0.05, ge=0, le=1, description="the same cap as a share of eval")
+    first_run_policy: Literal["absolute", "require_approval"] = "require_approval"
+    first_run_max_wer: float = Field(0.5, gt=0, description="absolute policy: the candidate's WER must be below")
+    first_run_max_cer: float | None = Field(None, gt=0, description="absolute policy: optional CER ceiling")
+
+
+SuiteType = Literal["benchmark", "critical", "smoke"]
+
+
+class SuiteSpec(_Section):
+    """A regression suite (the seed's ``register_test``): a fixed JSONL test set the candidate must not regress on.
+
+    ``data_path``: JSONL rows ``{"id", "audio", "text", ...}``, audio relative to the file. ``baseline_wer`` /
+    ``baseline_cer``: the recorded baseline (with the ``baseline_version`` that made it); when absent, production's
+    WER on the suite, measured in the same run, is the baseline.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    type: SuiteType = "benchmark"
+    data_path: Path
+    baseline_wer: float | None = Field(None, ge=0)
+    baseline_cer: float | None = Field(None, ge=0)
+    baseline_version: str | None = None
+    max_wer_degradation: float = Field(0.05, ge=0, description="allowed rise of the suite's WER (absolute)")
+
+    @model_validator(mode="after")
+    def _not_eval(self) -> "SuiteSpec":
+        if self.name == "eval":
+            raise ValueError("suite name 'eval' is reserved for the run's eval split")
+        return self
+
+
+class RegressionConfig(_Section):
+    """Regression testing (the seed's RegressionConfig) and the suites registered in config."""
+
+    run_on_deploy: bool = Field(True, description="run every suite on each candidate before deciding")
+    fail_on_critical_degradation: bool = True
+    critical_degradation_threshold: float = Field(0.1, ge=0, description="relative WER rise that is critical")
+    max_failed_samples_rate: float = Field(0.05, ge=0, le=1, description="share of samples allowed to fail")
+    sample_degradation_threshold: float = Field(0.2, ge=0, description="per-sample WER rise that fails it")
+    exclude_suite_texts: bool = Field(True, description="leakage guard also matches transcripts, not only audio")
+    suites: tuple[SuiteSpec, ...] = ()
 
 
 class DeploymentConfig(_Section):
@@ -109,12 +182,14 @@ class DeploymentConfig(_Section):
         0.5, gt=0, description="post-deploy check: roll back when the served model's WER on the smoke set exceeds it"
     )
     post_deploy_smoke_size: int = Field(20, ge=1, description="eval utterances transcribed through the alias")
+    approval_timeout_hours: float = Field(72, gt=0, description="an unanswered deployment approval is a reject")
 
 
 class MlflowConfig(_Section):
     tracking_uri: str | None = Field(None, description="default: sqlite:///<home>/mlflow.db")
     registry_uri: str | None = Field(None, description="default: the tracking URI")
     artifact_location: str | None = Field(None, description="default: <home>/mlartifacts")
+    ui_url: str = Field("http://localhost:5000", description="MLflow UI base, for links from Airflow and records")
     experiment_name: str = "tuneloop"
     model_name: str = "speech-to-text"
 
@@ -137,6 +212,7 @@ class TuneloopConfig(_Section):
     dataset: DatasetConfig = DatasetConfig()
     training: TrainingConfig = TrainingConfig()
     validation: ValidationConfig = ValidationConfig()
+    regression: RegressionConfig = RegressionConfig()
     deployment: DeploymentConfig = DeploymentConfig()
     mlflow: MlflowConfig = MlflowConfig()
     schedule: ScheduleConfig = ScheduleConfig()

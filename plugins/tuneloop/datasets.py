@@ -10,9 +10,11 @@ Layout under ``<root>/datasets/<dataset_id>/``::
 
 Steps, in order: validate each case (bad ones are quarantined in the store with the reason), deduplicate by
 audio content (the most recent case of a recording wins; older ones with the same text are duplicates, with a
-different text superseded), drop recordings whose hash is in ``exclude_hashes`` (regression-suite items must
-never be trained on), keep the ``max_cases`` most recent, and hold out the most recent ``eval_fraction`` (at least
-``min_eval_cases``) for evaluation: a time split, so eval looks like the errors production makes next.
+different text superseded), drop cases the leakage guard names (the audio or the transcript of a regression-suite
+item: those must never be trained on), keep the ``max_cases`` most recent, and hold out the most recent
+``eval_fraction`` (at least ``min_eval_cases``) for evaluation: a time split, so eval looks like the errors
+production makes next. A train case with the same transcript as an eval case is held back (left new for a later
+run), so the eval split never measures a sentence the candidate was just trained on.
 
 ``dataset_id`` hashes the rows, the split and the dataset config — never times or run ids — so the same input
 gives the same id, and an existing complete dataset is reused untouched. A dataset is written to a staging
@@ -38,6 +40,7 @@ from typing import Any
 
 from tuneloop.audio import AudioError, AudioInfo, load_mono, local_audio_path, probe_audio, write_wav16
 from tuneloop.config import DatasetConfig
+from tuneloop.regression import LeakageGuard
 from tuneloop.store import ErrorCase, ErrorCaseStore
 from tuneloop.text import normalize_transcript
 
@@ -102,6 +105,7 @@ class DatasetManifest:
     skipped: tuple[CaseNote, ...]
     config: dict[str, Any]
     stats: dict[str, Any]
+    held_back: tuple[CaseNote, ...] = ()
     files: dict[str, str] = field(default_factory=lambda: dict(SPLIT_FILES))
     format_version: int = DATASET_FORMAT
     directory: Path | None = field(default=None, compare=False)
@@ -144,7 +148,7 @@ class DatasetManifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, directory: Path | None = None, reused: bool = False) -> DatasetManifest:
         notes = {name: tuple(CaseNote(**note) for note in data.get(name, ()))
-                 for name in ("quarantined", "superseded", "duplicates", "skipped")}
+                 for name in ("quarantined", "superseded", "duplicates", "skipped", "held_back")}
         return cls(
             dataset_id=data["dataset_id"],
             created_at=datetime.fromisoformat(data["created_at"]),
@@ -197,12 +201,15 @@ def export_dataset(
     run_id: str,
     now: datetime | None = None,
     exclude_hashes: frozenset[str] = frozenset(),
+    guard: LeakageGuard | None = None,
     fetch_audio: AudioFetcher | None = None,
 ) -> DatasetManifest:
     """Export the store's new corrected cases as a dataset under ``root/datasets`` and return its manifest.
 
     :param exclude_hashes: audio content hashes (``probe_audio(...).content_hash``) that must not appear, e.g.
         every regression-suite item; how many cases they removed is in ``counts["excluded"]``.
+    :param guard: audio hashes and transcripts of regression-suite items (``regression.leakage_guard``); cases
+        matching either are excluded, counted in ``counts["excluded_suite_audio"]`` / ``["excluded_suite_text"]``.
     :param fetch_audio: maps a remote audio URI (gs://...) to a local file. Without it, remote cases are
         skipped (left new, listed in ``skipped``). Raising ``AudioError`` from it quarantines the case; any
         other error fails the export (it may be transient).
@@ -214,15 +221,28 @@ def export_dataset(
     for note in quarantined:
         store.quarantine(note.id, note.reason)
     kept, duplicates, superseded = _deduplicate(candidates)
-    excluded = [c.case.id for c in kept if c.info.content_hash in exclude_hashes]
-    kept = [c for c in kept if c.info.content_hash not in exclude_hashes]
+    guard = (guard or LeakageGuard()) | LeakageGuard(hashes=frozenset(exclude_hashes))
+    reasons = {c.case.id: guard.reason(c.info.content_hash, c.text) for c in kept}
+    excluded = [case_id for case_id, reason in reasons.items() if reason]
+    kept = [c for c in kept if not reasons[c.case.id]]
     capped = kept[-config.max_cases:] if config.max_cases else kept
     counts = {
         "candidates": len(cases), "quarantined": len(quarantined), "skipped": len(skipped),
         "duplicates": len(duplicates), "superseded": len(superseded), "excluded": len(excluded),
+        "excluded_suite_audio": sum(1 for r in reasons.values() if r and "audio" in r),
+        "excluded_suite_text": sum(1 for r in reasons.values() if r and "transcript" in r),
         "dropped_by_max_cases": len(kept) - len(capped), "usable": len(capped),
     }
+    if excluded:
+        log.info("leakage guard: excluded %d case(s) matching regression-suite items (%d by audio, %d by text)",
+                 len(excluded), counts["excluded_suite_audio"], counts["excluded_suite_text"])
     train, evaluation = _time_split(capped, config, counts)
+    eval_texts = {c.text for c in evaluation}
+    held_back = [CaseNote(c.case.id, "same transcript as an eval case") for c in train if c.text in eval_texts]
+    train = [c for c in train if c.text not in eval_texts]
+    if not train:
+        raise DatasetTooSmall(len(capped) - len(held_back), config.min_eval_cases + 1, counts)
+    counts["held_back_same_text_as_eval"] = len(held_back)
     rows = {"train": [_row(c, config) for c in train], "eval": [_row(c, config) for c in evaluation]}
     counts |= {"train": len(train), "eval": len(evaluation)}
     dataset_id = _dataset_id(rows, config)
@@ -232,6 +252,7 @@ def export_dataset(
         counts=counts, quarantined=tuple(quarantined), superseded=tuple(superseded), duplicates=tuple(duplicates),
         excluded_ids=tuple(excluded), skipped=tuple(skipped), config=config.model_dump(mode="json"),
         stats={split: _split_stats(split_rows, config) for split, split_rows in rows.items()},
+        held_back=tuple(held_back),
     )
     return _write_once(Path(root) / "datasets", manifest, rows, [*train, *evaluation], config)
 

@@ -17,8 +17,19 @@ The checks (all must hold to pass):
 6. when ``require_no_major_degradation``: no utterance's WER may rise by more than
    ``major_degradation_threshold`` (absolute).
 
-Per-utterance "worse" compares error counts over the same reference, so it is exact (no float ties). The
-Wilcoxon signed-rank test on per-utterance WER is recorded as a second opinion; it does not gate.
+7. every declared slice with enough utterances stays within its ``max_wer_increase`` (:mod:`tuneloop.slices`).
+8. newly broken utterances (production right, candidate wrong) stay within ``max_newly_broken`` and
+   ``max_newly_broken_rate`` (:mod:`tuneloop.churn`).
+
+Per-utterance "worse" compares error counts over the same reference, so it is exact (no float ties). Second
+opinions are recorded, never gating: the Wilcoxon signed-rank test on per-utterance WER, NIST's matched-pairs
+test on per-utterance error counts and McNemar's exact test on exactly-right utterances. Every statistic states
+its alpha, resamples and n.
+
+First run (no production model): with ``first_run_policy: absolute`` the checks are the eval size and the
+candidate's own WER (and CER) against ``first_run_max_wer`` (``first_run_max_cer``); the comparison with the base
+model is still computed and shown. With ``require_approval`` the usual checks run against the base model and a
+pass sets ``requires_approval``: a person decides the first deployment.
 """
 
 from __future__ import annotations
@@ -30,10 +41,21 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tuneloop.churn import ChurnReport, churn
 from tuneloop.config import ValidationConfig
 from tuneloop.metrics import ScoredPair, score_pair
 from tuneloop.predictions import PairedPrediction
-from tuneloop.stats import BootstrapResult, SignedRankResult, paired_bootstrap, wilcoxon_signed_rank
+from tuneloop.slices import SliceResult, evaluate_slices
+from tuneloop.stats import (
+    BootstrapResult,
+    MatchedPairsResult,
+    McNemarResult,
+    SignedRankResult,
+    matched_pairs,
+    mcnemar_exact,
+    paired_bootstrap,
+    wilcoxon_signed_rank,
+)
 
 Verdict = Literal["pass", "fail", "insufficient_evidence"]
 WORST_SHOWN = 5
@@ -94,9 +116,21 @@ class GateResult:
     major_degradation_ids: tuple[str, ...]
     worst_degradations: tuple[Degradation, ...]
     wilcoxon: SignedRankResult | None
+    matched_pairs: MatchedPairsResult | None
+    mcnemar: McNemarResult | None
+    slices: tuple[SliceResult, ...]
+    churn: ChurnReport
     checks: tuple[GateCheck, ...]
     reasons: tuple[str, ...]
     thresholds: dict[str, Any]
+    alpha: float
+    first_run: bool = False
+    policy: Literal["compare", "absolute", "require_approval"] = "compare"
+
+    @property
+    def requires_approval(self) -> bool:
+        """A pass that a person must still approve before deployment (first run under ``require_approval``)."""
+        return self.passed and self.policy == "require_approval"
 
     @property
     def baseline_wer(self) -> float:
@@ -119,8 +153,14 @@ class GateResult:
         return _json_safe(self)
 
 
-def gate(paired: Sequence[PairedPrediction] | ScoredPair, config: ValidationConfig) -> GateResult:
-    """Judge the candidate against production on paired eval predictions (see the module docstring)."""
+def gate(
+    paired: Sequence[PairedPrediction] | ScoredPair, config: ValidationConfig, *, first_run: bool = False
+) -> GateResult:
+    """Judge the candidate against production on paired eval predictions (see the module docstring).
+
+    ``first_run``: there is no production model; the baseline predictions come from the base model the candidate
+    was trained from, and ``config.first_run_policy`` applies.
+    """
     scored = paired if isinstance(paired, ScoredPair) else score_pair(paired)
     n = scored.n
     base, cand = scored.baseline, scored.candidate
@@ -133,26 +173,34 @@ def gate(paired: Sequence[PairedPrediction] | ScoredPair, config: ValidationConf
     increase = (cand.word_errors - base.word_errors) / np.maximum(base.reference_words, 1)
     degraded = cand.word_errors > base.word_errors
     degraded_count = int(degraded.sum())
-    improved_count = int((cand.word_errors < base.word_errors).sum())
-    degradation_rate = degraded_count / n if n else 0.0
     major_idx = np.flatnonzero(increase > config.major_degradation_threshold)
     major_idx = major_idx[np.argsort(-increase[major_idx], kind="stable")]
     worst_idx = np.argsort(-increase, kind="stable")[:WORST_SHOWN]
     worst = tuple(_degradation(scored, int(i), base_wer_u, cand_wer_u, increase) for i in worst_idx if degraded[i])
     majors = [_degradation(scored, int(i), base_wer_u, cand_wer_u, increase) for i in major_idx[:MAJOR_IDS_IN_REASON]]
-    wilcoxon = wilcoxon_signed_rank(base_wer_u, cand_wer_u) if n else None
+    slices = evaluate_slices(scored, config.slices, resamples=config.slice_resamples, seed=config.bootstrap_seed,
+                             alpha=config.significance_alpha) if n else ()
+    changes = churn(scored)
 
-    checks = (
-        _check_size(n, config),
-        _check_improvement(wer, strict=True),
-        _check_improvement(cer, strict=False),
-        _check_significance(wer, config),
-        _check_degradation_rate(degraded_count, n, config),
-        _check_major(len(major_idx), majors, config),
-    )
+    policy = "compare" if not first_run else config.first_run_policy
+    if policy == "absolute":
+        checks = (_check_size(n, config), *_check_absolute(wer, cer, config))
+    else:
+        checks = (
+            _check_size(n, config),
+            _check_improvement(wer, strict=True),
+            _check_improvement(cer, strict=False),
+            _check_significance(wer, config),
+            _check_degradation_rate(degraded_count, n, config),
+            _check_major(len(major_idx), majors, config),
+            _check_slices(slices, config),
+            _check_newly_broken(changes, config),
+        )
     passed = all(c.passed for c in checks)
     verdict: Verdict = "pass" if passed else ("insufficient_evidence" if not checks[0].passed else "fail")
     reasons = tuple(c.detail for c in checks if passed or not c.passed)
+    if not checks[0].passed:  # too small to judge: the other checks' outcomes are not evidence either way
+        reasons = (checks[0].detail,)
     return GateResult(
         passed=passed,
         verdict=verdict,
@@ -161,16 +209,23 @@ def gate(paired: Sequence[PairedPrediction] | ScoredPair, config: ValidationConf
         cer=cer,
         baseline_exact_match_rate=base.exact_match_rate,
         candidate_exact_match_rate=cand.exact_match_rate,
-        improved_count=improved_count,
+        improved_count=int((cand.word_errors < base.word_errors).sum()),
         degraded_count=degraded_count,
-        degradation_rate=degradation_rate,
+        degradation_rate=degraded_count / n if n else 0.0,
         major_degradation_count=len(major_idx),
         major_degradation_ids=tuple(scored.baseline.ids[i] for i in major_idx[:MAJOR_IDS_KEPT]),
         worst_degradations=worst,
-        wilcoxon=wilcoxon,
+        wilcoxon=wilcoxon_signed_rank(base_wer_u, cand_wer_u) if n else None,
+        matched_pairs=matched_pairs(base.word_errors, cand.word_errors) if n else None,
+        mcnemar=mcnemar_exact(base.word_errors == 0, cand.word_errors == 0) if n else None,
+        slices=slices,
+        churn=changes,
         checks=checks,
         reasons=reasons,
         thresholds=config.model_dump(mode="json"),
+        alpha=config.significance_alpha,
+        first_run=first_run,
+        policy=policy,
     )
 
 
@@ -256,7 +311,8 @@ def _check_significance(m: MetricComparison, config: ValidationConfig) -> GateCh
         return GateCheck("significance", True, f"significance not required (require_significance=false){stats}")
     if boot is None:
         return GateCheck("significance", False, "WER improvement is not significant: no utterances to test")
-    test = f"{_interval(boot)}; one-sided paired bootstrap, {boot.resamples:,} resamples over n={boot.n}"
+    test = (f"{1 - alpha:.0%} lower bound {boot.lower_bound:+.3f}, {_interval(boot)}; one-sided paired bootstrap, "
+            f"{boot.resamples:,} resamples over n={boot.n}")
     if boot.p_value < alpha:
         return GateCheck(
             "significance", True, f"WER improvement is significant: p={_p(boot.p_value)} < alpha {alpha:g} ({test})"
@@ -285,6 +341,52 @@ def _check_major(count: int, majors: list[Degradation], config: ValidationConfig
     if not config.require_no_major_degradation:
         return GateCheck("major_degradation", True, f"{sentence} (allowed: require_no_major_degradation=false)")
     return GateCheck("major_degradation", False, sentence)
+
+
+def _check_slices(slices: tuple[SliceResult, ...], config: ValidationConfig) -> GateCheck:
+    if not config.slices:
+        return GateCheck("slices", True, "no slices declared (validation.slices)")
+    gated = [s for s in slices if s.gated]
+    failed = [s for s in gated if not s.passed]
+    if failed:
+        return GateCheck("slices", False, "; ".join(s.sentence() for s in failed))
+    fields_ = ", ".join(spec.field for spec in config.slices)
+    return GateCheck("slices", True, f"{len(gated)} gated slice value(s) of {fields_} within tolerance "
+                                     f"({len(slices) - len(gated)} too small, reported only)")
+
+
+def _check_newly_broken(changes: ChurnReport, config: ValidationConfig) -> GateCheck:
+    count, rate = changes.newly_broken, changes.newly_broken_rate
+    caps = []
+    if config.max_newly_broken is not None:
+        caps.append(("max_newly_broken", count > config.max_newly_broken, f"{config.max_newly_broken}"))
+    if config.max_newly_broken_rate is not None:
+        limit = config.max_newly_broken_rate
+        caps.append(("max_newly_broken_rate", rate > limit, f"{limit:.1%}"))
+    sentence = f"{count} utterance(s) newly broken ({rate:.1%}; churn: {changes.sentence()})"
+    broken = [f"{name} {limit}" for name, over, limit in caps if over]
+    if broken:
+        ids = ", ".join(repr(e.id) for e in changes.examples.get("newly_broken", ())[:MAJOR_IDS_IN_REASON])
+        return GateCheck("newly_broken", False, f"{sentence}, above {' and '.join(broken)}: e.g. {ids}")
+    limits = " and ".join(f"{name} {limit}" for name, _, limit in caps) or "no cap set"
+    return GateCheck("newly_broken", True, f"{sentence}, within {limits}")
+
+
+def _check_absolute(wer: MetricComparison, cer: MetricComparison, config: ValidationConfig) -> tuple[GateCheck, ...]:
+    prefix = "first run, no production model (first_run_policy=absolute): "
+    checks = [_ceiling("wer", wer.candidate, config.first_run_max_wer, prefix)]
+    if config.first_run_max_cer is not None:
+        checks.append(_ceiling("cer", cer.candidate, config.first_run_max_cer, prefix))
+    return tuple(checks)
+
+
+def _ceiling(metric: str, value: float, ceiling: float, prefix: str) -> GateCheck:
+    label = metric.upper()
+    if value <= ceiling:
+        return GateCheck(f"absolute_{metric}", True, f"{prefix}{label} {value:.3f} within first_run_max_{metric} "
+                                                     f"{ceiling:g}")
+    return GateCheck(f"absolute_{metric}", False, f"{prefix}{label} {value:.3f} above first_run_max_{metric} "
+                                                  f"{ceiling:g}")
 
 
 def _sign(x: float) -> str:

@@ -22,7 +22,7 @@ from tuneloop.config import TuneloopConfig
 
 log = logging.getLogger(__name__)
 
-Outcome = str  # "deploy" | "reject" | "hold"
+Outcome = str  # "approve_deploy" | "reject"
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,25 @@ class RunPaths:
         return self.root / "predictions" / model_tag / f"{suite}.jsonl"
 
     @property
+    def base_source(self) -> Path:
+        """Where the base model came from: ``{"source": "production", "version": ...}`` or a configured dir."""
+        return self.root / "base_model.json"
+
+    @property
     def gate(self) -> Path:
         return self.root / "gate.json"
+
+    @property
+    def churn(self) -> Path:
+        return self.root / "churn.jsonl"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "gate.png"
+
+    @property
+    def regression(self) -> Path:
+        return self.root / "regression.json"
 
     @property
     def post_deploy(self) -> Path:
@@ -127,7 +144,9 @@ class PipelineRun:
                                   own_run_id=self.run_id)
         if result.should_trigger:
             self.store.start_training_run(self.run_id, at=self._now())
-        return result.to_dict()
+        approval = training_approval_reason(self.config, result.should_trigger, self.params.force_trigger)
+        return result.to_dict() | {"approval_required": approval is not None, "approval_reason": approval,
+                                   "summary_md": "\n".join(f"- {r}" for r in result.reasons)}
 
     # -- 2. export_dataset ---------------------------------------------------------------------------------
     def export_dataset(self) -> dict[str, Any]:
@@ -135,15 +154,24 @@ class PipelineRun:
         from tuneloop import tracking
         from tuneloop.datasets import export_dataset
 
+        from tuneloop.regression import leakage_guard
+
+        suites = self.suites()
+        guard = leakage_guard(suites, match_texts=self.config.regression.exclude_suite_texts) if suites else None
         manifest = export_dataset(self.store, self.config.resolved_storage_root, self.config.dataset,
-                                  run_id=self.run_id, now=self._now())
+                                  run_id=self.run_id, now=self._now(), guard=guard)
+        if manifest.counts.get("excluded"):
+            log.info("export excluded %d case(s) that match regression-suite items (%d by audio, %d by text)",
+                     manifest.counts["excluded"], manifest.counts.get("excluded_suite_audio", 0),
+                     manifest.counts.get("excluded_suite_text", 0))
         dataset_dir = self.config.resolved_storage_root / "datasets" / manifest.dataset_id
         mlflow_run = self.mlflow_run_id()
         tracking.log_params(self.config, mlflow_run, {"dataset_id": manifest.dataset_id,
                                                       "reason": self.params.reason})
         tracking.log_metrics(self.config, mlflow_run, {
             "dataset_train_rows": manifest.counts["train"], "dataset_eval_rows": manifest.counts["eval"],
-            "dataset_quarantined": manifest.counts["quarantined"]})
+            "dataset_quarantined": manifest.counts["quarantined"],
+            "dataset_excluded_suite_items": manifest.counts.get("excluded", 0)})
         for split in ("train", "eval"):
             tracking.log_dataset(self.config, mlflow_run, dataset_dir, manifest.dataset_id, split)
         tracking.log_artifact(self.config, mlflow_run, dataset_dir / "manifest.json", "dataset")
@@ -153,10 +181,11 @@ class PipelineRun:
     def prepare_base_model(self) -> Path:
         """The model to start from: production's files from the registry, else ``training.base_model``."""
         target = self.paths.base_model
-        if (target / "config.json").exists():
+        if (target / "config.json").exists() and self.paths.base_source.exists():
             return target
         version = self.registry.production_version()
         if version is not None:
+            _write_json(self.paths.base_source, {"source": "production", "version": version})
             self.registry.download_model_dir(version, target)
             return target
         if not self.config.training.base_model:
@@ -165,8 +194,19 @@ class PipelineRun:
         source = Path(self.config.training.base_model)
         if not (source / "config.json").exists():
             raise ValueError(f"training.base_model: {source} is not a model directory (no config.json)")
+        _write_json(self.paths.base_source, {"source": "base_model", "path": str(source), "version": None})
         shutil.copytree(source, target, dirs_exist_ok=True)
         return target
+
+    def base_model_source(self) -> dict[str, Any]:
+        """What the candidate was trained from; ``source != "production"`` means a first run."""
+        return json.loads(self.paths.base_source.read_text())
+
+    def suites(self):
+        """Regression suites: those in config plus those registered through the store (which win by name)."""
+        from tuneloop.regression import merge_suites
+
+        return merge_suites(self.config.regression.suites, self.store.registered_suites())
 
     def training_spec(self, dataset_dir: Path, base_model: Path) -> dict[str, Any]:
         t = self.config.training
@@ -208,35 +248,79 @@ class PipelineRun:
         return get_backend(name, timeout_s=self.config.training.timeout_minutes * 60)
 
     # -- 4. evaluate ---------------------------------------------------------------------------------------
-    def evaluate(self, dataset_dir: str, log_line: Callable[[str], None]) -> dict[str, str]:
-        """Transcribe the eval split with the candidate and with production (the base model of this run)."""
-        eval_split = Path(dataset_dir) / "eval.jsonl"
-        outputs = {}
+    def evaluate(self, dataset_dir: str, log_line: Callable[[str], None]) -> dict[str, Any]:
+        """Transcribe the eval split and every regression suite with the candidate and with production (the base
+        model of this run), one trainer process per model."""
+        suites = self.suites() if self.config.regression.run_on_deploy else ()
+        inputs = {"eval": Path(dataset_dir) / "eval.jsonl", **{suite.name: Path(suite.data_path) for suite in suites}}
+        outputs: dict[str, dict[str, str]] = {}
         for tag, model_dir in (("candidate", self.paths.model), ("production", self.paths.base_model)):
-            out = self.paths.predictions(tag)
-            if not out.exists():  # predictions are written atomically: present means complete
-                self._backend().evaluate(model_dir, eval_split, out, batch_size=self.config.training.eval_batch_size,
+            jobs = [(data, self.paths.predictions(tag, name)) for name, data in inputs.items()]
+            todo = [(data, out) for data, out in jobs if not out.exists()]  # written atomically: present = done
+            if todo:
+                self._backend().evaluate(model_dir, todo, batch_size=self.config.training.eval_batch_size,
                                          log_line=log_line)
-            outputs[tag] = str(out)
-        return outputs
+            outputs[tag] = {name: str(out) for name, (_, out) in zip(inputs, jobs)}
+        return {"candidate": outputs["candidate"]["eval"], "production": outputs["production"]["eval"],
+                "suites": sorted(name for name in inputs if name != "eval")}
 
     # -- 5. validate ---------------------------------------------------------------------------------------
     def validate(self) -> dict[str, Any]:
-        """The gate: candidate vs production on the same eval utterances."""
+        """The gate: candidate vs production on the same eval utterances; writes gate.json, churn.jsonl, a plot."""
         from tuneloop import tracking
+        from tuneloop.churn import write_churn
         from tuneloop.gate import gate
+        from tuneloop.metrics import score_pair
+        from tuneloop.plots import gate_figure
         from tuneloop.predictions import pair_predictions, read_predictions
 
-        paired = pair_predictions(read_predictions(self.paths.predictions("production")),
-                                  read_predictions(self.paths.predictions("candidate")))
-        result = gate(paired, self.config.validation).to_dict()
+        scored = score_pair(pair_predictions(read_predictions(self.paths.predictions("production")),
+                                             read_predictions(self.paths.predictions("candidate"))))
+        first_run = self.base_model_source()["source"] != "production"
+        outcome = gate(scored, self.config.validation, first_run=first_run)
+        result = outcome.to_dict() | {"requires_approval": outcome.requires_approval}
         _write_json(self.paths.gate, result)
+        write_churn(self.paths.churn, scored)
+        gate_figure(scored, outcome.slices, self.paths.plot,
+                    title=f"{self.config.mlflow.model_name}: {outcome.verdict} ({self.run_id})")
         mlflow_run = self.mlflow_run_id()
         tracking.log_metrics(self.config, mlflow_run, _flat_metrics(result))
-        tracking.log_artifact(self.config, mlflow_run, self.paths.gate, "gate")
+        for artifact in (self.paths.gate, self.paths.churn, self.paths.plot):
+            tracking.log_artifact(self.config, mlflow_run, artifact, "gate")
         for reason in result["reasons"]:
             log.info("gate: %s", reason)
         return result
+
+    # -- 5b. regression_suite ------------------------------------------------------------------------------
+    def regression_suite(self) -> dict[str, Any]:
+        """Every regression suite against its baseline and thresholds; writes regression.json."""
+        from tuneloop import tracking
+        from tuneloop.predictions import read_predictions
+        from tuneloop.regression import run_suite, run_suites
+
+        source = self.base_model_source()
+        production_version = source.get("version") if source["source"] == "production" else None
+        results = []
+        if not self.config.regression.run_on_deploy:
+            report = {"passed": True, "results": [], "reasons": ["regression.run_on_deploy is false: suites not run"]}
+            _write_json(self.paths.regression, report)
+            return report
+        for spec in self.suites():
+            production = read_predictions(self.paths.predictions("production", spec.name))
+            results.append(run_suite(spec, read_predictions(self.paths.predictions("candidate", spec.name)),
+                                     production if production_version else None, self.config.regression,
+                                     production_version=production_version))
+        report = run_suites(results).to_dict()
+        _write_json(self.paths.regression, report)
+        mlflow_run = self.mlflow_run_id()
+        tracking.log_metrics(self.config, mlflow_run, {
+            f"suite.{r['name']}.{key}": float(r[key]) for r in report["results"]
+            for key in ("wer", "cer", "wer_degradation", "failed_samples_rate")})
+        tracking.log_artifact(self.config, mlflow_run, self.paths.regression, "regression")
+        for result in report["results"]:
+            for reason in result["reasons"]:
+                log.info("regression: %s", reason)
+        return report
 
     # -- 6. register ---------------------------------------------------------------------------------------
     def register(self, dataset_id: str) -> dict[str, Any]:
@@ -244,7 +328,10 @@ class PipelineRun:
         from tuneloop_trainer import serving_path
 
         gate_result = json.loads(self.paths.gate.read_text())
-        tags = {"dataset_id": dataset_id, "airflow_run_id": self.run_id, "verdict": gate_result["verdict"],
+        regression = json.loads(self.paths.regression.read_text())
+        verdict = gate_result["verdict"] if regression["passed"] else "fail"
+        tags = {"dataset_id": dataset_id, "airflow_run_id": self.run_id, "verdict": verdict,
+                "gate_verdict": gate_result["verdict"], "regression_passed": str(regression["passed"]).lower(),
                 **{k: v for k, v in _flat_metrics(gate_result).items()}}
         version = self.registry.register_candidate(self.paths.model, run_id=self.mlflow_run_id(), tags=tags,
                                                    serving_code=serving_path())
@@ -252,12 +339,25 @@ class PipelineRun:
 
     # -- 7. decide -----------------------------------------------------------------------------------------
     def decide(self) -> Outcome:
+        """``reject`` unless the gate and the regression suites both passed; else ``approve_deploy``, which
+        promotes at once or waits for a person (auto_deploy off, or a first run under require_approval)."""
         gate_result = json.loads(self.paths.gate.read_text())
-        if not gate_result["passed"]:
+        regression = json.loads(self.paths.regression.read_text())
+        if not gate_result["passed"] or not regression["passed"]:
             return "reject"
-        return "deploy" if self.params.auto_deploy else "hold"
+        return "approve_deploy"
 
-    # -- 8. deploy / reject / hold / rollback --------------------------------------------------------------
+    def deploy_needs_approval(self) -> str | None:
+        """Why a person must approve this deployment, or None when it may go ahead on its own."""
+        gate_result = json.loads(self.paths.gate.read_text())
+        if gate_result.get("requires_approval"):
+            return ("first run with no production model (validation.first_run_policy=require_approval): "
+                    "the comparison was with the base model")
+        if not self.params.auto_deploy:
+            return "auto_deploy is off for this run"
+        return None
+
+    # -- 8. deploy / reject / approvals / rollback --------------------------------------------------------
     def deploy(self, version: str) -> dict[str, Any]:
         from tuneloop.deployment import deploy
 
@@ -272,15 +372,37 @@ class PipelineRun:
                        run_id=self.run_id)
         return event.to_dict()
 
-    def hold(self, version: str) -> dict[str, Any]:
-        """Gate passed but auto_deploy is off: keep the candidate registered (alias ``candidate``), unpromoted."""
+    def deployment_summary(self, version: str) -> str:
+        """What a person approving the deployment reads (Markdown): the verdicts and every reason."""
+        gate_result = json.loads(self.paths.gate.read_text())
+        regression = json.loads(self.paths.regression.read_text())
+        production = self.registry.production_version()
+        lines = [f"**Candidate version {version}** of `{self.config.mlflow.model_name}` "
+                 f"(production now: {production or 'none'}); gate verdict **{gate_result['verdict']}**, "
+                 f"regression suites **{'passed' if regression['passed'] else 'failed'}**.", ""]
+        wer, cer = gate_result["wer"], gate_result["cer"]
+        lines.append(f"- WER {wer['baseline']:.3f} → {wer['candidate']:.3f}, CER {cer['baseline']:.3f} → "
+                     f"{cer['candidate']:.3f} on {gate_result['n']} eval utterances")
+        lines += [f"- {reason}" for reason in gate_result["reasons"]]
+        for suite in regression["results"]:
+            lines += [f"- {reason}" for reason in suite["reasons"]]
+        why = self.deploy_needs_approval()
+        if why:
+            lines += ["", f"Approval is needed because {why}. Reject (or no answer in "
+                          f"{self.config.deployment.approval_timeout_hours:g} h) leaves production untouched."]
+        return "\n".join(lines)
+
+    def record_approval_rejected(self, stage: str, response: dict[str, Any]) -> dict[str, Any]:
+        """A person rejected (or nobody answered) an approval: production is untouched; the history says so."""
         from tuneloop.history import DeploymentEvent
 
-        event = DeploymentEvent(action="register", model_name=self.config.mlflow.model_name,
-                                from_version=self.registry.production_version(), to_version=None,
-                                reason=f"held: passed the gate but auto_deploy is off; version {version} keeps the "
-                                       f"'candidate' alias. {self._gate_summary()}",
-                                actor="finetune_weekly", run_id=self.run_id, details={"candidate": version})
+        production = self.registry.production_version()
+        who = response.get("by") or "nobody (timed out)"
+        what = "training" if stage == "training" else f"deployment of version {response.get('version')}"
+        event = DeploymentEvent(action="approval_rejected", model_name=self.config.mlflow.model_name,
+                                from_version=production, to_version=production,
+                                reason=f"{what} not approved: {response['summary']}", actor=str(who),
+                                run_id=self.run_id, details={"stage": stage, **response})
         self.store.record_deployment(event)
         return event.to_dict()
 
@@ -307,7 +429,12 @@ class PipelineRun:
 
     def _gate_summary(self) -> str:
         gate_result = json.loads(self.paths.gate.read_text())
-        return "; ".join(gate_result["reasons"])
+        reasons = list(gate_result["reasons"])
+        if self.paths.regression.exists():
+            regression = json.loads(self.paths.regression.read_text())
+            if not regression["passed"]:
+                reasons += regression["reasons"]
+        return "; ".join(reasons)
 
     # -- 9. report -----------------------------------------------------------------------------------------
     def report(self, outcome: dict[str, Any]) -> dict[str, Any]:
@@ -320,17 +447,14 @@ class PipelineRun:
 
 def evaluate_trigger(config: TuneloopConfig, *, now: datetime, force: bool, store: Any = None,
                      own_run_id: str | None = None):
-    """Trigger conditions for the production model, then the approval policy. Used by the weekly DAG's first
-    step and by the sensor, so both decide alike.
-
-    ``own_run_id``: a retried check must not see its own run as "a training run in progress".
-    Approval policy: with ``auto_approve_finetuning`` false, conditions that hold do not start training by
-    themselves; a person approves by starting a run with ``force_trigger``.
+    """Trigger conditions for the production model. Used by the weekly DAG's first step and by the sensor, so
+    both decide alike. ``own_run_id``: a retried check must not see its own run as "a training run in progress".
+    Whether a person must approve the training is a separate question: :func:`training_approval_reason`.
     """
     from dataclasses import replace
 
     from tuneloop.store import ErrorCaseStore
-    from tuneloop.triggering import TriggerResult, check_trigger
+    from tuneloop.triggering import check_trigger
 
     if store is None:
         with ErrorCaseStore.from_config(config) as own_store:
@@ -340,12 +464,18 @@ def evaluate_trigger(config: TuneloopConfig, *, now: datetime, force: bool, stor
     metrics = store.trigger_metrics(now, window, deployed[0] if deployed else None)
     if own_run_id is not None and metrics.running_training_run == own_run_id:
         metrics = replace(metrics, running_training_run=None)
-    result = check_trigger(metrics, config.trigger, now=now, force=force)
-    if result.should_trigger and not force and not config.trigger.auto_approve_finetuning:
-        reasons = [*result.reasons, "conditions met, but auto_approve_finetuning is false: approve by starting "
-                                    "finetune_weekly with force_trigger=true"]
-        return TriggerResult(should_trigger=False, reasons=reasons, metrics=result.metrics)
-    return result
+    return check_trigger(metrics, config.trigger, now=now, force=force)
+
+
+def training_approval_reason(config: TuneloopConfig, should_trigger: bool, forced: bool) -> str | None:
+    """Why a person must approve this training (``approve_training`` waits), or None.
+
+    With ``auto_approve_finetuning`` false, conditions that hold start a run that waits for approval in Airflow.
+    A run started by hand with ``force_trigger`` was started by a person: that is the approval.
+    """
+    if not should_trigger or forced or config.trigger.auto_approve_finetuning:
+        return None
+    return "trigger conditions hold and trigger.auto_approve_finetuning is false"
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -1,8 +1,9 @@
 """The decision record of a run: what happened, with every number and reason, in JSON and in plain words.
 
-Written by the ``report`` step whatever happened (skipped, deployed, rejected, held, rolled back, failed), logged
-to the run's MLflow run, and used to close the run in the store: its cases are consumed only when the run reached
-a decision, so a failed run leaves them available for the next one.
+Written by the ``report`` step whatever happened (skipped, not approved, deployed, rejected, insufficient
+evidence, declined, rolled back, failed), logged to the run's MLflow run, attached to the candidate's model
+version, and used to close the run in the store: its cases are consumed only when the run reached a decision, so
+a failed run leaves them available for the next one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tuneloop.pipeline import PipelineRun
 
-FINISHED = {"deployed", "rejected", "held", "rolled_back"}
+CONSUMING = {"deployed", "rejected", "declined", "rolled_back"}
 
 
 def classify(outcome: dict[str, Any]) -> str:
@@ -22,18 +23,25 @@ def classify(outcome: dict[str, Any]) -> str:
     states = outcome.get("states") or {}
     if states.get("check_trigger") == "skipped":
         return "skipped"
+    if _declined(outcome.get("approve_training")):
+        return "not_approved"
     if outcome.get("rollback"):
         return "rolled_back"
     if outcome.get("deploy") and states.get("post_deploy_check") == "success":
         return "deployed"
     if outcome.get("reject"):
-        return "rejected"
-    if outcome.get("hold"):
-        return "held"
+        gate = outcome.get("validate") or {}
+        return "insufficient_evidence" if gate.get("verdict") == "insufficient_evidence" else "rejected"
+    if _declined(outcome.get("approve_deploy")):
+        return "declined"
     return "failed"
 
 
-def build_record(run: "PipelineRun", outcome: dict[str, Any], status: str) -> dict[str, Any]:
+def _declined(approval: dict[str, Any] | None) -> bool:
+    return bool(approval) and not approval.get("approved")
+
+
+def build_record(run: PipelineRun, outcome: dict[str, Any], status: str) -> dict[str, Any]:
     gate = outcome.get("validate") or {}
     registered = outcome.get("register") or {}
     return {
@@ -43,13 +51,16 @@ def build_record(run: "PipelineRun", outcome: dict[str, Any], status: str) -> di
         "reason_started": run.params.reason,
         "written_at": datetime.now(timezone.utc).isoformat(),
         "trigger": outcome.get("check_trigger"),
+        "approvals": {"training": outcome.get("approve_training"), "deployment": outcome.get("approve_deploy")},
         "dataset": outcome.get("export_dataset"),
         "training": (outcome.get("train") or {}).get("metrics"),
         "candidate_version": registered.get("version"),
         "production_before": registered.get("production_version"),
         "gate": gate,
-        "thresholds": run.config.validation.model_dump(),
-        "deployment": outcome.get("deploy") or outcome.get("reject") or outcome.get("hold"),
+        "regression": outcome.get("regression_suite"),
+        "thresholds": {"validation": run.config.validation.model_dump(mode="json"),
+                       "regression": run.config.regression.model_dump(mode="json", exclude={"suites"})},
+        "deployment": outcome.get("deploy") or outcome.get("reject") or outcome.get("declined"),
         "post_deploy_check": outcome.get("post_deploy_check"),
         "rollback": outcome.get("rollback"),
         "task_states": outcome.get("states"),
@@ -57,10 +68,13 @@ def build_record(run: "PipelineRun", outcome: dict[str, Any], status: str) -> di
 
 
 def summary_lines(record: dict[str, Any]) -> list[str]:
-    """The record in plain words, one line per fact; also the body of decision.md."""
+    """The record in plain words, one line per fact; printed in the task log and the top of decision.md."""
     lines = [f"Run {record['run_id']}: {record['status'].upper()} (started: {record['reason_started']})"]
     trigger = record.get("trigger") or {}
     lines += [f"trigger: {r}" for r in trigger.get("reasons", [])]
+    for kind, approval in (record.get("approvals") or {}).items():
+        if approval:
+            lines.append(f"{kind} approval: {approval.get('summary', approval)}")
     dataset = record.get("dataset") or {}
     if dataset:
         lines.append(f"dataset {dataset['dataset_id']}: {dataset['counts']}")
@@ -68,6 +82,11 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     if gate:
         lines.append(f"gate verdict: {gate.get('verdict')}")
         lines += [f"gate: {r}" for r in gate.get("reasons", [])]
+    regression = record.get("regression") or {}
+    for suite in regression.get("results", []):
+        lines += [f"regression: {r}" for r in suite.get("reasons", [])]
+    if regression and not regression.get("passed"):
+        lines.append("regression verdict: failed")
     if record.get("candidate_version"):
         lines.append(f"candidate: version {record['candidate_version']} "
                      f"(production before: {record.get('production_before')})")
@@ -84,13 +103,82 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
 
 
 def to_markdown(record: dict[str, Any]) -> str:
+    """decision.md: the summary, then tables a reviewer reads (metrics, statistics, slices, churn, suites)."""
     lines = summary_lines(record)
-    body = "\n".join(f"- {line}" for line in lines[1:])
-    return f"# {lines[0]}\n\n{body}\n\n```json\n{json.dumps(record, indent=2, default=str)}\n```\n"
+    parts = [f"# {lines[0]}", "", *(f"- {line}" for line in lines[1:])]
+    gate = record.get("gate") or {}
+    if gate.get("wer"):
+        parts += ["", "## Metrics (eval split)", "", _metrics_table(gate)]
+        parts += ["", "## Statistics", "", _statistics_table(gate)]
+    if gate.get("slices"):
+        parts += ["", "## Slices", "", _slices_table(gate["slices"])]
+    if gate.get("churn"):
+        parts += ["", "## Churn", "", _churn_table(gate["churn"])]
+    regression = record.get("regression") or {}
+    if regression.get("results"):
+        parts += ["", "## Regression suites", "", _suites_table(regression["results"])]
+    parts += ["", "## Thresholds", "", "```json", json.dumps(record.get("thresholds"), indent=2), "```"]
+    parts += ["", "## Full record", "", "```json", json.dumps(record, indent=2, default=str), "```", ""]
+    return "\n".join(parts)
 
 
-def write_decision_record(run: "PipelineRun", outcome: dict[str, Any]) -> dict[str, Any]:
-    """Write decision.json/.md, log them to MLflow, close the run in the store; return the record + summary."""
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value).replace("|", "\\|")
+
+
+def _metrics_table(gate: dict[str, Any]) -> str:
+    rows = []
+    for metric in ("wer", "cer"):
+        m = gate[metric]
+        boot = m.get("bootstrap") or {}
+        rows.append([metric.upper(), m["baseline"], m["candidate"], m["improvement"],
+                     f"[{_cell(boot.get('ci_low'))}, {_cell(boot.get('ci_high'))}]", boot.get("p_value")])
+    return _table(["metric", "production", "candidate", "improvement", f"{1 - gate.get('alpha', 0.05):.0%} CI",
+                   "p (one-sided)"], rows)
+
+
+def _statistics_table(gate: dict[str, Any]) -> str:
+    wer = (gate.get("wer") or {}).get("bootstrap") or {}
+    bound = _cell(wer.get("lower_bound"))
+    rows = [["paired bootstrap (WER)", wer.get("n"), wer.get("p_value"),
+             f"{wer.get('resamples')} resamples, alpha {wer.get('alpha')}, one-sided lower bound {bound}"]]
+    for key in ("wilcoxon", "matched_pairs", "mcnemar"):
+        test = gate.get(key)
+        if test:
+            detail = (f"fixed {test['fixed']}, broken {test['broken']}" if key == "mcnemar"
+                      else f"z {_cell(test['z'])}" if key == "matched_pairs" else f"{test['n_nonzero']} non-tied")
+            rows.append([test.get("test", key), test.get("n"), test.get("p_value"), detail])
+    return _table(["test", "n", "p", "detail"], rows)
+
+
+def _slices_table(slices: list[dict[str, Any]]) -> str:
+    rows = [[s["name"], s["n"], s["baseline_wer"], s["candidate_wer"], s["wer_increase"],
+             "gated" if s["gated"] else "report only", "pass" if s["passed"] else "FAIL"] for s in slices]
+    return _table(["slice", "n", "production WER", "candidate WER", "change", "role", "result"], rows)
+
+
+def _churn_table(churn: dict[str, Any]) -> str:
+    rows = [[kind, churn[kind], ", ".join(e["id"] for e in churn.get("examples", {}).get(kind, [])[:5])]
+            for kind in ("fixed", "newly_broken", "improved", "worsened", "unchanged")]
+    return _table(["kind", "count", "examples"], rows)
+
+
+def _suites_table(results: list[dict[str, Any]]) -> str:
+    rows = [[r["name"], r["type"], r["n"], r["baseline_wer"], r["wer"], r["wer_degradation"], r["failed_samples"],
+             "pass" if r["passed"] else ("FAIL" if r["blocking"] else "fail (report only)")] for r in results]
+    return _table(["suite", "type", "n", "baseline WER", "candidate WER", "change", "failed samples", "result"], rows)
+
+
+def write_decision_record(run: PipelineRun, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Write decision.json/.md, log them to MLflow and the model version, close the run in the store."""
     from tuneloop import tracking
     from tuneloop.pipeline import _write_json
 
@@ -98,21 +186,27 @@ def write_decision_record(run: "PipelineRun", outcome: dict[str, Any]) -> dict[s
     record = build_record(run, outcome, status)
     _write_json(run.paths.root / "decision.json", record)
     (run.paths.root / "decision.md").write_text(to_markdown(record))
-    if status != "skipped":  # a skipped run has nothing worth an MLflow run
+    mlflow_run = None
+    if status not in ("skipped", "not_approved"):  # nothing was trained: no MLflow run worth opening
         mlflow_run = run.mlflow_run_id()
         tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.json", "decision")
         tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.md", "decision")
         tracking.set_tags(run.config, mlflow_run, {"status": status})
+    version = record.get("candidate_version")
+    if version:  # the version's page in MLflow says what became of it and where its record is
+        run.registry.set_tags(version, {"decision": status, "decision_record": f"runs:/{mlflow_run}/decision"})
     dataset_id = (record.get("dataset") or {}).get("dataset_id")
-    run.store.finish_training_run(run.run_id, status, dataset_id=dataset_id,
-                                  candidate_version=record.get("candidate_version"),
+    run.store.finish_training_run(run.run_id, status, dataset_id=dataset_id, candidate_version=version,
                                   summary={"lines": summary_lines(record)})
-    if status in FINISHED and dataset_id:
+    for suite in (record.get("regression") or {}).get("results", []):
+        run.store.record_suite_result(run.run_id, {**suite, "model_version": version})
+    if status in CONSUMING and dataset_id:
         run.store.mark_consumed(_trained_case_ids(run, dataset_id), run.run_id)
-    return {"status": status, "summary": summary_lines(record), "record": str(run.paths.root / "decision.json")}
+    return {"status": status, "summary": summary_lines(record), "record": str(run.paths.root / "decision.json"),
+            "mlflow_run_id": mlflow_run}
 
 
-def _trained_case_ids(run: "PipelineRun", dataset_id: str) -> list[str]:
+def _trained_case_ids(run: PipelineRun, dataset_id: str) -> list[str]:
     """Train cases and their duplicates/superseded twins; eval cases stay new (not trained on: next run may)."""
     from tuneloop.datasets import load_manifest
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from datetime import timedelta
 
 log = logging.getLogger(__name__)
 
@@ -23,3 +24,15 @@ def cron(key: str, default: str) -> str:
     except (ConfigError, AttributeError) as e:
         log.error("schedule.%s unreadable, using %s: %s", key, default, e)
         return default
+
+
+@functools.lru_cache(maxsize=None)
+def approval_timeout(section: str, default_hours: float = 72) -> timedelta:
+    """How long an approval waits (``<section>.approval_timeout_hours``) before it counts as a reject."""
+    from tuneloop.config import ConfigError, load_config
+
+    try:
+        return timedelta(hours=getattr(load_config(), section).approval_timeout_hours)
+    except (ConfigError, AttributeError) as e:
+        log.error("%s.approval_timeout_hours unreadable, using %s h: %s", section, default_hours, e)
+        return timedelta(hours=default_hours)

@@ -52,7 +52,10 @@ class BootstrapResult:
 
     ``ci_low``/``ci_high``: two-sided percentile interval at level ``1 - alpha``. ``p_value``: one-sided, the
     share of resamples with ``delta <= 0`` with the +1 correction, ``(1 + #{delta* <= 0}) / (resamples + 1)``,
-    so it is never 0 and ``1 / (resamples + 1)`` is the smallest reportable value.
+    so it is never 0 and ``1 / (resamples + 1)`` is the smallest reportable value. ``lower_bound``: the one-sided
+    ``1 - alpha`` lower confidence bound (the ``alpha`` quantile), the interval that goes with the one-sided
+    p-value (``p_value < alpha`` and ``lower_bound > 0`` agree up to the +1 correction and interpolation), whereas
+    the two-sided interval can still reach below 0 when ``alpha / 2 <= p_value < alpha``.
     """
 
     delta: float
@@ -65,6 +68,7 @@ class BootstrapResult:
     seed: int
     baseline_rate: float
     candidate_rate: float
+    lower_bound: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +82,48 @@ class SignedRankResult:
     p_value: float
     n_nonzero: int
     n: int
+    test: str = "wilcoxon signed-rank (one-sided, zero_method=wilcox)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MatchedPairsResult:
+    """NIST's matched-pairs sentence-segment word error test (MAPSSWE), one-sided: candidate makes fewer errors.
+
+    ``mean_difference``: mean over utterances of ``baseline errors - candidate errors``; ``z``: that mean over its
+    standard error. Unlike the signed-rank test it weighs a 5-error improvement 5 times a 1-error one.
+    """
+
+    mean_difference: float
+    std_error: float
+    z: float
+    p_value: float
+    n: int
+    test: str = "NIST matched pairs (MAPSSWE, one-sided normal approximation)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """McNemar's exact test on pass/fail items (an utterance is right when it has no error at all).
+
+    ``fixed``: wrong under the baseline, right under the candidate; ``broken``: the reverse. Only these discordant
+    items carry evidence; under "no difference" ``fixed ~ Binomial(fixed + broken, 1/2)``. ``p_value`` is
+    one-sided (the candidate gets more items right), ``p_value_two_sided`` the usual two-sided exact test.
+    """
+
+    fixed: int
+    broken: int
+    both_right: int
+    both_wrong: int
+    p_value: float
+    p_value_two_sided: float
+    n: int
+    test: str = "McNemar exact (binomial on discordant pairs)"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,7 +202,7 @@ def _bootstrap(
     delta = float((base - cand).sum()) / total
 
     deltas = _resample(_categories(base - cand, length), n, resamples, seed, workers)
-    ci_low, ci_high = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])
+    ci_low, ci_high, lower_bound = np.quantile(deltas, [alpha / 2, 1 - alpha / 2, alpha])
     p_value = (1 + int(np.count_nonzero(deltas <= 0))) / (resamples + 1)
     result = BootstrapResult(
         delta=delta,
@@ -169,6 +215,7 @@ def _bootstrap(
         seed=seed,
         baseline_rate=base_rate,
         candidate_rate=cand_rate,
+        lower_bound=float(lower_bound),
     )
     return deltas, result
 
@@ -250,4 +297,59 @@ def wilcoxon_signed_rank(baseline: ArrayLike, candidate: ArrayLike) -> SignedRan
     p_value = float(test.pvalue)
     return SignedRankResult(
         statistic=float(test.statistic), p_value=p_value if math.isfinite(p_value) else 1.0, n_nonzero=nonzero, n=x.size
+    )
+
+
+def matched_pairs(base_errors: ArrayLike, cand_errors: ArrayLike) -> MatchedPairsResult:
+    """NIST MAPSSWE: a z-test on the per-utterance difference in error counts (segments = utterances).
+
+    With fewer than two utterances, or when every difference is the same (no spread), there is no standard error:
+    a mean difference above 0 then gives p=0, anything else p=1.
+    """
+    from scipy.stats import norm
+
+    base = _as_int_vector(base_errors, "base_errors")
+    cand = _as_int_vector(cand_errors, "cand_errors")
+    if base.size != cand.size:
+        raise StatsError(f"base_errors and cand_errors differ in size: {base.size}, {cand.size}")
+    n = base.size
+    if n == 0:
+        raise StatsError("cannot test zero utterances")
+    diff = (base - cand).astype(np.float64)
+    mean = float(diff.mean())
+    std_error = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    if std_error == 0.0:
+        z = math.inf if mean > 0 else (-math.inf if mean < 0 else 0.0)
+        p_value = 0.0 if mean > 0 else 1.0
+    else:
+        z = mean / std_error
+        p_value = float(norm.sf(z))
+    return MatchedPairsResult(mean_difference=mean, std_error=std_error, z=z, p_value=p_value, n=n)
+
+
+def mcnemar_exact(baseline_correct: ArrayLike, candidate_correct: ArrayLike) -> McNemarResult:
+    """McNemar's exact test that the candidate gets more items exactly right (see :class:`McNemarResult`)."""
+    from scipy.stats import binom
+
+    base = np.asarray(baseline_correct, dtype=bool)
+    cand = np.asarray(candidate_correct, dtype=bool)
+    if base.shape != cand.shape or base.ndim != 1:
+        raise StatsError(f"baseline and candidate must be 1-D of the same size, got {base.shape} and {cand.shape}")
+    fixed = int(np.count_nonzero(~base & cand))
+    broken = int(np.count_nonzero(base & ~cand))
+    discordant = fixed + broken
+    if discordant == 0:
+        one_sided = two_sided = 1.0
+    else:
+        one_sided = float(binom.sf(fixed - 1, discordant, 0.5))  # P(X >= fixed)
+        tail = float(binom.cdf(min(fixed, broken), discordant, 0.5))
+        two_sided = min(1.0, 2.0 * tail)
+    return McNemarResult(
+        fixed=fixed,
+        broken=broken,
+        both_right=int(np.count_nonzero(base & cand)),
+        both_wrong=int(np.count_nonzero(~base & ~cand)),
+        p_value=one_sided,
+        p_value_two_sided=two_sided,
+        n=int(base.size),
     )

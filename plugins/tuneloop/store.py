@@ -42,14 +42,17 @@ from tuneloop.triggering import TriggerMetrics
 log = logging.getLogger(__name__)
 
 CaseState = Literal["new", "consumed", "quarantined"]
-RunStatus = Literal["running", "deployed", "rejected", "held", "rolled_back", "failed", "skipped"]
+RunStatus = Literal["running", "deployed", "rejected", "declined", "rolled_back", "insufficient_evidence",
+                    "not_approved", "failed", "skipped"]
 CASE_STATES: tuple[CaseState, ...] = ("new", "consumed", "quarantined")
-FINISHED_STATUSES: tuple[RunStatus, ...] = ("deployed", "rejected", "held", "rolled_back", "failed", "skipped")
+FINISHED_STATUSES: tuple[RunStatus, ...] = ("deployed", "rejected", "declined", "rolled_back",
+                                            "insufficient_evidence", "not_approved", "failed", "skipped")
 # Runs whose data was judged (a verdict was reached): only these consume their cases. A failed run leaves them
-# new for the next run; a skipped run never had any.
-CONSUMING_STATUSES: tuple[RunStatus, ...] = ("deployed", "rejected", "held", "rolled_back")
-# Runs that used training compute: they start the cooldown. A skipped run (trigger unmet) trained nothing.
-TRAINED_STATUSES: tuple[RunStatus, ...] = (*CONSUMING_STATUSES, "failed")
+# new for the next run; a skipped or not-approved run never trained; an insufficient-evidence run keeps them so
+# that the next run, with more cases, has a bigger eval split.
+CONSUMING_STATUSES: tuple[RunStatus, ...] = ("deployed", "rejected", "declined", "rolled_back")
+# Runs that used training compute: they start the cooldown.
+TRAINED_STATUSES: tuple[RunStatus, ...] = (*CONSUMING_STATUSES, "insufficient_evidence", "failed")
 PRODUCTION_ACTIONS = ("bootstrap", "deploy", "rollback")
 SNIPPET_CHARS = 200
 _WRITE_OPTION = "tuneloop_write"  # marks write transactions (SQLite takes its write lock when they begin)
@@ -276,6 +279,30 @@ deployments_table = sa.Table(
     sa.Column("run_id", sa.String(250)),
     sa.Column("at", UTCDateTime, nullable=False, index=True),
     sa.Column("details", sa.JSON, nullable=False),
+)
+
+suites_table = sa.Table(
+    "tuneloop_regression_suites",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("registered_at", UTCDateTime, nullable=False),
+)
+
+suite_results_table = sa.Table(
+    "tuneloop_suite_results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("suite", sa.String(200), nullable=False, index=True),
+    sa.Column("model_version", sa.String(200)),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False, index=True),
+    sa.Column("wer", sa.Float, nullable=False),
+    sa.Column("cer", sa.Float, nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("result", sa.JSON, nullable=False),
+    sa.UniqueConstraint("suite", "run_id", name="uq_tuneloop_suite_results_suite_run"),
 )
 
 
@@ -718,6 +745,57 @@ class ErrorCaseStore:
         with self._engine.connect() as conn:
             return [IngestRejection(row.batch, row.line, row.field, row.reason, row.snippet, row.at)
                     for row in conn.execute(query)]
+
+    # ------------------------------------------------------------------------------------- regression suites
+
+    def register_suite(self, spec: Any) -> None:
+        """Register (or replace) a regression suite by name: the API twin of ``regression.suites`` in config."""
+        from tuneloop.config import SuiteSpec
+
+        spec = SuiteSpec.model_validate(spec)
+        value = spec.model_dump(mode="json")
+        t = suites_table
+
+        def write(conn: Connection) -> None:
+            conn.execute(sa.delete(t).where(t.c.name == spec.name))
+            conn.execute(sa.insert(t).values(name=spec.name, spec=value, registered_at=self._clock()))
+
+        self._transaction(write)
+
+    def registered_suites(self) -> list[Any]:
+        """Suites registered through :meth:`register_suite`, by name."""
+        from tuneloop.config import SuiteSpec
+
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(suites_table).order_by(suites_table.c.name))
+            return [SuiteSpec.model_validate(row.spec) for row in rows]
+
+    def record_suite_result(self, run_id: str, result: Mapping[str, Any], *, at: datetime | None = None) -> bool:
+        """Keep one suite's result for a run (``SuiteResult.to_dict()``); a retried run does not add it twice."""
+        t = suite_results_table
+        value = _json_value("result", dict(result))
+
+        def write(conn: Connection) -> bool:
+            if conn.execute(sa.select(t.c.id).where(t.c.suite == result["name"], t.c.run_id == run_id)).first():
+                return False
+            conn.execute(sa.insert(t).values(
+                suite=result["name"], model_version=result.get("model_version"), run_id=run_id,
+                at=as_utc(at) if at else self._clock(), wer=result["wer"], cer=result["cer"], n=result["n"],
+                passed=bool(result["passed"]), result=value))
+            return True
+
+        return self._transaction(write)
+
+    def suite_history(self, suite: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Suite results, newest first: {suite, model_version, run_id, at, wer, cer, n, passed, result}."""
+        t = suite_results_table
+        query = sa.select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        if suite is not None:
+            query = query.where(t.c.suite == suite)
+        with self._engine.connect() as conn:
+            return [{"suite": r.suite, "model_version": r.model_version, "run_id": r.run_id, "at": r.at,
+                     "wer": r.wer, "cer": r.cer, "n": r.n, "passed": r.passed, "result": dict(r.result)}
+                    for r in conn.execute(query)]
 
     # ------------------------------------------------------------------------------------------- plumbing
 

@@ -39,7 +39,13 @@ def test_house_rules(dagbag, dag_id):
 
 def test_weekly_shape(dagbag):
     dag = dagbag.dags["finetune_weekly"]
-    assert dag.get_task("decide").downstream_task_ids == {"deploy", "reject", "hold"}
+    assert dag.get_task("decide").downstream_task_ids == {"approve_deploy", "reject"}
+    assert dag.get_task("approve_deploy").downstream_task_ids == {"deploy"}
+    assert dag.get_task("check_trigger").downstream_task_ids == {"approve_training"}
+    for approval in ("approve_training", "approve_deploy"):
+        task = dag.get_task(approval)
+        assert task.defaults == ["Reject"] and task.response_timeout.total_seconds() == 72 * 3600
+    assert dag.get_task("validate").operator_extra_links[0].name == "MLflow run"
     assert dag.get_task("rollback").trigger_rule == "one_failed"
     assert dag.get_task("report").trigger_rule == "all_done"
     assert set(dag.params.keys()) >= {"force_trigger", "auto_deploy", "use_lora", "epochs", "backend"}

@@ -36,6 +36,30 @@ class Scenario:
     def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run(sys.executable, "-m", "airflow", *args, check=check)
 
+    def dags_test_answering(self, conf: dict[str, Any], answers: dict[str, str], timeout: float = 900
+                            ) -> list[dict[str, Any]]:
+        """``airflow dags test finetune_weekly`` while a responder answers its approvals through the REST API
+        (``answers``: task id -> Approve / Reject / timeout). Returns what the responder saw and sent."""
+        env = {**self.env, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+               "AIRFLOW__API_AUTH__JWT_SECRET": "tuneloop-e2e-" + "s" * 64}
+        (self.root / "logs").mkdir(exist_ok=True)
+        dags_log = (self.root / "logs" / "dags-test-answering.log").open("w")
+        dags_test = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", "finetune_weekly", "-c",
+                                      json.dumps(conf)], env=env, cwd=REPO, stdout=dags_log, stderr=subprocess.STDOUT)
+        try:
+            responder = subprocess.run(
+                [sys.executable, "-m", "tests.e2e.hitl_responder", "finetune_weekly",
+                 *(f"{task}={choice}" for task, choice in answers.items())],
+                env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+            if responder.returncode != 0:
+                raise AssertionError(f"responder failed:\n{responder.stderr[-4000:]}")
+            dags_test.wait(timeout=timeout)
+        finally:
+            if dags_test.poll() is None:
+                dags_test.kill()
+            dags_log.close()
+        return [json.loads(line) for line in responder.stdout.splitlines() if line.startswith("{")]
+
     def config(self):
         from tuneloop.config import load_config
 

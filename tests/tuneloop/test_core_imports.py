@@ -13,7 +13,8 @@ CORE_MODULES = (
     "tuneloop.config", "tuneloop.text", "tuneloop.history", "tuneloop.store", "tuneloop.audio", "tuneloop.triggering",
     "tuneloop.datasets", "tuneloop.predictions", "tuneloop.metrics", "tuneloop.stats", "tuneloop.gate",
     "tuneloop.registry", "tuneloop.deployment", "tuneloop.pipeline", "tuneloop.report", "tuneloop.post_deploy",
-    "tuneloop.tracking", "tuneloop.inbox", "tuneloop.backends", "tuneloop.cli",
+    "tuneloop.tracking", "tuneloop.inbox", "tuneloop.backends", "tuneloop.cli", "tuneloop.churn", "tuneloop.slices",
+    "tuneloop.regression", "tuneloop.plots",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 

@@ -9,8 +9,9 @@ import soundfile as sf
 import sqlalchemy as sa
 
 from tuneloop.audio import probe_audio
-from tuneloop.config import DatasetConfig
+from tuneloop.config import DatasetConfig, SuiteSpec
 from tuneloop.datasets import DatasetTooSmall, export_dataset, load_manifest
+from tuneloop.regression import SuiteError, leakage_guard, read_suite
 from tuneloop.store import ErrorCaseStore, cases_table
 
 T0 = datetime(2025, 5, 1, tzinfo=UTC)
@@ -207,3 +208,42 @@ def test_case_ids_to_consume(store, wav_factory, tmp_path):
     consume = set(manifest.case_ids_to_consume())
     assert set(manifest.train_ids) <= consume and old in consume and ids[2] in consume
     assert not consume & set(manifest.eval_ids)  # held out, never trained on: stays new for the next run
+
+
+def test_regression_suite_items_in_the_error_cases_are_excluded_and_reported(store, wav_factory, tmp_path):
+    ids = add_cases(store, wav_factory, 10)
+    suite_file = tmp_path / "suite" / "critical.jsonl"
+    suite_file.parent.mkdir()
+    items = [  # case 1's very recording; another recording of case 4's words; an item not among the cases
+        {"id": "s1", "audio": str(tmp_path / "audio" / "case1.wav"), "text": "something else"},
+        {"id": "s2", "audio": str(wav_factory("suite-own.wav")), "text": "Case number four"},
+        {"id": "s3", "audio": str(wav_factory("suite-other.wav")), "text": "never said in production"},
+    ]
+    suite_file.write_text("".join(json.dumps(item) + "\n" for item in items))
+    guard = leakage_guard([SuiteSpec(name="critical", type="critical", data_path=suite_file)])
+    manifest = export_dataset(store, tmp_path / "root", CONFIG, run_id="run-1", guard=guard)
+    assert set(manifest.excluded_ids) == {ids[1], ids[4]}
+    assert (manifest.counts["excluded"], manifest.counts["excluded_suite_audio"],
+            manifest.counts["excluded_suite_text"]) == (2, 1, 1)
+    exported = manifest.train_ids + manifest.eval_ids
+    assert len(exported) == 8 and not {ids[1], ids[4]} & set(exported)
+    assert json.loads((manifest.directory / "manifest.json").read_text())["counts"]["excluded"] == 2
+
+
+def test_a_train_case_with_an_eval_cases_transcript_is_held_back(store, wav_factory, tmp_path):
+    ids = add_cases(store, wav_factory, 9)
+    twin = store.store_failed_case(wav_factory("twin.wav"), "x", "Case number eight", created_at=T0 - timedelta(1))
+    manifest = export_dataset(store, tmp_path, CONFIG, run_id="run-1")
+    assert ids[8] in manifest.eval_ids and twin not in manifest.train_ids
+    assert [(n.id, n.reason) for n in manifest.held_back] == [(twin, "same transcript as an eval case")]
+    assert manifest.counts["held_back_same_text_as_eval"] == 1
+    assert twin not in manifest.case_ids_to_consume()  # not trained on: stays new
+
+
+def test_suite_file_errors_name_file_line_and_field(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "audio": "x.wav", "text": "hi"}\n{"id": "b", "audio": "y.wav"}\n')
+    with pytest.raises(SuiteError, match=r"suite 'bad' \(.*bad.jsonl:2\): a row needs non-empty string fields"):
+        read_suite(SuiteSpec(name="bad", data_path=bad))
+    with pytest.raises(SuiteError, match="does not exist"):
+        read_suite(SuiteSpec(name="gone", data_path=tmp_path / "gone.jsonl"))

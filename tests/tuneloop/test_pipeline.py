@@ -9,7 +9,14 @@ import pytest
 
 from tuneloop.backends import LocalBackend, TrainerFailed, get_backend
 from tuneloop.config import load_config
-from tuneloop.pipeline import PipelineRun, RunParams, _flat_metrics, evaluate_trigger, run_key
+from tuneloop.pipeline import (
+    PipelineRun,
+    RunParams,
+    _flat_metrics,
+    evaluate_trigger,
+    run_key,
+    training_approval_reason,
+)
 from tuneloop.store import ErrorCaseStore
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=timezone.utc)
@@ -43,12 +50,17 @@ def test_run_key_is_safe_and_distinct():
     assert a != b and "/" not in a and ":" not in a and "+" not in a
 
 
-def test_approval_policy_holds_back_unforced_runs(config, store_with_cases):
+def test_approval_policy_asks_a_person_unless_forced(config, store_with_cases):
     result = evaluate_trigger(config, now=NOW, force=False, store=store_with_cases)
-    assert not result.should_trigger
-    assert "auto_approve_finetuning is false" in result.reasons[-1]
-    forced = evaluate_trigger(config, now=NOW, force=True, store=store_with_cases)
-    assert forced.should_trigger
+    assert result.should_trigger
+    assert training_approval_reason(config, result.should_trigger, forced=False) == (
+        "trigger conditions hold and trigger.auto_approve_finetuning is false")
+    assert training_approval_reason(config, True, forced=True) is None  # a person started it
+    assert training_approval_reason(config, False, forced=False) is None  # nothing to approve
+    auto = config.model_copy(update={"trigger": config.trigger.model_copy(update={"auto_approve_finetuning": True})})
+    assert training_approval_reason(auto, True, forced=False) is None
+    checked = PipelineRun(config, "scheduled__1", now=lambda: NOW).check_trigger()
+    assert checked["should_trigger"] and checked["approval_required"]
 
 
 def test_check_trigger_marks_the_run_and_tolerates_its_own_retry(config, store_with_cases):

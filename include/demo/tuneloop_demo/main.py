@@ -110,7 +110,7 @@ def simulate_traffic(install: Installation, world: World, production_model: Path
                                             "voice": u["voice"], "condition": u["condition"]}) + "\n"
                                 for u in traffic))
     predictions = install.root / "traffic-predictions.jsonl"
-    LocalBackend().evaluate(production_model, requests, predictions, batch_size=16, log_line=log.debug)
+    LocalBackend().evaluate(production_model, [(requests, predictions)], batch_size=16, log_line=log.debug)
     hypotheses = {p["id"]: p["hypothesis"] for p in _read_jsonl(predictions)}
     cases = [
         {"id": u["id"], "audio_path": u["audio_path"], "prediction": hypotheses[u["id"]], "correction": u["text"],

@@ -7,6 +7,7 @@ files get there differ. Steps exchange files (spec, model dir, predictions), nev
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Callable, Protocol
 
 LogLine = Callable[[str], None]
@@ -23,6 +24,7 @@ class TrainingBackend(Protocol):
         """Run ``train --spec spec_path``; outputs land in the spec's output_uri. Raise TrainerFailed."""
 
     def evaluate(
-        self, model_dir: Path, data_path: Path, output_path: Path, *, batch_size: int, log_line: LogLine
+        self, model_dir: Path, jobs: Sequence[tuple[Path, Path]], *, batch_size: int, log_line: LogLine
     ) -> None:
-        """Transcribe ``data_path`` with the model in ``model_dir`` into ``output_path`` (predictions JSONL)."""
+        """Transcribe each ``(data_path, output_path)`` of ``jobs`` with the model in ``model_dir`` (predictions
+        JSONL), loading the model once."""

@@ -10,6 +10,7 @@ import collections
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tuneloop.backends.base import LogLine, TrainerFailed
@@ -26,9 +27,11 @@ class LocalBackend:
         self._run(["train", "--spec", str(spec_path)], log_line)
 
     def evaluate(
-        self, model_dir: Path, data_path: Path, output_path: Path, *, batch_size: int, log_line: LogLine
+        self, model_dir: Path, jobs: Sequence[tuple[Path, Path]], *, batch_size: int, log_line: LogLine
     ) -> None:
-        args = ["evaluate", "--model-dir", str(model_dir), "--data", str(data_path), "--output", str(output_path)]
+        data = [str(data_path) for data_path, _ in jobs]
+        outputs = [str(output_path) for _, output_path in jobs]
+        args = ["evaluate", "--model-dir", str(model_dir), "--data", *data, "--output", *outputs]
         self._run([*args, "--batch-size", str(batch_size)], log_line)
 
     def _run(self, args: list[str], log_line: LogLine) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from tuneloop.config import load_config
+from tuneloop.links import MLFLOW_URL_KEY, MlflowRunLink
 from tuneloop.pipeline import PipelineRun, RunParams
 
 
@@ -14,6 +15,7 @@ class PipelineStepOperator(BaseOperator):
     """Base for the ``finetune_weekly`` steps. Reads the config in ``execute`` (never at parse time)."""
 
     ui_color = "#e8f0fe"
+    operator_extra_links = (MlflowRunLink(),)
 
     def pipeline(self, context: Context) -> PipelineRun:
         params: dict[str, Any] = dict(context.get("params") or {})
@@ -25,3 +27,12 @@ class PipelineStepOperator(BaseOperator):
         if value is None:
             raise RuntimeError(f"{self.task_id}: no result from upstream task {task_id!r}")
         return value
+
+    def link_mlflow_run(self, context: Context, run: PipelineRun) -> str:
+        """Push the MLflow run's URL for the task's "MLflow run" button, and log it."""
+        from tuneloop import tracking
+
+        url = tracking.run_url(run.config, run.mlflow_run_id(), run.config.mlflow.ui_url)
+        context["ti"].xcom_push(key=MLFLOW_URL_KEY, value=url)
+        self.log.info("MLflow run: %s", url)
+        return url

@@ -7,10 +7,16 @@ from tuneloop.pipeline import PipelineRun, RunParams
 
 
 class DecideOperator(BaseBranchOperator):
-    """Branch on the gate's verdict: ``deploy``, ``reject``, or ``hold`` (passed, but auto_deploy is off)."""
+    """Branch on the verdicts: ``reject``, or ``approve_deploy`` when the gate and the regression suites passed.
+
+    Pushes ``summary`` (Markdown): the decision as the approver sees it in the approval form.
+    """
 
     def choose_branch(self, context: Context) -> str:
         run = PipelineRun(load_config(), context["run_id"], RunParams.from_mapping(dict(context["params"])))
         outcome = run.decide()
+        if outcome == "approve_deploy":
+            version = context["ti"].xcom_pull(task_ids="register")["version"]
+            context["ti"].xcom_push(key="summary", value=run.deployment_summary(version))
         self.log.info("decision: %s", outcome)
         return outcome

@@ -1,4 +1,4 @@
-"""Registry moves as tasks: deploy, reject, hold, auto-rollback and the manual rollback DAG's task."""
+"""Registry moves as tasks: deploy, reject, auto-rollback and the manual rollback DAG's task."""
 
 from __future__ import annotations
 
@@ -28,14 +28,6 @@ class RejectOperator(PipelineStepOperator):
         event = self.pipeline(context).reject(version)
         self.log.info("rejected version %s; production stays %s", version, event["from_version"])
         return event
-
-
-class HoldOperator(PipelineStepOperator):
-    """The candidate passed but auto_deploy is off: it stays registered as ``candidate`` for a human."""
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        version = self.upstream(context, "register")["version"]
-        return self.pipeline(context).hold(version)
 
 
 class RollbackOperator(PipelineStepOperator):

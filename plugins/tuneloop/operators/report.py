@@ -4,21 +4,28 @@ from typing import Any
 
 from airflow.sdk import Context
 
+from tuneloop.operators.approve import XCOM_KEY as APPROVAL_KEY
 from tuneloop.operators.base import PipelineStepOperator
 
-STEPS = ("check_trigger", "export_dataset", "train", "evaluate", "validate", "register", "decide", "deploy",
-         "reject", "hold", "post_deploy_check", "rollback")
+STEPS = ("check_trigger", "approve_training", "export_dataset", "train", "evaluate", "validate", "regression_suite",
+         "register", "decide", "approve_deploy", "deploy", "reject", "post_deploy_check", "rollback")
+APPROVALS = ("approve_training", "approve_deploy")
 
 
 class ReportOperator(PipelineStepOperator):
-    """Runs whatever happened: writes the decision record and closes the run in the store."""
+    """Runs whatever happened: writes the decision record, prints it, closes the run in the store."""
 
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
         found = ti.get_task_states(dag_id=ti.dag_id, task_ids=list(STEPS), run_ids=[ti.run_id])
-        outcome = {step: ti.xcom_pull(task_ids=step) for step in STEPS}
+        outcome = {step: ti.xcom_pull(task_ids=step) for step in STEPS if step not in APPROVALS}
+        outcome |= {step: ti.xcom_pull(task_ids=step, key=APPROVAL_KEY) for step in APPROVALS}
         outcome["states"] = {step: str(state) for step, state in found.get(ti.run_id, {}).items()}
-        record = self.pipeline(context).report(outcome)
+        run = self.pipeline(context)
+        record = run.report(outcome)
         for line in record["summary"]:
             self.log.info("%s", line)
+        self.log.info("decision record: %s", record["record"])
+        if record.get("mlflow_run_id"):
+            self.link_mlflow_run(context, run)
         return record

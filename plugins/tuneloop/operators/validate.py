@@ -11,6 +11,8 @@ class ValidateOperator(PipelineStepOperator):
     """The gate: is the candidate measurably better than production? Pushes the verdict with every reason."""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        result = self.pipeline(context).validate()
+        run = self.pipeline(context)
+        result = run.validate()
         self.log.info("gate verdict: %s", result["verdict"])
+        self.link_mlflow_run(context, run)
         return result

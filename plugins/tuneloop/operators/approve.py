@@ -1,0 +1,99 @@
+"""Human approvals: Airflow's own human-in-the-loop ``ApprovalOperator``, asked only when the policy says so.
+
+``approve_training`` waits when the trigger conditions hold but ``trigger.auto_approve_finetuning`` is false;
+``approve_deploy`` waits when ``auto_deploy`` is off for the run or a first run's policy requires a person. When
+no approval is needed they succeed at once, so the DAG has one shape whatever the configuration.
+
+People answer in the Airflow UI (Required actions) or through the REST API
+(``PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails`` with
+``{"chosen_options": ["Approve"]}``). Reject, or no answer within the timeout (the default option is Reject),
+skips what follows (production untouched) and is written to the deployment history. The answer is pushed under
+the XCom key ``approval`` before any skipping, so the report can tell what happened.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Context
+
+from tuneloop.config import load_config
+from tuneloop.pipeline import PipelineRun, RunParams
+
+XCOM_KEY = "approval"
+
+
+class _PolicyApprovalOperator(ApprovalOperator):
+    """An ApprovalOperator that asks only when :meth:`approval_reason` says a person must decide."""
+
+    stage = ""
+    ui_color = "#fde7c4"
+
+    def __init__(self, *, subject: str, body: str, response_timeout: timedelta, **kwargs: Any) -> None:
+        super().__init__(subject=subject, body=body, defaults=self.REJECT, response_timeout=response_timeout,
+                         **kwargs)
+
+    def pipeline(self, context: Context) -> PipelineRun:
+        return PipelineRun(load_config(), context["run_id"], RunParams.from_mapping(dict(context["params"])))
+
+    def approval_reason(self, context: Context, run: PipelineRun) -> str | None:
+        raise NotImplementedError
+
+    def execute(self, context: Context) -> Any:
+        run = self.pipeline(context)
+        reason = self.approval_reason(context, run)
+        if reason is None:
+            result = {"approved": True, "by": "policy", "auto": True, "summary": "no approval needed by policy"}
+            context["ti"].xcom_push(key=XCOM_KEY, value=result)
+            self.log.info("%s approval: not needed", self.stage)
+            return result
+        self.log.info("%s approval: waiting for a person (%s)", self.stage, reason)
+        return super().execute(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        chosen = list(event.get("chosen_options") or [])
+        user = event.get("responded_by_user") or {}
+        approved = chosen == [self.APPROVE] and "error" not in event
+        by = user.get("name") or user.get("id")
+        if approved:
+            summary = f"approved by {by}"
+        elif by:
+            summary = f"rejected by {by}"
+        else:
+            summary = f"no answer within {self.response_timeout}: the default, Reject, applies"
+        result = {"approved": approved, "by": by, "auto": False, "summary": summary,
+                  "responded_at": str(event.get("responded_at")), **self.details(context)}
+        context["ti"].xcom_push(key=XCOM_KEY, value=result)
+        self.log.info("%s approval: %s", self.stage, summary)
+        if not approved:
+            self.pipeline(context).record_approval_rejected(self.stage, result)
+        super().execute_complete(context, event)  # on Reject: skips the downstream tasks (and raises to do so)
+        return result
+
+    def details(self, context: Context) -> dict[str, Any]:
+        return {}
+
+
+class ApproveTrainingOperator(_PolicyApprovalOperator):
+    """``approve_training``: a person approves the training that the trigger conditions call for."""
+
+    stage = "training"
+
+    def approval_reason(self, context: Context, run: PipelineRun) -> str | None:
+        trigger = context["ti"].xcom_pull(task_ids="check_trigger") or {}
+        return trigger.get("approval_reason")
+
+
+class ApproveDeployOperator(_PolicyApprovalOperator):
+    """``approve_deploy``: a person approves promoting a candidate that passed the gate and the suites."""
+
+    stage = "deployment"
+
+    def approval_reason(self, context: Context, run: PipelineRun) -> str | None:
+        return run.deploy_needs_approval()
+
+    def details(self, context: Context) -> dict[str, Any]:
+        registered = context["ti"].xcom_pull(task_ids="register") or {}
+        return {"version": registered.get("version")}
