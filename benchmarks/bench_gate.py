@@ -1,7 +1,8 @@
 """Benchmark the gate at production scale: 100,000 paired utterances, 10,000 bootstrap resamples.
 
 Synthetic data: references of 3-30 words from a 5,000-word vocabulary; the baseline gets about 15% of words
-wrong, the candidate fixes about a third of them and makes a few new errors. Prints wall time, CPU time and peak
+wrong, the candidate fixes about a third of them and makes a few new errors; three declared slices (20 voices,
+clean/noisy, duration buckets) so the gate does all its work. Prints wall time, CPU time and peak
 traced memory (tracemalloc sees numpy's buffers; the data themselves are not counted) for each step:
 
     python benchmarks/bench_gate.py [--n 100000] [--resamples 10000] [--repeat 3]
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 import tracemalloc
@@ -67,7 +69,8 @@ def synthetic_pairs(n: int, seed: int) -> list[PairedPrediction]:
                     pass  # deletion
                 else:
                     out.extend([word, wrong_word])  # insertion
-        pairs.append(PairedPrediction(f"u{i}", " ".join(words), " ".join(base), " ".join(cand)))
+        slices = {"voice": f"v{i % 20}", "condition": "noisy" if i % 4 == 0 else "clean", "duration_s": len(words) / 3}
+        pairs.append(PairedPrediction(f"u{i}", " ".join(words), " ".join(base), " ".join(cand), slices=slices))
     return pairs
 
 
@@ -100,7 +103,8 @@ def main() -> None:
 
     print(f"{args.n:,} utterances, {args.resamples:,} resamples, {os.cpu_count()} CPUs, numpy {np.__version__}")
     pairs = synthetic_pairs(args.n, args.seed)
-    config = ValidationConfig(bootstrap_resamples=args.resamples, bootstrap_seed=args.seed)
+    config = ValidationConfig(bootstrap_resamples=args.resamples, bootstrap_seed=args.seed, slices=[
+        {"field": "voice"}, {"field": "condition"}, {"field": "duration_s", "buckets": [2, 5]}])
     scored = measure("score_pair (normalise + edit distances)", lambda: score_pair(pairs), args.repeat, memory=False)
     base, cand = scored.baseline, scored.candidate
     print(f"  baseline WER {base.corpus_wer:.4f} CER {base.corpus_cer:.4f}; "
@@ -115,8 +119,10 @@ def main() -> None:
                 return paired_bootstrap(b, c, lengths, resamples=args.resamples, seed=args.seed, workers=workers)
 
             measure(f"paired_bootstrap {metric} ({name})", run, args.repeat)
-    result = measure("gate on scored pair (WER + CER bootstraps)", lambda: gate(scored, config), args.repeat)
+    result = measure("gate on scored pair (all checks, 25 slices)", lambda: gate(scored, config), args.repeat)
     measure("gate end to end from paired predictions", lambda: gate(pairs, config), 1, memory=False)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  process peak RSS {rss:.0f} MiB (includes the 100k synthetic predictions themselves)")
     print(f"  verdict {result.verdict}; WER {result.baseline_wer:.4f} -> {result.candidate_wer:.4f}, "
           f"95% CI [{result.wer.bootstrap.ci_low:.4f}, {result.wer.bootstrap.ci_high:.4f}], p={result.p_value:.4g}")
 

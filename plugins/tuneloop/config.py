@@ -125,7 +125,7 @@ class ValidationConfig(_Section):
     bootstrap_resamples: int = Field(10_000, ge=100)
     bootstrap_seed: int = 0
     slices: tuple[SliceSpec, ...] = Field((), description="metadata fields gated value by value")
-    slice_resamples: int = Field(2_000, ge=100, description="bootstrap resamples for each slice's CI")
+    slice_resamples: int = Field(1_000, ge=100, description="bootstrap resamples for each slice's CI (display only)")
     max_newly_broken: int | None = Field(None, ge=0, description="cap on utterances production got right and the "
                                                                  "candidate gets wrong (count)")
     max_newly_broken_rate: float | None = Field(0.05, ge=0, le=1, description="the same cap as a share of eval")

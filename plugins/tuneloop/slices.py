@@ -58,9 +58,17 @@ class SliceResult:
         return data
 
 
-def slice_values(rows: Sequence[dict[str, Any]], spec: SliceSpec) -> list[str]:
+def slice_values(rows: Sequence[dict[str, Any]], spec: SliceSpec) -> np.ndarray:
     """The slice value of each row: the field as text, its bucket for a bucketed field, or ``(missing)``."""
-    return [_value(row.get(spec.field), spec) for row in rows]
+    raw = [row.get(spec.field) for row in rows]
+    if spec.buckets is None:
+        return np.array([MISSING if v is None or v == "" else str(v) for v in raw], dtype=object)
+    edges = spec.buckets
+    labels = [f"<{edges[0]:g}", *(f"{a:g}-{b:g}" for a, b in zip(edges, edges[1:])), f">={edges[-1]:g}"]
+    numbers = np.array([_number(v) for v in raw], dtype=np.float64)
+    values = np.array(labels, dtype=object)[np.searchsorted(edges, np.nan_to_num(numbers), side="right")]
+    values[np.isnan(numbers)] = MISSING
+    return values
 
 
 def evaluate_slices(
@@ -75,10 +83,10 @@ def evaluate_slices(
     rows = [pair.slices for pair in scored.pairs]
     results: list[SliceResult] = []
     for spec in specs:
-        values = np.array(slice_values(rows, spec), dtype=object)
-        names, sizes = np.unique(values, return_counts=True)
-        for value in names[np.argsort(-sizes, kind="stable")]:
-            results.append(_judge(scored, np.flatnonzero(values == value), spec, str(value), resamples, seed, alpha))
+        names, inverse, sizes = np.unique(slice_values(rows, spec), return_inverse=True, return_counts=True)
+        members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(sizes)[:-1])
+        for index in np.argsort(-sizes, kind="stable"):
+            results.append(_judge(scored, members[index], spec, str(names[index]), resamples, seed, alpha))
     return tuple(results)
 
 
@@ -92,8 +100,7 @@ def _judge(
     baseline_wer, candidate_wer = int(base_errors.sum()) / total, int(cand_errors.sum()) / total
     increase = (int(cand_errors.sum()) - int(base_errors.sum())) / total  # exact 0 on a tie
     gated = members.size >= spec.min_n
-    bootstrap = paired_bootstrap(base_errors, cand_errors, words, resamples=resamples, seed=seed, alpha=alpha,
-                                 workers=1)
+    bootstrap = paired_bootstrap(base_errors, cand_errors, words, resamples=resamples, seed=seed, alpha=alpha)
     return SliceResult(
         field=spec.field,
         value=value,
@@ -109,19 +116,11 @@ def _judge(
     )
 
 
-def _value(raw: Any, spec: SliceSpec) -> str:
-    if raw is None or raw == "":
-        return MISSING
-    if spec.buckets is None:
-        return str(raw)
+def _number(raw: Any) -> float:
+    """A numeric field's value, NaN when absent or not a number (it then falls in ``(missing)``)."""
+    if raw is None or isinstance(raw, bool):
+        return float("nan")
     try:
-        number = float(raw)
+        return float(raw)
     except (TypeError, ValueError):
-        return MISSING
-    edges = spec.buckets
-    index = int(np.searchsorted(edges, number, side="right"))
-    if index == 0:
-        return f"<{edges[0]:g}"
-    if index == len(edges):
-        return f">={edges[-1]:g}"
-    return f"{edges[index - 1]:g}-{edges[index]:g}"
+        return float("nan")
