@@ -5,6 +5,8 @@
     tuneloop history [--limit N]        deployment history: who, when, action, from -> to, why
     tuneloop rollback [--to VERSION] [--reason TEXT]
     tuneloop bootstrap MODEL_DIR        register an existing model as the first production version
+    tuneloop suite add NAME DATA.jsonl [--type critical] [--baseline-wer X --baseline-version V]
+    tuneloop suite list [--json]        regression suites (config and registered) and their latest results
     tuneloop demo [--bad-candidate]     the end-to-end demo on CPU
 """
 
@@ -67,6 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--reason", default="initial production model")
     bootstrap.set_defaults(handler=cmd_bootstrap)
 
+    suite = sub.add_parser("suite", help="regression suites: register one, list them with their latest results")
+    suite_sub = suite.add_subparsers(dest="suite_command", required=True)
+    add = suite_sub.add_parser("add", help="register (or replace) a regression suite")
+    add.add_argument("name")
+    add.add_argument("data_path", type=Path, help="JSONL rows {id, audio, text, ...}; audio relative to the file")
+    add.add_argument("--type", default="benchmark", choices=["benchmark", "critical", "smoke"])
+    add.add_argument("--baseline-wer", type=float)
+    add.add_argument("--baseline-cer", type=float)
+    add.add_argument("--baseline-version")
+    add.add_argument("--max-wer-degradation", type=float, default=0.05)
+    add.set_defaults(handler=cmd_suite_add)
+    listing = suite_sub.add_parser("list", help="suites and their result history")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_suite_list)
+
     demo = sub.add_parser("demo", help="run the end-to-end demo (speech data, baseline, Airflow run)")
     demo.add_argument("--bad-candidate", action="store_true",
                       help="train on shuffled transcripts: the gate must reject it and production stay put")
@@ -104,6 +121,7 @@ def collect_status(config: TuneloopConfig) -> dict[str, Any]:
                   "previous_version": registry.previous_version(),
                   "production_tags": registry.get_version(production).tags if production else {}},
         "last_runs": [r.to_dict() for r in store.training_runs(limit=5)],
+        "regression_suites": suite_status(config, store),
         "tracking_uri": config.tracking_uri,
     }
 
@@ -126,9 +144,56 @@ def cmd_status(config: TuneloopConfig, args: argparse.Namespace) -> int:
           f"(previous v{model['previous_version']})")
     for key in sorted(k for k in model["production_tags"] if k.endswith(("wer", "cer")) or k == "dataset_id"):
         print(f"  {key} = {model['production_tags'][key]}")
+    print("regression suites:")
+    for suite in status["regression_suites"] or [{"name": "(none registered)", "history": []}]:
+        latest = suite["history"][:3]
+        shown = "; ".join(f"v{h['model_version']} WER {h['wer']:.3f} {'pass' if h['passed'] else 'FAIL'}"
+                          for h in latest) or "no results yet"
+        print(f"  {suite['name']} ({suite.get('type', '')}): {shown}")
     print("last runs:")
     for run in status["last_runs"] or [{"run_id": "(none yet)"}]:
         print(f"  {run.get('run_id')}  {run.get('status', '')}  {run.get('finished_at') or ''}")
+    return 0
+
+
+def suite_status(config: TuneloopConfig, store: Any) -> list[dict[str, Any]]:
+    """Every suite (config and registered) with its recent results, newest first."""
+    from tuneloop.regression import merge_suites
+
+    suites = merge_suites(config.regression.suites, store.registered_suites())
+    return [{**spec.model_dump(mode="json"), "history": store.suite_history(spec.name, limit=10)} for spec in suites]
+
+
+def cmd_suite_add(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    from tuneloop.config import SuiteSpec
+    from tuneloop.regression import read_suite
+    from tuneloop.store import ErrorCaseStore
+
+    spec = SuiteSpec(name=args.name, type=args.type, data_path=args.data_path.resolve(),
+                     baseline_wer=args.baseline_wer, baseline_cer=args.baseline_cer,
+                     baseline_version=args.baseline_version, max_wer_degradation=args.max_wer_degradation)
+    rows = read_suite(spec)  # fail now, not in the next run
+    ErrorCaseStore.from_config(config).register_suite(spec)
+    print(f"suite {spec.name} ({spec.type}): {len(rows)} items from {spec.data_path}")
+    return 0
+
+
+def cmd_suite_list(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    from tuneloop.store import ErrorCaseStore
+
+    suites = suite_status(config, ErrorCaseStore.from_config(config))
+    if args.json:
+        print(json.dumps(suites, indent=2, default=str))
+        return 0
+    for suite in suites:
+        baseline = (f"baseline WER {suite['baseline_wer']} ({suite['baseline_version']})"
+                    if suite["baseline_wer"] is not None else "baseline: production, measured each run")
+        print(f"{suite['name']} ({suite['type']}, {suite['data_path']}): {baseline}")
+        for h in suite["history"]:
+            print(f"  {h['at']:%Y-%m-%d %H:%M}  v{h['model_version']}  WER {h['wer']:.3f}  CER {h['cer']:.3f}  "
+                  f"n={h['n']}  {'pass' if h['passed'] else 'FAIL'}  ({h['run_id']})")
+    if not suites:
+        print("no regression suites (regression.suites in config, or `tuneloop suite add`)")
     return 0
 
 

@@ -184,11 +184,14 @@ def write_decision_record(run: PipelineRun, outcome: dict[str, Any]) -> dict[str
 
     status = classify(outcome)
     record = build_record(run, outcome, status)
-    _write_json(run.paths.root / "decision.json", record)
-    (run.paths.root / "decision.md").write_text(to_markdown(record))
     mlflow_run = None
     if status not in ("skipped", "not_approved"):  # nothing was trained: no MLflow run worth opening
         mlflow_run = run.mlflow_run_id()
+        record["mlflow_run"] = {"id": mlflow_run,
+                                "url": tracking.run_url(run.config, mlflow_run, run.config.mlflow.ui_url)}
+    _write_json(run.paths.root / "decision.json", record)
+    (run.paths.root / "decision.md").write_text(to_markdown(record))
+    if mlflow_run:
         tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.json", "decision")
         tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.md", "decision")
         tracking.set_tags(run.config, mlflow_run, {"status": status})

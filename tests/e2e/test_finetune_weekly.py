@@ -34,24 +34,55 @@ def _dags_test(scenario: Scenario, conf: dict) -> None:
     scenario.airflow("dags", "test", "finetune_weekly", "-c", json.dumps(conf))
 
 
+def _register_suite(scenario: Scenario, speech, count: int) -> None:
+    """A regression suite made of the first ``count`` utterances, which are also among the error cases."""
+    suite = scenario.root / "suite.jsonl"
+    suite.write_text("".join(json.dumps({"id": f"s{i}", "audio": str(job.out_path), "text": text, "voice": job.voice})
+                             + "\n" for i, (job, text) in enumerate(zip(speech["jobs"][:count], speech["texts"]))))
+    scenario.tuneloop("suite", "add", "known-commands", str(suite), "--max-wer-degradation", "0.5")
+
+
 def test_passing_candidate_is_deployed(install, damaged_model, speech):
     scenario = install(damaged_model)
     permissive_gate(scenario)
     scenario.env["TUNELOOP__DEPLOYMENT__ROLLBACK_ON_ERROR_THRESHOLD"] = "100"
     scenario.tuneloop("ingest", str(write_cases(scenario.root / "cases.jsonl", speech)))
+    _register_suite(scenario, speech, 6)
 
     _dags_test(scenario, {"reason": "e2e deploy"})
 
     decision = _decision(scenario)
     assert decision["status"] == "deployed", decision
+    # leakage guard: the suite's six utterances were among the cases and stayed out of the dataset
+    assert decision["dataset"]["counts"]["excluded"] == 6
+    assert decision["dataset"]["counts"]["excluded_suite_audio"] == 6
+    suite = decision["regression"]["results"][0]
+    assert (suite["name"], suite["n"], suite["passed"]) == ("known-commands", 6, True)
+    assert suite["baseline_source"] == "production (this run)" and suite["baseline_version"] == "1"
+    # the decision record is in MLflow, attached to the version, and linked
+    from mlflow import MlflowClient
+
+    config = scenario.config()
+    client = MlflowClient(config.tracking_uri)
+    mlflow_run = decision["mlflow_run"]["id"]
+    assert decision["mlflow_run"]["url"].endswith(f"/runs/{mlflow_run}")
+    logged = {a.path for folder in ("decision", "gate", "regression") for a in client.list_artifacts(mlflow_run, folder)}
+    assert {"decision/decision.json", "decision/decision.md", "gate/gate.json", "gate/churn.jsonl", "gate/gate.png",
+            "regression/regression.json"} <= logged
+    record = json.loads(open(client.download_artifacts(mlflow_run, "decision/decision.json")).read())
+    assert record["status"] == "deployed" and record["gate"]["churn"]["n"] == decision["gate"]["n"]
+    tags = _registry(scenario).get_version("2").tags
+    assert tags["decision"] == "deployed" and tags["decision_record"] == f"runs:/{mlflow_run}/decision"
+    suites = json.loads(scenario.tuneloop("suite", "list", "--json").stdout)
+    assert [(h["model_version"], h["passed"]) for h in suites[0]["history"]] == [("2", True)]
     registry = _registry(scenario)
     assert registry.production_version() == decision["candidate_version"] == "2"
     assert registry.previous_version() == "1"
     history = _store(scenario).deployment_history(scenario.config().mlflow.model_name)
     assert [e.action for e in history][:2] == ["deploy", "bootstrap"]
     assert history[0].from_version == "1" and history[0].to_version == "2"
-    train_ids = decision["dataset"]["counts"]["train"]
-    assert _store(scenario).statistics().to_dict()["by_state"].get("consumed") == train_ids
+    counts = decision["dataset"]["counts"]  # train cases and suite-excluded ones are used up; eval cases stay new
+    assert _store(scenario).statistics().to_dict()["by_state"].get("consumed") == counts["train"] + counts["excluded"]
     status = json.loads(scenario.tuneloop("status", "--json").stdout)
     assert status["model"]["production_version"] == "2"
     assert status["last_runs"][0]["status"] == "deployed"

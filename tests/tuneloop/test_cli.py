@@ -47,3 +47,36 @@ def test_rollback_with_nothing_to_roll_back_is_a_clear_error(home, capsys):
 def test_history_when_empty(home, capsys):
     assert main(["history"]) == 0
     assert "no deployments yet" in capsys.readouterr().out
+
+
+def test_suite_add_list_and_status(home, wav_factory, capsys):
+    suite = home / "suite" / "critical.jsonl"
+    suite.parent.mkdir()
+    suite.write_text(json.dumps({"id": "s1", "audio": str(wav_factory("s1.wav")), "text": "lights on"}) + "\n")
+    assert main(["suite", "add", "critical-commands", str(suite), "--type", "critical", "--baseline-wer", "0.1",
+                 "--baseline-version", "3"]) == 0
+    assert "suite critical-commands (critical): 1 items" in capsys.readouterr().out
+
+    from tuneloop.config import load_config
+    from tuneloop.store import ErrorCaseStore
+
+    store = ErrorCaseStore.from_config(load_config())
+    store.record_suite_result("run-1", {"name": "critical-commands", "model_version": "4", "wer": 0.08, "cer": 0.02,
+                                        "n": 1, "passed": True})
+    assert main(["suite", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "critical-commands (critical" in out and "baseline WER 0.1 (3)" in out and "v4  WER 0.080" in out
+    assert main(["status"]) == 0
+    assert "critical-commands (critical): v4 WER 0.080 pass" in capsys.readouterr().out
+    assert main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["regression_suites"][0]["history"][0]["model_version"] == "4"
+
+
+def test_suite_add_refuses_a_broken_file(home, capsys):
+    broken = home / "broken.jsonl"
+    broken.write_text('{"id": "a", "audio": "x.wav"}\n')
+    assert main(["suite", "add", "broken", str(broken)]) == 2
+    assert "a row needs non-empty string fields audio and text" in capsys.readouterr().err
+    assert main(["suite", "add", "eval", str(broken)]) == 2
+    assert "reserved" in capsys.readouterr().err
