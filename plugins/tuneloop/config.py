@@ -55,6 +55,11 @@ class DatasetConfig(_Section):
     min_eval_cases: int = Field(10, ge=1)
     max_cases: int | None = Field(None, ge=1, description="cap on cases per export (most recent kept)")
     slice_fields: tuple[str, ...] = Field(("voice", "condition", "source"), description="metadata kept per row")
+    replay_path: Path | None = Field(None, description="JSONL of known-good older examples {id, audio, text} "
+                                                       "mixed into every train split, so fine-tuning on new "
+                                                       "mistakes does not erode what the model already does well")
+    replay_size: int | None = Field(None, ge=1, description="rows drawn from replay_path (seeded); default all")
+    replay_seed: int = 0
 
     @model_validator(mode="after")
     def _durations(self) -> "DatasetConfig":

@@ -16,6 +16,11 @@ item: those must never be trained on), keep the ``max_cases`` most recent, and h
 production makes next. A train case with the same transcript as an eval case is held back (left new for a later
 run), so the eval split never measures a sentence the candidate was just trained on.
 
+Replay (``replay_path``): known-good older examples mixed into the train split (a seeded draw of ``replay_size``
+rows, ids prefixed ``replay:``), so fine-tuning on new mistakes does not erode what the model already does well.
+They pass the same audio checks and the leakage guard; a bad one is left out with its reason
+(``replay_dropped``), never failing the export. They are not store cases, so nothing consumes them.
+
 ``dataset_id`` hashes the rows, the split and the dataset config — never times or run ids — so the same input
 gives the same id, and an existing complete dataset is reused untouched. A dataset is written to a staging
 folder and renamed into place, so a reader sees all of it or nothing.
@@ -28,6 +33,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 import uuid
@@ -40,7 +46,7 @@ from typing import Any
 
 from tuneloop.audio import AudioError, AudioInfo, load_mono, local_audio_path, probe_audio, write_wav16
 from tuneloop.config import DatasetConfig
-from tuneloop.regression import LeakageGuard
+from tuneloop.regression import LeakageGuard, SuiteError, read_examples
 from tuneloop.store import ErrorCase, ErrorCaseStore
 from tuneloop.text import normalize_transcript
 
@@ -53,6 +59,9 @@ SPLIT_FILES = {"train": "train.jsonl", "eval": "eval.jsonl"}
 FIXED_ROW_KEYS = ("id", "audio", "text", "duration_s", "sample_rate", "created_at", "model_version", "source")
 
 AudioFetcher = Callable[[str], Path]
+REPLAY_PREFIX = "replay:"
+# Replay rows carry no time of their own that matters; a fixed one keeps the dataset id content-addressed.
+REPLAY_CREATED_AT = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class DatasetError(RuntimeError):
@@ -106,6 +115,7 @@ class DatasetManifest:
     config: dict[str, Any]
     stats: dict[str, Any]
     held_back: tuple[CaseNote, ...] = ()
+    replay_dropped: tuple[CaseNote, ...] = ()
     files: dict[str, str] = field(default_factory=lambda: dict(SPLIT_FILES))
     format_version: int = DATASET_FORMAT
     directory: Path | None = field(default=None, compare=False)
@@ -118,6 +128,10 @@ class DatasetManifest:
     @property
     def eval_ids(self) -> tuple[str, ...]:
         return self.case_ids["eval"]
+
+    @property
+    def replay_ids(self) -> tuple[str, ...]:
+        return self.case_ids.get("replay", ())
 
     @property
     def excluded_count(self) -> int:
@@ -148,7 +162,7 @@ class DatasetManifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, directory: Path | None = None, reused: bool = False) -> DatasetManifest:
         notes = {name: tuple(CaseNote(**note) for note in data.get(name, ()))
-                 for name in ("quarantined", "superseded", "duplicates", "skipped", "held_back")}
+                 for name in ("quarantined", "superseded", "duplicates", "skipped", "held_back", "replay_dropped")}
         return cls(
             dataset_id=data["dataset_id"],
             created_at=datetime.fromisoformat(data["created_at"]),
@@ -243,18 +257,22 @@ def export_dataset(
     if not train:
         raise DatasetTooSmall(len(capped) - len(held_back), config.min_eval_cases + 1, counts)
     counts["held_back_same_text_as_eval"] = len(held_back)
-    rows = {"train": [_row(c, config) for c in train], "eval": [_row(c, config) for c in evaluation]}
-    counts |= {"train": len(train), "eval": len(evaluation)}
+    taken = {c.info.content_hash for c in [*train, *evaluation]}
+    replay, replay_dropped = _replay(config, guard, taken, eval_texts)
+    rows = {"train": [_row(c, config) for c in [*train, *replay]], "eval": [_row(c, config) for c in evaluation]}
+    counts |= {"train": len(train), "eval": len(evaluation), "replay": len(replay),
+               "replay_dropped": len(replay_dropped)}
     dataset_id = _dataset_id(rows, config)
     manifest = DatasetManifest(
         dataset_id=dataset_id, created_at=now, run_id=run_id,
-        case_ids={split: tuple(row["id"] for row in split_rows) for split, split_rows in rows.items()},
+        case_ids={"train": tuple(c.case.id for c in train), "eval": tuple(c.case.id for c in evaluation),
+                  "replay": tuple(c.case.id for c in replay)},
         counts=counts, quarantined=tuple(quarantined), superseded=tuple(superseded), duplicates=tuple(duplicates),
         excluded_ids=tuple(excluded), skipped=tuple(skipped), config=config.model_dump(mode="json"),
         stats={split: _split_stats(split_rows, config) for split, split_rows in rows.items()},
-        held_back=tuple(held_back),
+        held_back=tuple(held_back), replay_dropped=tuple(replay_dropped),
     )
-    return _write_once(Path(root) / "datasets", manifest, rows, [*train, *evaluation], config)
+    return _write_once(Path(root) / "datasets", manifest, rows, [*train, *evaluation, *replay], config)
 
 
 def _validate(
@@ -285,6 +303,53 @@ def _validate(
             continue
         candidates.append(_Candidate(case, text, info, path))
     return candidates, quarantined, skipped
+
+
+def _replay(
+    config: DatasetConfig, guard: LeakageGuard, taken: set[str], eval_texts: set[str]
+) -> tuple[list[_Candidate], list[CaseNote]]:
+    """The replay rows for this export: a seeded draw from ``replay_path``, checked like cases, never a suite
+    item, a recording already in the dataset, or an eval transcript."""
+    if config.replay_path is None:
+        return [], []
+    try:
+        rows = read_examples(Path(config.replay_path), "replay", "dataset.replay_path")
+    except SuiteError as error:
+        raise DatasetError(str(error)) from error
+    random.Random(config.replay_seed).shuffle(rows)
+    kept: list[_Candidate] = []
+    dropped: list[CaseNote] = []
+    for row in rows[: config.replay_size]:
+        case_id = f"{REPLAY_PREFIX}{row['id']}"
+        text = normalize_transcript(row["text"])
+        try:
+            info = probe_audio(row["audio"])
+        except AudioError as error:
+            dropped.append(CaseNote(case_id, f"audio {error.reason}: {row['audio']}"))
+            continue
+        case = ErrorCase(id=case_id, created_at=REPLAY_CREATED_AT, source="replay", model_version=None,
+                         audio_uri=row["audio"], audio_hash=info.content_hash, prediction=text, correction=text,
+                         error_types=(), error_score=None, annotator=None, content_hash=info.content_hash,
+                         metadata={k: v for k, v in row.items() if k not in ("id", "audio", "text")},
+                         state="consumed")
+        problem = (_audio_problem(case, info, config) or guard.reason(info.content_hash, text)
+                   or _replay_overlap(text, info.content_hash, taken, eval_texts))
+        if problem:
+            dropped.append(CaseNote(case_id, problem))
+            continue
+        kept.append(_Candidate(case, text, info, Path(row["audio"])))
+    kept.sort(key=lambda c: c.case.id)  # the draw decides which rows, not their order in the file
+    return kept, dropped
+
+
+def _replay_overlap(text: str, content_hash: str, taken: set[str], eval_texts: set[str]) -> str | None:
+    if not text:
+        return "transcript is empty after normalisation"
+    if content_hash in taken:
+        return "same audio as a case in this dataset"
+    if text in eval_texts:
+        return "same transcript as an eval case"
+    return None
 
 
 def _local_file(uri: str, fetch_audio: AudioFetcher | None) -> Path | None:

@@ -104,14 +104,19 @@ class RegressionReport:
 
 def read_suite(spec: SuiteSpec) -> list[dict[str, Any]]:
     """The suite's rows with ``audio`` made absolute; every row needs a unique id, an audio path and a text."""
-    path = Path(spec.data_path)
+    return read_examples(Path(spec.data_path), f"suite {spec.name!r}", "data_path")
+
+
+def read_examples(path: Path, label: str, field_name: str) -> list[dict[str, Any]]:
+    """A JSONL file of ``{"id", "audio", "text", ...}`` examples (suites, replay data), ``audio`` made absolute
+    (relative paths are relative to the file). Errors name ``label``, the file and the line."""
     if not path.is_file():
-        raise SuiteError(f"suite {spec.name!r}: data_path {path} does not exist")
+        raise SuiteError(f"{label}: {field_name} {path} does not exist")
     rows, seen = [], set()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        where = f"suite {spec.name!r} ({path}:{number})"
+        where = f"{label} ({path}:{number})"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
@@ -124,7 +129,7 @@ def read_suite(spec: SuiteSpec) -> list[dict[str, Any]]:
         audio = Path(row["audio"])
         rows.append({**row, "id": str(row["id"]), "audio": str(audio if audio.is_absolute() else path.parent / audio)})
     if not rows:
-        raise SuiteError(f"suite {spec.name!r}: {path} holds no rows")
+        raise SuiteError(f"{label}: {path} holds no rows")
     return rows
 
 

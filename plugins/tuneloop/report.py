@@ -160,8 +160,9 @@ def _statistics_table(gate: dict[str, Any]) -> str:
 
 
 def _slices_table(slices: list[dict[str, Any]]) -> str:
-    rows = [[s["name"], s["n"], s["baseline_wer"], s["candidate_wer"], s["wer_increase"],
-             "gated" if s["gated"] else "report only", "pass" if s["passed"] else "FAIL"] for s in slices]
+    rows = [[f"{s['field']}={s['value']}", s["n"], s["baseline_wer"], s["candidate_wer"], s["wer_increase"],
+             "gated" if s["gated"] else "report only", ("pass" if s["passed"] else "FAIL") if s["gated"] else "-"]
+            for s in slices]
     return _table(["slice", "n", "production WER", "candidate WER", "change", "role", "result"], rows)
 
 

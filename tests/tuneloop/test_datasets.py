@@ -247,3 +247,31 @@ def test_suite_file_errors_name_file_line_and_field(tmp_path):
         read_suite(SuiteSpec(name="bad", data_path=bad))
     with pytest.raises(SuiteError, match="does not exist"):
         read_suite(SuiteSpec(name="gone", data_path=tmp_path / "gone.jsonl"))
+
+
+def test_replay_rows_join_train_only_checked_and_never_consumed(store, wav_factory, tmp_path):
+    ids = add_cases(store, wav_factory, 10)
+    replay = tmp_path / "replay" / "replay.jsonl"
+    replay.parent.mkdir()
+    rows = [{"id": f"r{i}", "audio": str(wav_factory(f"replay{i}.wav")), "text": f"Older words {words(i)}",
+             "voice": "seen"} for i in range(5)]
+    rows.append({"id": "bad", "audio": str(tmp_path / "missing.wav"), "text": "gone"})
+    rows.append({"id": "dup", "audio": str(tmp_path / "audio" / "case9.wav"), "text": "reused recording"})
+    rows.append({"id": "twin", "audio": str(wav_factory("twin.wav")), "text": "case number eight"})
+    replay.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = CONFIG.model_copy(update={"replay_path": replay, "replay_size": 20})
+    manifest = export_dataset(store, tmp_path / "root", config, run_id="run-1")
+    assert manifest.replay_ids == tuple(f"replay:r{i}" for i in range(5))
+    assert manifest.counts["replay"] == 5 and manifest.counts["train"] == 7 and manifest.counts["eval"] == 3
+    assert {(n.id, n.reason.split(":")[0]) for n in manifest.replay_dropped} == {
+        ("replay:bad", "audio missing"), ("replay:dup", "same audio as a case in this dataset"),
+        ("replay:twin", "same transcript as an eval case")}
+    train = read_rows(manifest, "train")
+    assert [r["id"] for r in train][-5:] == list(manifest.replay_ids) and train[-1]["source"] == "replay"
+    assert all((manifest.directory / r["audio"]).exists() for r in train)
+    assert not set(manifest.replay_ids) & set(manifest.case_ids_to_consume())
+    assert set(manifest.case_ids_to_consume()) == set(ids[:7])
+    again = export_dataset(store, tmp_path / "root", config, run_id="run-2")
+    assert again.dataset_id == manifest.dataset_id  # the seeded draw is part of the content, not of the time
+    fewer = export_dataset(store, tmp_path / "root", config.model_copy(update={"replay_size": 2}), run_id="run-3")
+    assert len(fewer.replay_ids) <= 2 and fewer.dataset_id != manifest.dataset_id

@@ -55,7 +55,7 @@ def test_markdown_has_the_tables_a_reviewer_reads():
                  "wer": {"baseline": 0.3, "candidate": 0.27, "improvement": 0.03, "bootstrap": boot},
                  "cer": {"baseline": 0.1, "candidate": 0.09, "improvement": 0.01, "bootstrap": boot},
                  "mcnemar": {"test": "McNemar exact", "n": 60, "p_value": 0.1, "fixed": 5, "broken": 2},
-                 "slices": [{"name": "condition=noisy", "n": 30, "baseline_wer": 0.2, "candidate_wer": 0.3,
+                 "slices": [{"field": "condition", "value": "noisy", "n": 30, "baseline_wer": 0.2, "candidate_wer": 0.3,
                              "wer_increase": 0.1, "gated": True, "passed": False}],
                  "churn": {"fixed": 5, "newly_broken": 2, "improved": 3, "worsened": 1, "unchanged": 49,
                            "examples": {"newly_broken": [{"id": "u7"}, {"id": "u9"}]}}},

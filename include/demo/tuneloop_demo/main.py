@@ -5,8 +5,9 @@
 2. the baseline model becomes production version 1 in the MLflow registry;
 3. production traffic: the production model transcribes the traffic; its mistakes, with the true transcripts as
    human corrections, become error cases (ingested as JSONL, like a serving system would send them);
-4. ``airflow dags test finetune_weekly``: trigger check, dataset export, LoRA fine-tuning, evaluation, the gate,
-   registration, deploy or reject, post-deploy check, report;
+4. ``airflow dags test finetune_weekly``: trigger check, dataset export, LoRA fine-tuning, evaluation (eval split
+   and two regression suites), the gate (with slices and churn), the suites, registration, deploy or reject,
+   post-deploy check, report;
 5. the numbers: WER/CER before and after with the confidence interval and p-value, the decision, the registry.
 
 ``--bad-candidate`` trains on shuffled transcripts: the gate must reject it and production must stay put.
@@ -60,8 +61,13 @@ def run_demo(*, bad_candidate: bool = False, workdir: Path | None = None) -> int
     world = build_world(workdir / "world", seed=SEED)
     baseline = shipped_baseline()
     install = fresh_installation(workdir / ("run-bad" if bad_candidate else "run"))
+    install.env["TUNELOOP__DATASET__REPLAY_PATH"] = str(world.root / "replay.jsonl")  # older seen-voice traffic
     _say("2/5", f"baseline model {baseline} -> production version 1")
     _tuneloop(install, "bootstrap", str(baseline), "--reason", "demo baseline (seen voices only)")
+    # Regression suites: what production already does well (seen voices) must not get worse, and unseen voices
+    # never used for training measure the candidate beyond the error cases.
+    _tuneloop(install, "suite", "add", "seen-voices", str(world.seen_eval), "--type", "benchmark")
+    _tuneloop(install, "suite", "add", "unseen-heldout", str(world.heldout), "--type", "benchmark")
     _say("3/5", "production traffic: the production model transcribes unseen voices and noise")
     cases = simulate_traffic(install, world, baseline)
     _tuneloop(install, "ingest", str(cases))
@@ -169,6 +175,19 @@ def print_results(install: Installation, record: dict[str, Any], world: World) -
                   f"(improvement {c['improvement']:+.3f}{interval})")
         for reason in gate.get("reasons", []):
             print(f"  - {reason}")
+        for item in gate.get("slices", []):
+            name = f"{item['field']}={item['value']}"
+            print(f"  slice {name:<22} n={item['n']:<3} WER {item['baseline_wer']:.3f} -> "
+                  f"{item['candidate_wer']:.3f} ("
+                  f"{('gated, ' + ('pass' if item['passed'] else 'FAIL')) if item['gated'] else 'too small: reported'})")
+        churn = gate.get("churn") or {}
+        if churn:
+            print(f"  churn: {churn['fixed']} fixed, {churn['newly_broken']} newly broken, {churn['improved']} "
+                  f"improved, {churn['worsened']} worsened, {churn['unchanged']} unchanged")
+    for suite in (record.get("regression") or {}).get("results", []):
+        print(f"regression suite {suite['name']} (n={suite['n']}): WER {suite['baseline_wer']:.3f} -> "
+              f"{suite['wer']:.3f} ({suite['wer_degradation']:+.3f}), {suite['failed_samples']} failed samples: "
+              f"{'pass' if suite['passed'] else 'FAIL'}")
     registry = _registry(install)
     print(f"registry '{install.config().mlflow.model_name}': production v{registry.production_version()}, "
           f"previous v{registry.previous_version()}")

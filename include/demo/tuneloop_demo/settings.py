@@ -1,7 +1,8 @@
 """Demo settings chosen by measurement on the 2-core demo machine, and the numbers measured with them.
 
-The lead copies :data:`DEMO_FINETUNE` into the demo config (``include/config``); the baseline bootstrap uses
-:data:`BASELINE_SIZE` and :data:`BASELINE_TRAINING`. Importing this module does not import torch.
+The demo config (``include/demo/tuneloop-demo.yaml``) carries :data:`DEMO_FINETUNE` and :data:`DEMO_REPLAY`
+(``training`` and ``dataset.replay_size``); the baseline bootstrap uses :data:`BASELINE_SIZE` and
+:data:`BASELINE_TRAINING`. Importing this module does not import torch.
 """
 
 from __future__ import annotations

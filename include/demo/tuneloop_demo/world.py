@@ -234,8 +234,8 @@ def production_utterances(world: World, now: datetime | None = None) -> Iterator
 def replay_utterances(world: World, now: datetime | None = None) -> Iterator[dict[str, Any]]:
     """Older, correctly transcribed seen-voice traffic (one to five weeks before the production window).
 
-    Same fields as :func:`production_utterances`. Ingested as already-consumed cases, it gives the export's
-    replay option something to mix in, which keeps fine-tuning from eroding the seen voices.
+    Same fields as :func:`production_utterances`. The demo points ``dataset.replay_path`` at this split's JSONL:
+    the export mixes it into training, which keeps fine-tuning from eroding the seen voices.
     """
     return _utterances(world, "replay", now)
 
