@@ -36,6 +36,14 @@ class Scenario:
     def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run(sys.executable, "-m", "airflow", *args, check=check)
 
+    def api_get(self, path: str) -> dict[str, Any]:
+        """GET an Airflow REST API path as a client would (in-process api-server on this installation's DB)."""
+        env = {**self.env, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+               "AIRFLOW__API_AUTH__JWT_SECRET": "tuneloop-e2e-" + "s" * 64}
+        result = subprocess.run([sys.executable, "-m", "tests.e2e.airflow_api", path], env=env, cwd=REPO,
+                                capture_output=True, text=True, timeout=300, check=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
     def dags_test_answering(self, conf: dict[str, Any], answers: dict[str, str], timeout: float = 900
                             ) -> list[dict[str, Any]]:
         """``airflow dags test finetune_weekly`` while a responder answers its approvals through the REST API

@@ -55,6 +55,10 @@ def test_approved_training_and_deployment(approving):
     assert decision["status"] == "deployed", decision
     assert decision["approvals"]["training"]["approved"] and decision["approvals"]["deployment"]["by"]
     assert _production(approving) == "2"
+    # the "MLflow run" button of the report task, through the REST API the UI uses
+    links = approving.api_get(f"/api/v2/dags/finetune_weekly/dagRuns/{decision['run_id']}/taskInstances/report/links")
+    assert links["status"] == 200, links
+    assert links["body"]["extra_links"]["MLflow run"] == decision["mlflow_run"]["url"]
 
 
 def test_rejected_deployment_leaves_production_and_is_recorded(approving):

@@ -102,3 +102,33 @@ def test_local_backend_reports_the_trainers_failure(tmp_path):
     with pytest.raises(TrainerFailed, match="exited with status 2"):
         backend.train(tmp_path / "missing-spec.json", log_line=lines.append)
     assert lines and "tuneloop_trainer" in lines[0]
+
+
+def _write_predictions(run: PipelineRun, tag: str, hypotheses: list[str]) -> None:
+    from tuneloop.predictions import Prediction, write_predictions
+
+    reference = "turn on the kitchen lights"
+    write_predictions(run.paths.predictions(tag), [Prediction(f"u{i}", reference, h, slices={"voice": "a"})
+                                                   for i, h in enumerate(hypotheses)])
+
+
+@pytest.mark.parametrize(("policy", "passed", "needs_approval"), [
+    ("require_approval", True, True),   # compared with the base model, then a person decides
+    ("absolute", False, False),         # the candidate alone: WER 0.2 is above first_run_max_wer 0.1
+])
+def test_first_run_without_production_follows_the_configured_policy(tmp_path, policy, passed, needs_approval):
+    from tuneloop.pipeline import _write_json
+
+    env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP__VALIDATION__FIRST_RUN_POLICY": policy,
+           "TUNELOOP__VALIDATION__FIRST_RUN_MAX_WER": "0.1", "TUNELOOP__VALIDATION__BOOTSTRAP_RESAMPLES": "500"}
+    run = PipelineRun(load_config(env=env), "manual__first")
+    _write_json(run.paths.base_source, {"source": "base_model", "path": "/models/base", "version": None})
+    _write_predictions(run, "production", ["turn on the"] * 40)              # base model: 0.4 WER
+    _write_predictions(run, "candidate", ["turn on the kitchen light"] * 40)  # candidate: 0.2 WER
+    result = run.validate()
+    assert result["first_run"] is True and result["policy"] == policy
+    assert result["passed"] is passed and result["requires_approval"] is needs_approval
+    assert (run.deploy_needs_approval() is not None) is needs_approval
+    if needs_approval:
+        assert "first run with no production model" in run.deploy_needs_approval()
+    assert run.paths.plot.exists() and run.paths.churn.exists()
