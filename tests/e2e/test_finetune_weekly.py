@@ -66,7 +66,8 @@ def test_passing_candidate_is_deployed(install, damaged_model, speech):
     client = MlflowClient(config.tracking_uri)
     mlflow_run = decision["mlflow_run"]["id"]
     assert decision["mlflow_run"]["url"].endswith(f"/runs/{mlflow_run}")
-    logged = {a.path for folder in ("decision", "gate", "regression") for a in client.list_artifacts(mlflow_run, folder)}
+    folders = ("decision", "gate", "regression")
+    logged = {a.path for folder in folders for a in client.list_artifacts(mlflow_run, folder)}
     assert {"decision/decision.json", "decision/decision.md", "gate/gate.json", "gate/churn.jsonl", "gate/gate.png",
             "regression/regression.json"} <= logged
     record = json.loads(open(client.download_artifacts(mlflow_run, "decision/decision.json")).read())

@@ -20,7 +20,8 @@ def _pairs() -> list[PairedPrediction]:
 
 def test_gate_figure_is_a_png(tmp_path):
     scored = score_pair(_pairs())
-    config = ValidationConfig(bootstrap_resamples=200, slice_resamples=200, slices=[{"field": "condition", "min_n": 30}])
+    config = ValidationConfig(bootstrap_resamples=200, slice_resamples=200,
+                              slices=[{"field": "condition", "min_n": 30}])
     result = gate(scored, config)
     path = gate_figure(scored, result.slices, tmp_path / "gate.png", title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

@@ -177,9 +177,9 @@ def print_results(install: Installation, record: dict[str, Any], world: World) -
             print(f"  - {reason}")
         for item in gate.get("slices", []):
             name = f"{item['field']}={item['value']}"
+            verdict = f"gated, {'pass' if item['passed'] else 'FAIL'}" if item["gated"] else "too small: reported"
             print(f"  slice {name:<22} n={item['n']:<3} WER {item['baseline_wer']:.3f} -> "
-                  f"{item['candidate_wer']:.3f} ("
-                  f"{('gated, ' + ('pass' if item['passed'] else 'FAIL')) if item['gated'] else 'too small: reported'})")
+                  f"{item['candidate_wer']:.3f} ({verdict})")
         churn = gate.get("churn") or {}
         if churn:
             print(f"  churn: {churn['fixed']} fixed, {churn['newly_broken']} newly broken, {churn['improved']} "
