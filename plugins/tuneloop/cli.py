@@ -106,7 +106,7 @@ def cmd_ingest(config: TuneloopConfig, args: argparse.Namespace) -> int:
 
 def collect_status(config: TuneloopConfig) -> dict[str, Any]:
     """The seed's get_system_status: everything an operator wants to see at a glance."""
-    from tuneloop.pipeline import evaluate_trigger
+    from tuneloop.pipeline import evaluate_trigger, training_approval_reason
     from tuneloop.registry import ModelRegistry
     from tuneloop.store import ErrorCaseStore
 
@@ -116,7 +116,8 @@ def collect_status(config: TuneloopConfig) -> dict[str, Any]:
     production = registry.production_version()
     return {
         "cases": store.statistics().to_dict(),
-        "trigger": trigger.to_dict(),
+        "trigger": trigger.to_dict() | {
+            "approval_required": training_approval_reason(config, trigger.should_trigger, forced=False) is not None},
         "model": {"name": config.mlflow.model_name, "production_version": production,
                   "previous_version": registry.previous_version(),
                   "production_tags": registry.get_version(production).tags if production else {}},
@@ -136,7 +137,8 @@ def cmd_status(config: TuneloopConfig, args: argparse.Namespace) -> int:
           f"corrected {cases['corrected_cases']} ({cases['new_corrected_cases']} new); "
           f"{cases['rejected_rows']} rejected rows; {cases['inferences_total']} inferences recorded")
     trig = status["trigger"]
-    print(f"trigger: {'WOULD START' if trig['should_trigger'] else 'waiting'}")
+    starts = "WOULD START" + (" (then waits for approval in Airflow)" if trig["approval_required"] else "")
+    print(f"trigger: {starts if trig['should_trigger'] else 'waiting'}")
     for reason in trig["reasons"]:
         print(f"  - {reason}")
     model = status["model"]

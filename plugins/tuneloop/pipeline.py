@@ -153,7 +153,6 @@ class PipelineRun:
         """Snapshot the corrected, unconsumed cases into an immutable dataset and log it to MLflow."""
         from tuneloop import tracking
         from tuneloop.datasets import export_dataset
-
         from tuneloop.regression import leakage_guard
 
         suites = self.suites()
@@ -306,6 +305,9 @@ class PipelineRun:
             _write_json(self.paths.regression, report)
             return report
         for spec in self.suites():
+            if not self.paths.predictions("candidate", spec.name).exists():
+                log.warning("suite %s was registered after this run's evaluation: not judged in this run", spec.name)
+                continue
             production = read_predictions(self.paths.predictions("production", spec.name))
             results.append(run_suite(spec, read_predictions(self.paths.predictions("candidate", spec.name)),
                                      production if production_version else None, self.config.regression,

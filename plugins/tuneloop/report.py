@@ -185,17 +185,14 @@ def write_decision_record(run: PipelineRun, outcome: dict[str, Any]) -> dict[str
 
     status = classify(outcome)
     record = build_record(run, outcome, status)
-    mlflow_run = None
-    if status not in ("skipped", "not_approved"):  # nothing was trained: no MLflow run worth opening
-        mlflow_run = run.mlflow_run_id()
-        record["mlflow_run"] = {"id": mlflow_run,
-                                "url": tracking.run_url(run.config, mlflow_run, run.config.mlflow.ui_url)}
+    # every run gets its record in MLflow, a skipped one too: "why did nothing happen on Sunday?" has an answer
+    mlflow_run = run.mlflow_run_id()
+    record["mlflow_run"] = {"id": mlflow_run, "url": tracking.run_url(run.config, mlflow_run, run.config.mlflow.ui_url)}
     _write_json(run.paths.root / "decision.json", record)
     (run.paths.root / "decision.md").write_text(to_markdown(record))
-    if mlflow_run:
-        tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.json", "decision")
-        tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.md", "decision")
-        tracking.set_tags(run.config, mlflow_run, {"status": status})
+    tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.json", "decision")
+    tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.md", "decision")
+    tracking.set_tags(run.config, mlflow_run, {"status": status})
     version = record.get("candidate_version")
     if version:  # the version's page in MLflow says what became of it and where its record is
         run.registry.set_tags(version, {"decision": status, "decision_record": f"runs:/{mlflow_run}/decision"})

@@ -125,4 +125,8 @@ def test_unmet_conditions_skip_the_run(scenario):
     decision = _decision(scenario)
     assert decision["status"] == "skipped"
     assert any("min_error_cases" in r for r in decision["trigger"]["reasons"])
+    from mlflow import MlflowClient
+
+    logged = MlflowClient(scenario.config().tracking_uri).list_artifacts(decision["mlflow_run"]["id"], "decision")
+    assert {a.path for a in logged} == {"decision/decision.json", "decision/decision.md"}
     assert _registry(scenario).production_version() == "1"

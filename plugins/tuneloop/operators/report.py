@@ -26,6 +26,5 @@ class ReportOperator(PipelineStepOperator):
         for line in record["summary"]:
             self.log.info("%s", line)
         self.log.info("decision record: %s", record["record"])
-        if record.get("mlflow_run_id"):
-            self.link_mlflow_run(context, run)
+        self.link_mlflow_run(context, run)
         return record
