@@ -68,10 +68,71 @@ class DatasetConfig(_Section):
         return self
 
 
+TRAINER_IMAGE = "ghcr.io/tuneloop/trainer:0.3.0"
+
+
+class PodConfig(_Section):
+    """The trainer as a Kubernetes pod (``kubernetes`` and ``gke`` backends).
+
+    ``secret_env`` maps an environment variable to ``<kubernetes secret>:<key>``: the pod spec carries only the
+    reference, never the value (e.g. ``MLFLOW_TRACKING_TOKEN: mlflow-credentials:token``). Cloud credentials come
+    from the pod's service account (GKE Workload Identity), not from files.
+    """
+
+    image: str = Field(TRAINER_IMAGE, description="trainer image, pinned by tag or digest")
+    namespace: str = "tuneloop"
+    service_account: str | None = Field("tuneloop-trainer", description="Kubernetes service account of the pod")
+    gpus: int = Field(1, ge=0, description="GPUs requested and limited (0: CPU pod)")
+    gpu_resource: str = "nvidia.com/gpu"
+    cpu: str = "4"
+    memory: str = "16Gi"
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-l4"})
+    tolerations: tuple[dict[str, str], ...] = (
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},)
+    secret_env: dict[str, str] = Field(default_factory=dict, description="ENV_NAME: '<secret>:<key>'")
+    kubernetes_conn_id: str = "kubernetes_default"
+    startup_timeout_seconds: int = Field(900, ge=1, description="image pull + GPU node scale-up")
+    pool: str = Field("gpu", description="Airflow pool: GPU work never oversubscribes")
+
+    @model_validator(mode="after")
+    def _secret_refs(self) -> "PodConfig":
+        for name, ref in self.secret_env.items():
+            if ref.count(":") != 1 or not all(ref.split(":")):
+                raise ValueError(f"secret_env.{name}: expected '<secret name>:<key>', got {ref!r}")
+        return self
+
+
+class GkeConfig(_Section):
+    """Where the ``gke`` backend's pods run; the pod itself is ``training.pod``."""
+
+    project_id: str | None = None
+    location: str = "europe-west4"
+    cluster_name: str = "tuneloop"
+    gcp_conn_id: str = "google_cloud_default"
+
+
+class GceConfig(_Section):
+    """The ``gce`` backend: one GPU VM per step, running the trainer image, deleted afterwards."""
+
+    project_id: str | None = None
+    zone: str = "europe-west4-a"
+    machine_type: str = "g2-standard-8"
+    accelerator_type: str = "nvidia-l4"
+    accelerator_count: int = Field(1, ge=0)
+    boot_image: str = "projects/cos-cloud/global/images/family/cos-stable"
+    boot_disk_gb: int = Field(100, ge=10)
+    network: str = "global/networks/default"
+    service_account_email: str | None = Field(None, description="the VM's identity (bucket access)")
+    bucket: str | None = Field(None, description="gs://bucket/prefix where markers and run files live")
+    gcp_conn_id: str = "google_cloud_default"
+    poll_seconds: float = Field(30, gt=0)
+    timeout_hours: float = Field(12, gt=0)
+
+
 class TrainingConfig(_Section):
     """How the trainer runs (mirrors the trainer's spec; the Params form overrides per run)."""
 
-    backend: Literal["local"] = Field("local", description="where training and evaluation run")
+    backend: Literal["local", "kubernetes", "gke", "gce"] = Field("local", description="where the trainer runs")
     base_model: str | None = Field(None, description="HF model dir used when no production model is registered")
     epochs: int = Field(3, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -88,6 +149,9 @@ class TrainingConfig(_Section):
     checkpoint_every_steps: int = Field(50, ge=1)
     eval_batch_size: int = Field(16, ge=1)
     timeout_minutes: float = Field(120, gt=0, description="the local backend kills a trainer running longer")
+    pod: PodConfig = PodConfig()
+    gke: GkeConfig = GkeConfig()
+    gce: GceConfig = GceConfig()
 
 
 class SliceSpec(_Section):

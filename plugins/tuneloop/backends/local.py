@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tuneloop.backends.base import LogLine, TrainerFailed
+from tuneloop.backends.command import ENTRYPOINT, evaluate_args, train_args
 
 
 class LocalBackend:
@@ -24,18 +25,15 @@ class LocalBackend:
         self.python = python
 
     def train(self, spec_path: Path, *, log_line: LogLine) -> None:
-        self._run(["train", "--spec", str(spec_path)], log_line)
+        self._run(train_args(str(spec_path)), log_line)
 
     def evaluate(
         self, model_dir: Path, jobs: Sequence[tuple[Path, Path]], *, batch_size: int, log_line: LogLine
     ) -> None:
-        data = [str(data_path) for data_path, _ in jobs]
-        outputs = [str(output_path) for _, output_path in jobs]
-        args = ["evaluate", "--model-dir", str(model_dir), "--data", *data, "--output", *outputs]
-        self._run([*args, "--batch-size", str(batch_size)], log_line)
+        self._run(evaluate_args(str(model_dir), [(str(d), str(o)) for d, o in jobs], batch_size), log_line)
 
     def _run(self, args: list[str], log_line: LogLine) -> None:
-        command = [self.python, "-m", "tuneloop_trainer", *args]
+        command = [self.python, *ENTRYPOINT[1:], *args]  # this venv's python instead of "python"
         log_line("running: " + " ".join(command))
         tail: collections.deque[str] = collections.deque(maxlen=30)
         deadline = time.monotonic() + self.timeout_s
