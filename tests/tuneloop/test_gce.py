@@ -190,3 +190,52 @@ def test_a_broken_marker_is_an_error_naming_it(gcs_emulator):
     client.bucket("acme-tuneloop").blob("prod/runs/broken/markers/train.json").upload_from_string("{not json")
     with pytest.raises(MarkerError, match="completion marker gs://acme-tuneloop/prod/runs/broken/markers/train.json"):
         read_marker(client, uri)
+
+
+# --- the Airflow side: the deferrable wait ----------------------------------------------------------------------
+
+def _first_event(trigger):
+    import asyncio
+
+    async def first():
+        async for event in trigger.run():
+            return event.payload
+
+    return asyncio.run(first())
+
+
+def test_marker_trigger_serializes_every_argument():
+    from tuneloop.triggers.gce_marker import GceMarkerTrigger
+
+    trigger = GceMarkerTrigger(marker_uri="gs://b/m.json", gcp_conn_id="gcp", poll_seconds=5, deadline=123.0)
+    assert trigger.serialize() == ("tuneloop.triggers.gce_marker.GceMarkerTrigger", {
+        "marker_uri": "gs://b/m.json", "gcp_conn_id": "gcp", "poll_seconds": 5, "deadline": 123.0})
+
+
+def test_marker_trigger_and_sensor_against_the_emulator(vm, tmp_path, gcs_emulator):
+    import time
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from tuneloop.sensors.gce_marker import GceMarkerSensor
+    from tuneloop.triggers.gce_marker import GceMarkerTrigger
+
+    uri = marker_uri("gs://acme-tuneloop/prod", "sensor-run", "train")
+    timeout = _first_event(GceMarkerTrigger(marker_uri=uri, gcp_conn_id="x", poll_seconds=0.1,
+                                            deadline=time.time() + 0.3))
+    assert timeout == {"status": "timeout", "marker_uri": uri}
+
+    sensor = GceMarkerSensor(task_id="wait_for_train", marker_uri=uri, poll_seconds=0.1, timeout_hours=0.01)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute({})
+    trigger = deferred.value.trigger
+    assert deferred.value.method_name == "execute_complete" and trigger.marker_uri == uri
+
+    script = startup_script(CONFIG, image=IMAGE, args=train_args("gs://acme-tuneloop/prod/spec.json"), marker=uri)
+    _boot(vm, tmp_path, script, 7, gcs_emulator)
+    event = _first_event(trigger)
+    assert event["status"] == "success" and event["marker"]["exit_code"] == 7
+    with pytest.raises(TrainerFailed, match="exited with status 7"):
+        sensor.execute_complete({}, event)
+    with pytest.raises(TrainerFailed, match="no completion marker"):
+        sensor.execute_complete({}, timeout)
