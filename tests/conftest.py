@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +57,31 @@ def wav_factory(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+# --- object storage: a GCS emulator on loopback -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """gcp-storage-emulator on a free loopback port, with bucket ``acme-tuneloop``; ``STORAGE_EMULATOR_HOST`` points
+    the real google-cloud-storage client and gcsfs (so Airflow's ObjectStoragePath) at it."""
+    import socket
+    import threading
+
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="acme-tuneloop")
+    threading.Thread(target=server.start, daemon=True).start()
+    host = f"http://127.0.0.1:{port}"
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    yield host
+    server.stop()
+    if previous is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = previous

@@ -47,6 +47,7 @@ from typing import Any
 from tuneloop.audio import AudioError, AudioInfo, load_mono, local_audio_path, probe_audio, write_wav16
 from tuneloop.config import DatasetConfig
 from tuneloop.regression import LeakageGuard, SuiteError, read_examples
+from tuneloop.storage import StoragePath, as_path, is_local
 from tuneloop.store import ErrorCase, ErrorCaseStore
 from tuneloop.text import normalize_transcript
 
@@ -180,9 +181,10 @@ class DatasetManifest:
         )
 
 
-def load_manifest(path: str | Path) -> DatasetManifest:
-    """Read ``manifest.json`` (give the file or the dataset folder); raise DatasetError when absent or broken."""
-    file = Path(path)
+def load_manifest(path: str | Path | StoragePath) -> DatasetManifest:
+    """Read ``manifest.json`` (give the file or the dataset folder, local or in object storage); raise
+    DatasetError when absent or broken."""
+    file = as_path(path)
     if file.is_dir():
         file = file / MANIFEST_FILE
     try:
@@ -272,7 +274,7 @@ def export_dataset(
         stats={split: _split_stats(split_rows, config) for split, split_rows in rows.items()},
         held_back=tuple(held_back), replay_dropped=tuple(replay_dropped),
     )
-    return _write_once(Path(root) / "datasets", manifest, rows, [*train, *evaluation, *replay], config)
+    return _write_once(as_path(root) / "datasets", manifest, rows, [*train, *evaluation, *replay], config)
 
 
 def _validate(
@@ -460,6 +462,8 @@ def _write_once(
     if existing is not None:
         log.info("dataset %s already exists at %s: reused", manifest.dataset_id, final)
         return existing
+    if not is_local(datasets):
+        return _upload(final, manifest, rows, cases, config)
     datasets.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{manifest.dataset_id}-", dir=datasets))
     staging.chmod(0o755)  # mkdtemp makes it private; trainers may run as another user
@@ -480,6 +484,25 @@ def _write_once(
         shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote dataset %s: %d train, %d eval cases at %s", manifest.dataset_id,
              len(manifest.train_ids), len(manifest.eval_ids), final)
+    return replace(manifest, directory=final)
+
+
+def _upload(
+    final: StoragePath, manifest: DatasetManifest, rows: dict[str, list[dict[str, Any]]],
+    cases: list[_Candidate], config: DatasetConfig,
+) -> DatasetManifest:
+    """Object storage has no atomic folder rename: write the files locally, upload them, the manifest last (its
+    presence is what "complete" means, and one object upload is atomic). Two exports of the same content upload
+    the same bytes, so a race is harmless."""
+    with tempfile.TemporaryDirectory(prefix=f"tuneloop-{manifest.dataset_id}-") as tmp:
+        local = Path(tmp)
+        _write_contents(local, manifest, rows, cases, config)
+        files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+        for file in files:
+            (final / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
+        (final / MANIFEST_FILE).write_bytes((local / MANIFEST_FILE).read_bytes())
+    log.info("uploaded dataset %s: %d train, %d eval cases, %d files to %s", manifest.dataset_id,
+             len(manifest.train_ids), len(manifest.eval_ids), len(files) + 1, final)
     return replace(manifest, directory=final)
 
 

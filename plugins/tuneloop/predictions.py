@@ -130,9 +130,17 @@ def read_predictions(path: PredictionsPath) -> list[Prediction]:
         raise PredictionsError(f"cannot read predictions file {path}: {e}") from e
 
 
-def write_predictions(path: str | os.PathLike[str], predictions: Iterable[Prediction]) -> Path:
-    """Write predictions as JSONL atomically (temp file + rename): readers never see half a file."""
-    target = Path(path)
+def write_predictions(path: PredictionsPath, predictions: Iterable[Prediction]) -> Any:
+    """Write predictions as JSONL atomically: locally a temp file + rename, in object storage one upload.
+    Readers never see half a file."""
+    from tuneloop.storage import as_path, is_local
+
+    if not is_local(path):
+        target = as_path(path)
+        target.write_text("".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in predictions),
+                          encoding="utf-8")
+        return target
+    target = Path(os.fspath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     with tmp.open("w", encoding="utf-8") as handle:

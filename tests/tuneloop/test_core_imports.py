@@ -14,7 +14,7 @@ CORE_MODULES = (
     "tuneloop.datasets", "tuneloop.predictions", "tuneloop.metrics", "tuneloop.stats", "tuneloop.gate",
     "tuneloop.registry", "tuneloop.deployment", "tuneloop.pipeline", "tuneloop.report", "tuneloop.post_deploy",
     "tuneloop.tracking", "tuneloop.inbox", "tuneloop.backends", "tuneloop.cli", "tuneloop.churn", "tuneloop.slices",
-    "tuneloop.regression", "tuneloop.plots",
+    "tuneloop.regression", "tuneloop.plots", "tuneloop.storage", "tuneloop.backends.gce", "tuneloop.backends.pod",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 

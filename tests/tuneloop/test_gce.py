@@ -8,10 +8,8 @@ client to a GCS emulator on loopback, where ``read_marker`` finds it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -106,27 +104,6 @@ storage.Client(project="test").bucket(bucket).blob(name).upload_from_filename(sy
 fi
 echo "unexpected docker call: $*" >&2; exit 99
 """
-
-
-@pytest.fixture(scope="module")
-def gcs_emulator():
-    from gcp_storage_emulator.server import create_server
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="acme-tuneloop")
-    thread = threading.Thread(target=server.start, daemon=True)
-    thread.start()
-    host = f"http://127.0.0.1:{port}"
-    previous = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = host
-    yield host
-    server.stop()
-    if previous is None:
-        os.environ.pop("STORAGE_EMULATOR_HOST", None)
-    else:
-        os.environ["STORAGE_EMULATOR_HOST"] = previous
 
 
 @pytest.fixture
