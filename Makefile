@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3.11
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo demo-bad test test-fast bench lock clean
+.PHONY: setup demo demo-bad test test-fast test-integration bench cluster cluster-stop lock clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,16 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
+
+test-integration: setup
+	$(PY) -m pytest -m integration
+
+# The production topology as local processes (Postgres, Redis, Celery workers, MLflow server): docs/cluster.md
+cluster: setup
+	scripts/cluster/cluster.sh start
+
+cluster-stop:
+	scripts/cluster/cluster.sh stop --drop
 
 bench: setup
 	$(PY) benchmarks/bench_gate.py

@@ -178,23 +178,32 @@ class PipelineRun:
 
     # -- 3. train ------------------------------------------------------------------------------------------
     def prepare_base_model(self) -> Path:
-        """The model to start from: production's files from the registry, else ``training.base_model``."""
+        """The model to start from: production's files from the registry, else ``training.base_model``.
+
+        Downloaded (or copied) into a ``.partial`` folder and renamed into place, and only then is
+        ``base_model.json`` written: a worker killed mid-download leaves nothing a retry could mistake for a model.
+        """
         target = self.paths.base_model
         if (target / "config.json").exists() and self.paths.base_source.exists():
             return target
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
         version = self.registry.production_version()
         if version is not None:
-            _write_json(self.paths.base_source, {"source": "production", "version": version})
-            self.registry.download_model_dir(version, target)
-            return target
-        if not self.config.training.base_model:
-            raise ValueError("training.base_model: no production model is registered and no base model is "
-                             "configured; set training.base_model to a Hugging Face model directory")
-        source = Path(self.config.training.base_model)
-        if not (source / "config.json").exists():
-            raise ValueError(f"training.base_model: {source} is not a model directory (no config.json)")
-        _write_json(self.paths.base_source, {"source": "base_model", "path": str(source), "version": None})
-        shutil.copytree(source, target, dirs_exist_ok=True)
+            self.registry.download_model_dir(version, partial)
+            source: dict[str, Any] = {"source": "production", "version": version}
+        else:
+            if not self.config.training.base_model:
+                raise ValueError("training.base_model: no production model is registered and no base model is "
+                                 "configured; set training.base_model to a Hugging Face model directory")
+            base = Path(self.config.training.base_model)
+            if not (base / "config.json").exists():
+                raise ValueError(f"training.base_model: {base} is not a model directory (no config.json)")
+            shutil.copytree(base, partial)
+            source = {"source": "base_model", "path": str(base), "version": None}
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+        _write_json(self.paths.base_source, source)
         return target
 
     def base_model_source(self) -> dict[str, Any]:

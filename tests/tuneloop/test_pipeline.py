@@ -132,3 +132,21 @@ def test_first_run_without_production_follows_the_configured_policy(tmp_path, po
     if needs_approval:
         assert "first run with no production model" in run.deploy_needs_approval()
     assert run.paths.plot.exists() and run.paths.churn.exists()
+
+
+def test_base_model_is_renamed_into_place_and_a_half_copy_is_redone(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    (base / "model.safetensors").write_bytes(b"weights")
+    config = load_config(env={"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP__TRAINING__BASE_MODEL": str(base)})
+    run = PipelineRun(config, "manual__base")
+    # a worker died mid-copy last time: a partial folder, and a target without base_model.json
+    run.paths.base_model.mkdir(parents=True)
+    (run.paths.base_model / "config.json").write_text("{}")
+    (run.paths.root / "base_model.partial").mkdir()
+    target = run.prepare_base_model()
+    assert (target / "model.safetensors").read_bytes() == b"weights"
+    assert not (run.paths.root / "base_model.partial").exists()
+    assert run.base_model_source() == {"source": "base_model", "path": str(base), "version": None}
+    assert run.prepare_base_model() == target  # complete: reused as it is

@@ -7,7 +7,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from tuneloop.config import load_config
-from tuneloop.links import MLFLOW_URL_KEY, MlflowRunLink
+from tuneloop.links import MLFLOW_URL_KEY
 from tuneloop.pipeline import PipelineRun, RunParams
 
 
@@ -15,7 +15,6 @@ class PipelineStepOperator(BaseOperator):
     """Base for the ``finetune_weekly`` steps. Reads the config in ``execute`` (never at parse time)."""
 
     ui_color = "#e8f0fe"
-    operator_extra_links = (MlflowRunLink(),)
 
     def pipeline(self, context: Context) -> PipelineRun:
         params: dict[str, Any] = dict(context.get("params") or {})
@@ -29,7 +28,8 @@ class PipelineStepOperator(BaseOperator):
         return value
 
     def link_mlflow_run(self, context: Context, run: PipelineRun) -> str:
-        """Push the MLflow run's URL for the task's "MLflow run" button, and log it."""
+        """Push the MLflow run's URL for the task's "MLflow run" button (operators that call this declare
+        ``operator_extra_links = (MlflowRunLink(),)``), and log it."""
         from tuneloop import tracking
 
         url = tracking.run_url(run.config, run.mlflow_run_id(), run.config.mlflow.ui_url)

@@ -4,6 +4,7 @@ from typing import Any
 
 from airflow.sdk import Context
 
+from tuneloop.links import MlflowRunLink
 from tuneloop.operators.approve import XCOM_KEY as APPROVAL_KEY
 from tuneloop.operators.base import PipelineStepOperator
 
@@ -14,6 +15,8 @@ APPROVALS = ("approve_training", "approve_deploy")
 
 class ReportOperator(PipelineStepOperator):
     """Runs whatever happened: writes the decision record, prints it, closes the run in the store."""
+
+    operator_extra_links = (MlflowRunLink(),)
 
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]

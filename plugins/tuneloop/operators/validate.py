@@ -4,11 +4,14 @@ from typing import Any
 
 from airflow.sdk import Context
 
+from tuneloop.links import MlflowRunLink
 from tuneloop.operators.base import PipelineStepOperator
 
 
 class ValidateOperator(PipelineStepOperator):
     """The gate: is the candidate measurably better than production? Pushes the verdict with every reason."""
+
+    operator_extra_links = (MlflowRunLink(),)
 
     def execute(self, context: Context) -> dict[str, Any]:
         run = self.pipeline(context)
