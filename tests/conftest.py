@@ -66,10 +66,14 @@ def wav_factory(tmp_path: Path) -> Callable[..., Path]:
 def gcs_emulator() -> Iterator[str]:
     """gcp-storage-emulator on a free loopback port, with bucket ``acme-tuneloop``; ``STORAGE_EMULATOR_HOST`` points
     the real google-cloud-storage client and gcsfs (so Airflow's ObjectStoragePath) at it."""
+    import logging
     import socket
     import threading
 
     from gcp_storage_emulator.server import create_server
+
+    # its access log runs in the server thread and would outlive the stream pytest captures for one test
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
