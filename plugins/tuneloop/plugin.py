@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from tuneloop.links import MlflowRunLink
+from tuneloop.operators.links import MlflowRunLink
 
 
 class TuneloopPlugin(AirflowPlugin):

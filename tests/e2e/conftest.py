@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.e2e.scenario import Scenario
+from tests.e2e.scenario import TINY_RUN_ENV, Scenario
 
 VOICES = ("en-us", "en-gb+f2")
 N_UTTERANCES = 48
@@ -87,15 +87,7 @@ def install(tmp_path, airflow_env, migrated_airflow_db, migrated_mlflow_db) -> C
             "AIRFLOW_HOME": str(tmp_path / "airflow"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow/airflow.db",
             "TUNELOOP_HOME": str(tmp_path / "tuneloop"),
-            "TUNELOOP__TRIGGER__MIN_ERROR_CASES": "20",
-            "TUNELOOP__TRIGGER__MIN_CORRECTED_CASES": "20",
-            "TUNELOOP__TRIGGER__AUTO_APPROVE_FINETUNING": "true",
-            "TUNELOOP__TRAINING__EPOCHS": "2",
-            "TUNELOOP__TRAINING__BATCH_SIZE": "8",
-            "TUNELOOP__TRAINING__LEARNING_RATE": "0.003",
-            "TUNELOOP__DATASET__MIN_EVAL_CASES": "5",
-            "TUNELOOP__VALIDATION__MIN_EVAL_SIZE": "5",
-            "TUNELOOP__VALIDATION__BOOTSTRAP_RESAMPLES": "1000",
+            **TINY_RUN_ENV,
             "TUNELOOP__SCHEDULE__SENSOR_POKE_SECONDS": "1",
             "TUNELOOP__SCHEDULE__SENSOR_TIMEOUT_MINUTES": "0.05",
         }

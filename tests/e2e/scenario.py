@@ -88,12 +88,27 @@ def write_cases(path: Path, speech: dict[str, Any]) -> Path:
     return path
 
 
+# A tiny run: few cases trigger it, two quick epochs, a small eval split and bootstrap.
+TINY_RUN_ENV = {
+    "TUNELOOP__TRIGGER__MIN_ERROR_CASES": "20",
+    "TUNELOOP__TRIGGER__MIN_CORRECTED_CASES": "20",
+    "TUNELOOP__TRIGGER__AUTO_APPROVE_FINETUNING": "true",
+    "TUNELOOP__TRAINING__EPOCHS": "2",
+    "TUNELOOP__TRAINING__BATCH_SIZE": "8",
+    "TUNELOOP__TRAINING__LEARNING_RATE": "0.003",
+    "TUNELOOP__DATASET__MIN_EVAL_CASES": "5",
+    "TUNELOOP__VALIDATION__MIN_EVAL_SIZE": "5",
+    "TUNELOOP__VALIDATION__BOOTSTRAP_RESAMPLES": "1000",
+}
+# A gate any strictly better candidate passes, without the evidence a 14-utterance eval split cannot give.
+PERMISSIVE_GATE_ENV = {
+    "TUNELOOP__VALIDATION__REQUIRE_SIGNIFICANCE": "false",
+    "TUNELOOP__VALIDATION__MIN_WER_IMPROVEMENT": "-10",
+    "TUNELOOP__VALIDATION__MIN_CER_IMPROVEMENT": "-10",
+    "TUNELOOP__VALIDATION__MAX_WER_DEGRADATION_RATE": "1.0",
+    "TUNELOOP__VALIDATION__REQUIRE_NO_MAJOR_DEGRADATION": "false",
+}
+
+
 def permissive_gate(scenario: Scenario) -> None:
-    """A gate any strictly better candidate passes, without the evidence a 14-utterance eval split cannot give."""
-    scenario.env.update({
-        "TUNELOOP__VALIDATION__REQUIRE_SIGNIFICANCE": "false",
-        "TUNELOOP__VALIDATION__MIN_WER_IMPROVEMENT": "-10",
-        "TUNELOOP__VALIDATION__MIN_CER_IMPROVEMENT": "-10",
-        "TUNELOOP__VALIDATION__MAX_WER_DEGRADATION_RATE": "1.0",
-        "TUNELOOP__VALIDATION__REQUIRE_NO_MAJOR_DEGRADATION": "false",
-    })
+    scenario.env.update(PERMISSIVE_GATE_ENV)

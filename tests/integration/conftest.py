@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import damaged_model, speech  # noqa: F401  (fixtures used by the tests here)
+from tests.e2e.scenario import PERMISSIVE_GATE_ENV, TINY_RUN_ENV
 from tests.integration.native_cluster import NativeCluster
 
 POSTGRES = os.environ.get("TUNELOOP_CLUSTER_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
@@ -25,20 +26,8 @@ REDIS = os.environ.get("TUNELOOP_CLUSTER_REDIS", "redis://127.0.0.1:6379")
 # (tests/e2e/scenario.py `permissive_gate`), and no scheduled runs: only the runs a test starts. A cron of
 # 29 February never fires before 2028 (the DAGs start in 2026 and do not catch up).
 CLUSTER_ENV = {
-    "TUNELOOP__TRIGGER__MIN_ERROR_CASES": "20",
-    "TUNELOOP__TRIGGER__MIN_CORRECTED_CASES": "20",
-    "TUNELOOP__TRIGGER__AUTO_APPROVE_FINETUNING": "true",
-    "TUNELOOP__TRAINING__EPOCHS": "2",
-    "TUNELOOP__TRAINING__BATCH_SIZE": "8",
-    "TUNELOOP__TRAINING__LEARNING_RATE": "0.003",
-    "TUNELOOP__DATASET__MIN_EVAL_CASES": "5",
-    "TUNELOOP__VALIDATION__MIN_EVAL_SIZE": "5",
-    "TUNELOOP__VALIDATION__BOOTSTRAP_RESAMPLES": "1000",
-    "TUNELOOP__VALIDATION__REQUIRE_SIGNIFICANCE": "false",
-    "TUNELOOP__VALIDATION__MIN_WER_IMPROVEMENT": "-10",
-    "TUNELOOP__VALIDATION__MIN_CER_IMPROVEMENT": "-10",
-    "TUNELOOP__VALIDATION__MAX_WER_DEGRADATION_RATE": "1.0",
-    "TUNELOOP__VALIDATION__REQUIRE_NO_MAJOR_DEGRADATION": "false",
+    **TINY_RUN_ENV,
+    **PERMISSIVE_GATE_ENV,
     "TUNELOOP__DEPLOYMENT__ROLLBACK_ON_ERROR_THRESHOLD": "100",
     "TUNELOOP__SCHEDULE__SENSOR_POKE_SECONDS": "2",
     "TUNELOOP__SCHEDULE__SENSOR_TIMEOUT_MINUTES": "5",

@@ -7,7 +7,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from tuneloop.config import load_config
-from tuneloop.links import MLFLOW_URL_KEY
+from tuneloop.operators.links import MLFLOW_URL_KEY
 from tuneloop.pipeline import PipelineRun, RunParams
 
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from airflow.sdk import Context
 
-from tuneloop.links import MlflowRunLink
+from tuneloop.operators.links import MlflowRunLink
 from tuneloop.operators.approve import XCOM_KEY as APPROVAL_KEY
 from tuneloop.operators.base import PipelineStepOperator
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from airflow.sdk import Context
 
-from tuneloop.links import MlflowRunLink
+from tuneloop.operators.links import MlflowRunLink
 from tuneloop.operators.base import PipelineStepOperator
 
 
