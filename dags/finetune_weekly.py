@@ -7,6 +7,10 @@ Weekly (cron from `schedule.weekly_cron`), or started by `finetune_on_errors`, o
 → `register` → `decide` → `approve_deploy` → `deploy` → `post_deploy_check` → (`rollback` only if the check fails)
 | `reject` → `report`.
 
+`train` and `evaluate` are groups: `prepare` branches to the run's backend -- `local` (a subprocess), `pod`
+(Kubernetes or GKE, in the `gpu` pool) or `create_vm` → `wait_vm` → `delete_vm` (GCE) -- and `result` reads
+the outputs back from the run's folder (`storage_root`, a bucket for pods and VMs).
+
 A run whose trigger conditions are unmet is skipped (the report says why). Nothing reaches production unless the
 gate passes (WER/CER improvement, paired-bootstrap significance, degradation limits, slices, newly broken
 utterances: `validation` config) and no regression suite blocks (`regression` config).
@@ -30,13 +34,12 @@ from tuneloop.operators.approve import ApproveDeployOperator, ApproveTrainingOpe
 from tuneloop.operators.check_trigger import CheckTriggerOperator
 from tuneloop.operators.decide import DecideOperator
 from tuneloop.operators.deploy import DeployOperator, RejectOperator, RollbackOperator
-from tuneloop.operators.evaluate import EvaluateOperator
 from tuneloop.operators.export_dataset import ExportDatasetOperator
 from tuneloop.operators.post_deploy_check import PostDeployCheckOperator
 from tuneloop.operators.register import RegisterCandidateOperator
 from tuneloop.operators.regression_suite import RegressionSuiteOperator
 from tuneloop.operators.report import ReportOperator
-from tuneloop.operators.train import TrainOperator
+from tuneloop.operators.trainer_step import trainer_step
 from tuneloop.operators.validate import ValidateOperator
 from tuneloop.schedule import approval_timeout, cron
 
@@ -57,7 +60,8 @@ with DAG(
                           description="true: LoRA (peft); false: full fine-tuning; empty: training.use_lora."),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="Empty: training.epochs."),
         "learning_rate": Param(None, type=["null", "number"], description="Empty: training.learning_rate."),
-        "backend": Param("local", type="string", enum=["local"], description="Where training runs."),
+        "backend": Param(None, type=["null", "string"], enum=[None, "local", "kubernetes", "gke", "gce"],
+                         description="Where the trainer runs (train and evaluate); empty: training.backend."),
         "label_noise": Param(
             "none", type="string", enum=["none", "shuffle"],
             description="shuffle: train on shuffled transcripts — a deliberately bad candidate, to test the gate.",
@@ -74,8 +78,8 @@ with DAG(
         retries=0,
     )
     export_dataset = ExportDatasetOperator(task_id="export_dataset")
-    train = TrainOperator(task_id="train", execution_timeout=timedelta(hours=6))
-    evaluate = EvaluateOperator(task_id="evaluate", execution_timeout=timedelta(hours=2))
+    train = trainer_step("train", execution_timeout=timedelta(hours=6))
+    evaluate = trainer_step("evaluate", execution_timeout=timedelta(hours=2))
     validate = ValidateOperator(task_id="validate")
     regression_suite = RegressionSuiteOperator(task_id="regression_suite")
     register = RegisterCandidateOperator(task_id="register")

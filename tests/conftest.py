@@ -6,10 +6,14 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+if TYPE_CHECKING:
+    from tests.standins.kubernetes_api import KubernetesApiStandin
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,3 +93,47 @@ def gcs_emulator() -> Iterator[str]:
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
     else:
         os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+# --- Compute Engine: a stand-in REST API on loopback ------------------------------------------------------------
+
+
+@pytest.fixture
+def compute_standin(tmp_path, gcs_emulator):
+    """The stand-in Compute Engine API (tests/standins/compute_api.py); point the real client at ``.endpoint``
+    (``training.gce.api_endpoint``). Inserted VMs run their startup script here, uploading markers to the GCS
+    emulator. Read ``.instances`` (bodies as received, by name), ``.deleted``, ``.requests``; a request the
+    stand-in crashed on fails the test."""
+    from tests.standins.compute_api import ComputeStandIn
+
+    standin = ComputeStandIn(tmp_path / "compute", storage_emulator=gcs_emulator).start()
+    yield standin
+    standin.close()
+    assert not standin.errors, "the Compute Engine stand-in failed on a request:\n" + "\n".join(standin.errors)
+
+
+# --- Kubernetes: a stand-in API server on loopback ---------------------------------------------------------------
+
+
+@pytest.fixture
+def kubernetes_standin(tmp_path, monkeypatch) -> Iterator[KubernetesApiStandin]:
+    """The stand-in Kubernetes API server (tests/standins/kubernetes_api.py) with ``kubernetes_default`` pointing at
+    it, so the stock KubernetesPodOperator, sync or deferrable, runs each pod as local processes.
+
+    Fill ``.secrets[(secret, key)] = value`` before a pod starts; read ``.pods`` (manifests as submitted, by name),
+    ``.logs(name)``, ``.requests``, ``.deleted``; ``.kubeconfig`` is the file the connection names. A request the
+    server crashed on fails the test.
+    """
+    import json
+
+    from tests.standins.kubernetes_api import KubernetesApiStandin
+
+    standin = KubernetesApiStandin(workdir=tmp_path).start()
+    kubeconfig = standin.write_kubeconfig(tmp_path / "kubeconfig")
+    # the operator hands $KUBECONFIG to its trigger as config_dict, which the hook refuses next to kube_config_path
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig), "in_cluster": False}}))
+    yield standin
+    standin.stop()
+    assert not standin.errors, "the Kubernetes stand-in failed on a request:\n" + "\n".join(standin.errors)

@@ -72,7 +72,7 @@ TRAINER_IMAGE = "ghcr.io/tuneloop/trainer:0.3.0"
 
 
 class PodConfig(_Section):
-    """The trainer as a Kubernetes pod (``kubernetes`` and ``gke`` backends).
+    """The trainer as a Kubernetes pod (``kubernetes`` and ``gke``); ``image`` and ``env`` serve the ``gce`` VM too.
 
     ``secret_env`` maps an environment variable to ``<kubernetes secret>:<key>``: the pod spec carries only the
     reference, never the value (e.g. ``MLFLOW_TRACKING_TOKEN: mlflow-credentials:token``). Cloud credentials come
@@ -89,10 +89,11 @@ class PodConfig(_Section):
     node_selector: dict[str, str] = Field(default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-l4"})
     tolerations: tuple[dict[str, str], ...] = (
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},)
+    env: dict[str, str] = Field(default_factory=dict, description="plain environment of the trainer (pods and VMs); "
+                                "no secrets here")
     secret_env: dict[str, str] = Field(default_factory=dict, description="ENV_NAME: '<secret>:<key>'")
     kubernetes_conn_id: str = "kubernetes_default"
     startup_timeout_seconds: int = Field(900, ge=1, description="image pull + GPU node scale-up")
-    pool: str = Field("gpu", description="Airflow pool: GPU work never oversubscribes")
 
     @model_validator(mode="after")
     def _secret_refs(self) -> "PodConfig":
@@ -123,8 +124,8 @@ class GceConfig(_Section):
     boot_disk_gb: int = Field(100, ge=10)
     network: str = "global/networks/default"
     service_account_email: str | None = Field(None, description="the VM's identity (bucket access)")
-    bucket: str | None = Field(None, description="gs://bucket/prefix where markers and run files live")
     gcp_conn_id: str = "google_cloud_default"
+    api_endpoint: str | None = Field(None, description="Compute Engine API endpoint; None = Google's")
     poll_seconds: float = Field(30, gt=0)
     timeout_hours: float = Field(12, gt=0)
 
@@ -275,7 +276,10 @@ class TuneloopConfig(_Section):
 
     home: Path = Field(default_factory=lambda: _default_home())
     store_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/store.db")
-    storage_root: Path | None = Field(None, description="datasets and run artifacts; default <home>/storage")
+    storage_root: str | None = Field(None, description="datasets, models and run files: a folder, or "
+                                     "gs://bucket/prefix shared with pods and VMs; default <home>/storage")
+    storage_conn_id: str | None = Field(None, description="Airflow connection for an object-storage storage_root "
+                                        "(e.g. google_cloud_default); None: the scheme's default credentials")
     inbox: Path | None = Field(None, description="JSONL batches dropped here are ingested; default <home>/inbox")
     trigger: FinetuningConfig = FinetuningConfig()
     dataset: DatasetConfig = DatasetConfig()
@@ -291,8 +295,11 @@ class TuneloopConfig(_Section):
         return self.store_url or f"sqlite:///{self.home / 'store.db'}"
 
     @property
-    def resolved_storage_root(self) -> Path:
-        return self.storage_root or self.home / "storage"
+    def resolved_storage_root(self):
+        """A local ``Path`` or, for ``gs://...``, Airflow's ``ObjectStoragePath`` (see :mod:`tuneloop.storage`)."""
+        from tuneloop.storage import storage_root
+
+        return storage_root(self.storage_root, self.home / "storage", self.storage_conn_id)
 
     @property
     def resolved_inbox(self) -> Path:

@@ -9,16 +9,17 @@ Airflow run id (never the logical date), and every step can be re-run: it reuses
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
-import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from tuneloop import storage
 from tuneloop.config import TuneloopConfig
+from tuneloop.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -46,52 +47,66 @@ class RunParams:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where one run's files live: ``<storage_root>/runs/<run key>/``."""
+    """Where one run's files live: ``<storage_root>/runs/<run key>/`` -- a local folder, or a bucket prefix that the
+    trainer's pod or VM reads and writes too."""
 
-    root: Path
+    root: StoragePath
 
     @property
-    def base_model(self) -> Path:
+    def base_model(self) -> StoragePath:
         return self.root / "base_model"
 
     @property
-    def training(self) -> Path:
+    def training(self) -> StoragePath:
         return self.root / "training"
 
     @property
-    def spec(self) -> Path:
+    def spec(self) -> StoragePath:
         return self.training / "spec.json"
 
     @property
-    def model(self) -> Path:
+    def model(self) -> StoragePath:
         return self.training / "model"
 
-    def predictions(self, model_tag: str, suite: str = "eval") -> Path:
+    def predictions(self, model_tag: str, suite: str = "eval") -> StoragePath:
         return self.root / "predictions" / model_tag / f"{suite}.jsonl"
 
     @property
-    def base_source(self) -> Path:
+    def evaluate_jobs(self) -> StoragePath:
+        """What the trainer's ``evaluate --jobs`` transcribes: models, inputs and outputs, as URIs."""
+        return self.root / "predictions" / "jobs.json"
+
+    def suite_copy(self, suite: str) -> StoragePath:
+        """A regression suite's data copied beside the run, where a pod or VM can read it."""
+        return self.root / "suites" / suite / f"{suite}.jsonl"
+
+    def marker(self, step: str) -> StoragePath:
+        """Where a GCE trainer VM reports the end of ``step`` (its exit status)."""
+        return self.root / "markers" / f"{step}.json"
+
+    @property
+    def base_source(self) -> StoragePath:
         """Where the base model came from: ``{"source": "production", "version": ...}`` or a configured dir."""
         return self.root / "base_model.json"
 
     @property
-    def gate(self) -> Path:
+    def gate(self) -> StoragePath:
         return self.root / "gate.json"
 
     @property
-    def churn(self) -> Path:
+    def churn(self) -> StoragePath:
         return self.root / "churn.jsonl"
 
     @property
-    def plot(self) -> Path:
+    def plot(self) -> StoragePath:
         return self.root / "gate.png"
 
     @property
-    def regression(self) -> Path:
+    def regression(self) -> StoragePath:
         return self.root / "regression.json"
 
     @property
-    def post_deploy(self) -> Path:
+    def post_deploy(self) -> StoragePath:
         return self.root / "post_deploy_check.json"
 
 
@@ -163,7 +178,7 @@ class PipelineRun:
             log.info("export excluded %d case(s) that match regression-suite items (%d by audio, %d by text)",
                      manifest.counts["excluded"], manifest.counts.get("excluded_suite_audio", 0),
                      manifest.counts.get("excluded_suite_text", 0))
-        dataset_dir = self.config.resolved_storage_root / "datasets" / manifest.dataset_id
+        dataset_dir = self.dataset_dir(manifest.dataset_id)
         mlflow_run = self.mlflow_run_id()
         tracking.log_params(self.config, mlflow_run, {"dataset_id": manifest.dataset_id,
                                                       "reason": self.params.reason})
@@ -174,41 +189,45 @@ class PipelineRun:
         for split in ("train", "eval"):
             tracking.log_dataset(self.config, mlflow_run, dataset_dir, manifest.dataset_id, split)
         tracking.log_artifact(self.config, mlflow_run, dataset_dir / "manifest.json", "dataset")
-        return {"dataset_id": manifest.dataset_id, "dataset_dir": str(dataset_dir), "counts": manifest.counts}
+        return {"dataset_id": manifest.dataset_id, "dataset_dir": storage.uri(dataset_dir), "counts": manifest.counts}
 
     # -- 3. train ------------------------------------------------------------------------------------------
-    def prepare_base_model(self) -> Path:
+    def dataset_dir(self, dataset_id: str) -> StoragePath:
+        return self.config.resolved_storage_root / "datasets" / dataset_id
+
+    def prepare_base_model(self) -> StoragePath:
         """The model to start from: production's files from the registry, else ``training.base_model``.
 
-        Downloaded (or copied) into a ``.partial`` folder and renamed into place, and only then is
-        ``base_model.json`` written: a worker killed mid-download leaves nothing a retry could mistake for a model.
+        Published under the run's folder (a pod or VM reads it from there) before ``base_model.json`` is written:
+        a worker killed mid-download or mid-upload leaves nothing a retry could mistake for a model.
         """
         target = self.paths.base_model
-        if (target / "config.json").exists() and self.paths.base_source.exists():
+        if self.paths.base_source.exists() and (target / "config.json").exists():
             return target
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
         version = self.registry.production_version()
-        if version is not None:
-            self.registry.download_model_dir(version, partial)
-            source: dict[str, Any] = {"source": "production", "version": version}
-        else:
-            if not self.config.training.base_model:
-                raise ValueError("training.base_model: no production model is registered and no base model is "
-                                 "configured; set training.base_model to a Hugging Face model directory")
-            base = Path(self.config.training.base_model)
-            if not (base / "config.json").exists():
-                raise ValueError(f"training.base_model: {base} is not a model directory (no config.json)")
-            shutil.copytree(base, partial)
-            source = {"source": "base_model", "path": str(base), "version": None}
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
+        with tempfile.TemporaryDirectory(prefix="tuneloop-base-") as tmp:
+            if version is not None:
+                local = self.registry.download_model_dir(version, Path(tmp) / "model")
+                source: dict[str, Any] = {"source": "production", "version": version}
+            else:
+                local = self._configured_base_model()
+                source = {"source": "base_model", "path": str(local), "version": None}
+            storage.publish_dir(local, target)
         _write_json(self.paths.base_source, source)
         return target
 
+    def _configured_base_model(self) -> Path:
+        if not self.config.training.base_model:
+            raise ValueError("training.base_model: no production model is registered and no base model is "
+                             "configured; set training.base_model to a Hugging Face model directory")
+        base = Path(self.config.training.base_model)
+        if not (base / "config.json").exists():
+            raise ValueError(f"training.base_model: {base} is not a model directory (no config.json)")
+        return base
+
     def base_model_source(self) -> dict[str, Any]:
         """What the candidate was trained from; ``source != "production"`` means a first run."""
-        return json.loads(self.paths.base_source.read_text())
+        return storage.read_json(self.paths.base_source)
 
     def suites(self):
         """Regression suites: those in config plus those registered through the store (which win by name)."""
@@ -216,14 +235,14 @@ class PipelineRun:
 
         return merge_suites(self.config.regression.suites, self.store.registered_suites())
 
-    def training_spec(self, dataset_dir: Path, base_model: Path) -> dict[str, Any]:
+    def training_spec(self, dataset_dir: StoragePath, base_model: StoragePath) -> dict[str, Any]:
         t = self.config.training
         use_lora = t.use_lora if self.params.use_lora is None else self.params.use_lora
         return {
             "task": "speech-to-text",
-            "base_model_uri": str(base_model),
-            "dataset_uri": str(dataset_dir),
-            "output_uri": str(self.paths.training),
+            "base_model_uri": storage.uri(base_model),
+            "dataset_uri": storage.uri(dataset_dir),
+            "output_uri": storage.uri(self.paths.training),
             "seed": t.seed,
             "epochs": self.params.epochs or t.epochs,
             "max_steps": t.max_steps,
@@ -239,38 +258,95 @@ class PipelineRun:
             "mlflow": {"tracking_uri": self.config.tracking_uri, "run_id": self.mlflow_run_id()},
         }
 
-    def train(self, dataset_dir: str, log_line: Callable[[str], None]) -> dict[str, Any]:
-        """Write the training spec and run the trainer on the configured backend (it resumes on retry)."""
-        base_model = self.prepare_base_model()
-        spec = self.training_spec(Path(dataset_dir), base_model)
-        self.paths.training.mkdir(parents=True, exist_ok=True)
-        _write_json(self.paths.spec, spec)
-        self._backend().train(self.paths.spec, log_line=log_line)
-        metrics = json.loads((self.paths.training / "metrics.json").read_text())
-        return {"model_dir": str(self.paths.model), "base_model_dir": str(base_model), "metrics": metrics}
-
-    def _backend(self):
-        from tuneloop.backends import get_backend
+    def backend(self) -> str:
+        """Where the trainer runs in this run: the Params form's choice, else ``training.backend``."""
+        from tuneloop.backends import BACKENDS
 
         name = self.params.backend or self.config.training.backend
-        return get_backend(name, timeout_s=self.config.training.timeout_minutes * 60)
+        if name not in BACKENDS:
+            raise ValueError(f"training.backend: unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+        if name != "local" and storage.is_local(self.paths.root):
+            raise ValueError(f"training.backend={name} runs the trainer on another machine, which cannot read the "
+                             f"local folder {self.paths.root}: set storage_root to object storage (gs://bucket/prefix)")
+        return name
+
+    def prepare_train(self, dataset_id: str) -> dict[str, Any]:
+        """Publish the base model and the training spec; return the trainer command for the chosen backend."""
+        from tuneloop.backends.command import train_args
+
+        backend = self.backend()
+        base_model = self.prepare_base_model()
+        _write_json(self.paths.spec, self.training_spec(self.dataset_dir(dataset_id), base_model))
+        return {"backend": backend, "args": train_args(storage.uri(self.paths.spec)), "done": False}
+
+    def train_result(self) -> dict[str, Any]:
+        """What the trainer left in the run's folder (metrics.json is written last: present = finished)."""
+        metrics_file = self.paths.training / "metrics.json"
+        if not metrics_file.exists():
+            raise RuntimeError(f"the trainer finished without {storage.uri(metrics_file)}: its output is incomplete")
+        return {"model_dir": storage.uri(self.paths.model), "base_model_dir": storage.uri(self.paths.base_model),
+                "metrics": storage.read_json(metrics_file)}
+
+    def train(self, dataset_id: str, log_line: Callable[[str], None]) -> dict[str, Any]:
+        """Prepare, run the trainer on this machine, collect: the whole step in one call (tests, the CLI)."""
+        step = self.prepare_train(dataset_id)
+        self.run_locally(step, log_line)
+        return self.train_result()
+
+    def run_locally(self, step: dict[str, Any], log_line: Callable[[str], None]) -> None:
+        """Run a prepared trainer command as a subprocess here (the ``local`` backend)."""
+        from tuneloop.backends import LocalBackend
+
+        if not step["done"]:
+            LocalBackend(timeout_s=self.config.training.timeout_minutes * 60).run(step["args"], log_line=log_line)
 
     # -- 4. evaluate ---------------------------------------------------------------------------------------
-    def evaluate(self, dataset_dir: str, log_line: Callable[[str], None]) -> dict[str, Any]:
-        """Transcribe the eval split and every regression suite with the candidate and with production (the base
-        model of this run), one trainer process per model."""
-        suites = self.suites() if self.config.regression.run_on_deploy else ()
-        inputs = {"eval": Path(dataset_dir) / "eval.jsonl", **{suite.name: Path(suite.data_path) for suite in suites}}
-        outputs: dict[str, dict[str, str]] = {}
+    def prepare_evaluate(self, dataset_id: str) -> dict[str, Any]:
+        """Write the jobs file (the eval split and every regression suite, with the candidate and with production,
+        the base model of this run) and return the trainer command; ``done`` when every output exists already
+        (each is written as one object or renamed into place: present = complete)."""
+        from tuneloop.backends.command import evaluate_jobs_args
+
+        backend = self.backend()
+        inputs = self._evaluation_inputs(dataset_id)
+        jobs = []
         for tag, model_dir in (("candidate", self.paths.model), ("production", self.paths.base_model)):
-            jobs = [(data, self.paths.predictions(tag, name)) for name, data in inputs.items()]
-            todo = [(data, out) for data, out in jobs if not out.exists()]  # written atomically: present = done
+            todo = [(data, self.paths.predictions(tag, name)) for name, data in inputs.items()
+                    if not self.paths.predictions(tag, name).exists()]
             if todo:
-                self._backend().evaluate(model_dir, todo, batch_size=self.config.training.eval_batch_size,
-                                         log_line=log_line)
-            outputs[tag] = {name: str(out) for name, (_, out) in zip(inputs, jobs)}
-        return {"candidate": outputs["candidate"]["eval"], "production": outputs["production"]["eval"],
-                "suites": sorted(name for name in inputs if name != "eval")}
+                jobs.append({"model_dir": storage.uri(model_dir), "data": [storage.uri(d) for d, _ in todo],
+                             "output": [storage.uri(o) for _, o in todo]})
+        _write_json(self.paths.evaluate_jobs, {"batch_size": self.config.training.eval_batch_size, "jobs": jobs})
+        return {"backend": backend, "args": evaluate_jobs_args(storage.uri(self.paths.evaluate_jobs)),
+                "done": not jobs}
+
+    def _evaluation_inputs(self, dataset_id: str) -> dict[str, StoragePath]:
+        """``{name: JSONL}``: the eval split, and each regression suite (copied beside the run when it runs
+        elsewhere, so that a pod or VM reads it from the bucket)."""
+        suites = self.suites() if self.config.regression.run_on_deploy else ()
+        inputs: dict[str, StoragePath] = {"eval": self.dataset_dir(dataset_id) / "eval.jsonl"}
+        for suite in suites:
+            if storage.is_local(self.paths.root):
+                inputs[suite.name] = Path(suite.data_path)
+            else:
+                inputs[suite.name] = storage.publish_split(Path(suite.data_path), self.paths.suite_copy(suite.name))
+        return inputs
+
+    def evaluate_result(self, dataset_id: str) -> dict[str, Any]:
+        """The predictions the trainer wrote, checked to be all there."""
+        names = ["eval", *(s.name for s in (self.suites() if self.config.regression.run_on_deploy else ()))]
+        missing = [storage.uri(self.paths.predictions(tag, name)) for tag in ("candidate", "production")
+                   for name in names if not self.paths.predictions(tag, name).exists()]
+        if missing:
+            raise RuntimeError(f"evaluation finished without {len(missing)} predictions file(s): {', '.join(missing)}")
+        return {"candidate": storage.uri(self.paths.predictions("candidate")),
+                "production": storage.uri(self.paths.predictions("production")),
+                "suites": sorted(name for name in names if name != "eval")}
+
+    def evaluate(self, dataset_id: str, log_line: Callable[[str], None]) -> dict[str, Any]:
+        """Prepare, transcribe on this machine, collect (tests, the CLI)."""
+        self.run_locally(self.prepare_evaluate(dataset_id), log_line)
+        return self.evaluate_result(dataset_id)
 
     # -- 5. validate ---------------------------------------------------------------------------------------
     def validate(self) -> dict[str, Any]:
@@ -288,9 +364,11 @@ class PipelineRun:
         outcome = gate(scored, self.config.validation, first_run=first_run)
         result = outcome.to_dict() | {"requires_approval": outcome.requires_approval}
         _write_json(self.paths.gate, result)
-        write_churn(self.paths.churn, scored)
-        gate_figure(scored, outcome.slices, self.paths.plot,
-                    title=f"{self.config.mlflow.model_name}: {outcome.verdict} ({self.run_id})")
+        with storage.staged_output(self.paths.churn) as churn:
+            write_churn(churn, scored)
+        with storage.staged_output(self.paths.plot) as plot:
+            gate_figure(scored, outcome.slices, plot,
+                        title=f"{self.config.mlflow.model_name}: {outcome.verdict} ({self.run_id})")
         mlflow_run = self.mlflow_run_id()
         tracking.log_metrics(self.config, mlflow_run, _flat_metrics(result))
         for artifact in (self.paths.gate, self.paths.churn, self.paths.plot):
@@ -338,29 +416,30 @@ class PipelineRun:
         """Register the candidate as a model version tagged with its dataset, run and verdict."""
         from tuneloop_trainer import serving_path
 
-        gate_result = json.loads(self.paths.gate.read_text())
-        regression = json.loads(self.paths.regression.read_text())
+        gate_result = storage.read_json(self.paths.gate)
+        regression = storage.read_json(self.paths.regression)
         verdict = gate_result["verdict"] if regression["passed"] else "fail"
         tags = {"dataset_id": dataset_id, "airflow_run_id": self.run_id, "verdict": verdict,
                 "gate_verdict": gate_result["verdict"], "regression_passed": str(regression["passed"]).lower(),
                 **{k: v for k, v in _flat_metrics(gate_result).items()}}
-        version = self.registry.register_candidate(self.paths.model, run_id=self.mlflow_run_id(), tags=tags,
-                                                   serving_code=serving_path())
+        with storage.local_dir(self.paths.model) as model_dir:
+            version = self.registry.register_candidate(model_dir, run_id=self.mlflow_run_id(), tags=tags,
+                                                       serving_code=serving_path())
         return {"version": version, "production_version": self.registry.production_version()}
 
     # -- 7. decide -----------------------------------------------------------------------------------------
     def decide(self) -> Outcome:
         """``reject`` unless the gate and the regression suites both passed; else ``approve_deploy``, which
         promotes at once or waits for a person (auto_deploy off, or a first run under require_approval)."""
-        gate_result = json.loads(self.paths.gate.read_text())
-        regression = json.loads(self.paths.regression.read_text())
+        gate_result = storage.read_json(self.paths.gate)
+        regression = storage.read_json(self.paths.regression)
         if not gate_result["passed"] or not regression["passed"]:
             return "reject"
         return "approve_deploy"
 
     def deploy_needs_approval(self) -> str | None:
         """Why a person must approve this deployment, or None when it may go ahead on its own."""
-        gate_result = json.loads(self.paths.gate.read_text())
+        gate_result = storage.read_json(self.paths.gate)
         if gate_result.get("requires_approval"):
             return ("first run with no production model (validation.first_run_policy=require_approval): "
                     "the comparison was with the base model")
@@ -385,8 +464,8 @@ class PipelineRun:
 
     def deployment_summary(self, version: str) -> str:
         """What a person approving the deployment reads (Markdown): the verdicts and every reason."""
-        gate_result = json.loads(self.paths.gate.read_text())
-        regression = json.loads(self.paths.regression.read_text())
+        gate_result = storage.read_json(self.paths.gate)
+        regression = storage.read_json(self.paths.regression)
         production = self.registry.production_version()
         lines = [f"**Candidate version {version}** of `{self.config.mlflow.model_name}` "
                  f"(production now: {production or 'none'}); gate verdict **{gate_result['verdict']}**, "
@@ -417,12 +496,12 @@ class PipelineRun:
         self.store.record_deployment(event)
         return event.to_dict()
 
-    def post_deploy_check(self, dataset_dir: str, deployed_version: str) -> dict[str, Any]:
+    def post_deploy_check(self, dataset_id: str, deployed_version: str) -> dict[str, Any]:
         """Load ``models:/<name>@production`` like a serving system would and transcribe a smoke set."""
         from tuneloop.post_deploy import check_served_model
 
         result = check_served_model(self.config, self.paths.predictions("candidate"),
-                                    Path(dataset_dir) / "eval.jsonl", deployed_version,
+                                    self.dataset_dir(dataset_id) / "eval.jsonl", deployed_version,
                                     self.registry.production_version())
         _write_json(self.paths.post_deploy, result.to_dict())
         return result.to_dict()
@@ -439,10 +518,10 @@ class PipelineRun:
                         run_id=self.run_id).to_dict()
 
     def _gate_summary(self) -> str:
-        gate_result = json.loads(self.paths.gate.read_text())
+        gate_result = storage.read_json(self.paths.gate)
         reasons = list(gate_result["reasons"])
         if self.paths.regression.exists():
-            regression = json.loads(self.paths.regression.read_text())
+            regression = storage.read_json(self.paths.regression)
             if not regression["passed"]:
                 reasons += regression["reasons"]
         return "; ".join(reasons)
@@ -489,11 +568,8 @@ def training_approval_reason(config: TuneloopConfig, should_trigger: bool, force
     return "trigger conditions hold and trigger.auto_approve_finetuning is false"
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+def _write_json(path: StoragePath, data: Any) -> None:
+    storage.write_json(path, data)
 
 
 def _flat_metrics(gate_result: dict[str, Any]) -> dict[str, float]:

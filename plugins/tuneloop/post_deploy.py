@@ -7,11 +7,14 @@ would, transcribes a smoke set of eval utterances, and compares with the validat
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop import storage
 from tuneloop.config import TuneloopConfig
+from tuneloop.storage import StoragePath
 
 # Serving and batch evaluation batch and pad differently, so transcripts can differ by float noise (a lot, for a
 # poor model); the served WER may exceed the validated one by this much before the check fails. Which model is
@@ -32,9 +35,10 @@ class PostDeployCheck:
         return asdict(self)
 
 
-def check_served_model(config: TuneloopConfig, candidate_predictions: Path, eval_split: Path,
+def check_served_model(config: TuneloopConfig, candidate_predictions: StoragePath, eval_split: StoragePath,
                        deployed_version: str, production_version: str | None) -> PostDeployCheck:
-    """Transcribe the first ``post_deploy_smoke_size`` eval rows through the production alias and judge them."""
+    """Transcribe the first ``post_deploy_smoke_size`` eval rows through the production alias and judge them.
+    The split may be in a bucket: only the smoke rows' audio is fetched."""
     import mlflow
     import pandas as pd
 
@@ -50,8 +54,9 @@ def check_served_model(config: TuneloopConfig, candidate_predictions: Path, eval
     uri = f"models:/{config.mlflow.model_name}@production"
     try:
         model = mlflow.pyfunc.load_model(uri)
-        audio = [str((eval_split.parent / r["audio"]).resolve()) for r in rows]
-        served = list(model.predict(pd.DataFrame({"audio": audio})))
+        with tempfile.TemporaryDirectory(prefix="tuneloop-smoke-") as tmp:
+            audio = [str(storage.fetch(eval_split.parent / r["audio"], Path(tmp))) for r in rows]
+            served = list(model.predict(pd.DataFrame({"audio": audio})))
     except Exception as e:  # a model that cannot load or predict is the clearest failure of all
         return PostDeployCheck(False, None, None, len(rows), len(rows), [f"{uri} failed to serve: {e}"])
     references = [r["text"] for r in rows]
@@ -76,5 +81,5 @@ def _judge(config: TuneloopConfig, served_wer: float, validated_wer: float, n: i
     return PostDeployCheck(passed, served_wer, validated_wer, n, mismatched, reasons)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: StoragePath) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -180,16 +180,15 @@ def _suites_table(results: list[dict[str, Any]]) -> str:
 
 def write_decision_record(run: PipelineRun, outcome: dict[str, Any]) -> dict[str, Any]:
     """Write decision.json/.md, log them to MLflow and the model version, close the run in the store."""
-    from tuneloop import tracking
-    from tuneloop.pipeline import _write_json
+    from tuneloop import storage, tracking
 
     status = classify(outcome)
     record = build_record(run, outcome, status)
     # every run gets its record in MLflow, a skipped one too: "why did nothing happen on Sunday?" has an answer
     mlflow_run = run.mlflow_run_id()
     record["mlflow_run"] = {"id": mlflow_run, "url": tracking.run_url(run.config, mlflow_run, run.config.mlflow.ui_url)}
-    _write_json(run.paths.root / "decision.json", record)
-    (run.paths.root / "decision.md").write_text(to_markdown(record))
+    storage.write_json(run.paths.root / "decision.json", record)
+    storage.write_text(run.paths.root / "decision.md", to_markdown(record))
     tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.json", "decision")
     tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.md", "decision")
     tracking.set_tags(run.config, mlflow_run, {"status": status})
@@ -203,7 +202,7 @@ def write_decision_record(run: PipelineRun, outcome: dict[str, Any]) -> dict[str
         run.store.record_suite_result(run.run_id, {**suite, "model_version": version})
     if status in CONSUMING and dataset_id:
         run.store.mark_consumed(_trained_case_ids(run, dataset_id), run.run_id)
-    return {"status": status, "summary": summary_lines(record), "record": str(run.paths.root / "decision.json"),
+    return {"status": status, "summary": summary_lines(record), "record": storage.uri(run.paths.root / "decision.json"),
             "mlflow_run_id": mlflow_run}
 
 
@@ -211,4 +210,4 @@ def _trained_case_ids(run: PipelineRun, dataset_id: str) -> list[str]:
     """Train cases and their duplicates/superseded twins; eval cases stay new (not trained on: next run may)."""
     from tuneloop.datasets import load_manifest
 
-    return list(load_manifest(run.config.resolved_storage_root / "datasets" / dataset_id).case_ids_to_consume())
+    return list(load_manifest(run.dataset_dir(dataset_id)).case_ids_to_consume())

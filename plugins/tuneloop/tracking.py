@@ -8,10 +8,11 @@ module stays cheap for DAG parsing.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
+from tuneloop import storage
 from tuneloop.config import TuneloopConfig
+from tuneloop.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +82,23 @@ def set_tags(config: TuneloopConfig, run_id: str, tags: dict[str, Any]) -> None:
         client.set_tag(run_id, key, str(value))
 
 
-def log_artifact(config: TuneloopConfig, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-    _client(config).log_artifact(run_id, str(path), artifact_path)
+def log_artifact(config: TuneloopConfig, run_id: str, path: StoragePath, artifact_path: str | None = None) -> None:
+    """Log a file, local or in object storage (MLflow's client uploads local files)."""
+    with storage.local_file(path) as local:
+        _client(config).log_artifact(run_id, str(local), artifact_path)
 
 
-def log_dataset(config: TuneloopConfig, run_id: str, dataset_dir: Path, dataset_id: str, context: str) -> None:
+def log_dataset(config: TuneloopConfig, run_id: str, dataset_dir: StoragePath, dataset_id: str, context: str) -> None:
     """Record a dataset split as an MLflow dataset input (name = dataset id, source = its directory)."""
     import pandas as pd
     import mlflow.data
     from mlflow.entities import DatasetInput, InputTag
 
     split = dataset_dir / f"{context}.jsonl"
-    frame = pd.read_json(split, lines=True) if split.stat().st_size else pd.DataFrame()
-    dataset = mlflow.data.from_pandas(frame, source=str(split), name=f"{dataset_id}-{context}", targets="text")
+    with storage.local_file(split) as local:
+        frame = pd.read_json(local, lines=True) if local.stat().st_size else pd.DataFrame()
+    dataset = mlflow.data.from_pandas(frame, source=storage.uri(split), name=f"{dataset_id}-{context}",
+                                      targets="text")
     entity = dataset._to_mlflow_entity()
     _client(config).log_inputs(
         run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]

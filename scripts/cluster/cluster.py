@@ -57,6 +57,13 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
 SERVER_ROLES = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
 
 
+# One-off setup before the processes start; the compose file's airflow-init runs the same.
+INIT_COMMANDS = (
+    ("airflow", "db", "migrate"),
+    ("airflow", "pools", "set", "gpu", "1", "GPU training and inference", "--include-deferred"),
+)
+
+
 class ClusterError(RuntimeError):
     """Something the user must fix or look at; the message says what and where."""
 
@@ -713,15 +720,15 @@ def cmd_start(args: argparse.Namespace) -> int:
         say(f"cluster {cluster.name}: databases {', '.join(databases)}, redis db {db}, state {state_dir}")
 
         cluster.spawn("mlflow")
-        say("airflow db migrate ...")
+        say("airflow db migrate, pool gpu ...")
         migrate_log = cluster.logs / "migrate.log"
-        with migrate_log.open("wb") as log:
-            migrate = subprocess.run([cluster.data["python"], "-m", "airflow", "db", "migrate"], check=False,
-                                     cwd=state_dir,
-                                     env=cluster.process_env("migrate"), stdout=log, stderr=subprocess.STDOUT,
-                                     timeout=max(30.0, deadline - time.monotonic()))
-        if migrate.returncode != 0:
-            raise ClusterError(f"airflow db migrate failed ({migrate_log}):\n{tail(migrate_log)}")
+        for command in INIT_COMMANDS:  # what the compose file's airflow-init runs
+            with migrate_log.open("ab") as log:
+                init = subprocess.run([cluster.data["python"], "-m", *command], check=False, cwd=state_dir,
+                                      env=cluster.process_env("migrate"), stdout=log, stderr=subprocess.STDOUT,
+                                      timeout=max(30.0, deadline - time.monotonic()))
+            if init.returncode != 0:
+                raise ClusterError(f"{' '.join(command)} failed ({migrate_log}):\n{tail(migrate_log)}")
         say(f"migrated in {time.monotonic() - started:.0f} s; starting the processes")
         for role in cluster.commands():
             if role != "mlflow":

@@ -49,6 +49,21 @@ def test_weekly_shape(dagbag):
     assert dag.get_task("rollback").trigger_rule == "one_failed"
     assert dag.get_task("report").trigger_rule == "all_done"
     assert set(dag.params.keys()) >= {"force_trigger", "auto_deploy", "use_lora", "epochs", "backend"}
+    assert dag.params.get_param("backend").schema["enum"] == [None, "local", "kubernetes", "gke", "gce"]
+
+
+@pytest.mark.parametrize("step", ["train", "evaluate"])
+def test_trainer_steps_wire_every_backend(dagbag, step):
+    """prepare branches to one runner per backend; the VM is deleted whatever happened; GPU work takes a pool slot."""
+    dag = dagbag.dags["finetune_weekly"]
+    task = lambda name: dag.get_task(f"{step}.{name}")  # noqa: E731
+    assert task("prepare").downstream_task_ids == {f"{step}.{t}" for t in ("local", "pod", "create_vm", "result")}
+    assert task("create_vm").downstream_task_ids == {f"{step}.wait_vm"}
+    assert task("wait_vm").downstream_task_ids == {f"{step}.delete_vm", f"{step}.result"}
+    assert task("delete_vm").trigger_rule == "all_done"
+    assert task("result").trigger_rule == "none_failed_min_one_success"
+    assert task("pod").pool == task("wait_vm").pool == "gpu" and task("local").pool == "default_pool"
+    assert task("local").execution_timeout == task("pod").execution_timeout
 
 
 def test_parse_is_light_and_fast(airflow_env):

@@ -137,7 +137,7 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(start_cluster, d
         tis = api.task_instances("finetune_weekly", run_id)
         if any(ti["state"] in ("failed", "upstream_failed") for ti in tis.values()):
             raise AssertionError(f"run failed before training: { {t: ti['state'] for t, ti in tis.items()} }")
-        train = tis.get("train")
+        train = tis.get("train.local")
         if train is None or train["state"] != "running":
             return None
         return train if list(runs_root.glob("*/training/checkpoints/step-*/state.json")) else None
@@ -147,7 +147,7 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(start_cluster, d
     victim = cluster.worker_hostnames[train["hostname"]]
     cluster.script("kill-worker", victim)
     timings["trigger to kill"] = time.monotonic() - t1
-    print(f"killed worker{victim} ({train['hostname']}) running train, checkpoints on disk: {steps}")
+    print(f"killed worker{victim} ({train['hostname']}) running train.local, checkpoints on disk: {steps}")
 
     run = api.wait_run("finetune_weekly", run_id, timeout=600)
     timings["kill to finished"] = time.monotonic() - t1 - timings["trigger to kill"]
@@ -156,13 +156,13 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(start_cluster, d
     assert tis["deploy"]["state"] == "success"
 
     # the first attempt died with the worker; Airflow retried it on the surviving worker, which resumed
-    tries = sorted(api.tries("finetune_weekly", run_id, "train"), key=lambda t: t["try_number"])
+    tries = sorted(api.tries("finetune_weekly", run_id, "train.local"), key=lambda t: t["try_number"])
     assert [(t["try_number"], t["state"]) for t in tries] == [(1, "failed"), (2, "success")], tries
     assert tries[0]["hostname"] == train["hostname"]
     assert tries[1]["hostname"] in cluster.worker_hostnames and tries[1]["hostname"] != train["hostname"]
-    log = api.log("finetune_weekly", run_id, "train", 2)
+    log = api.log("finetune_weekly", run_id, "train.local", 2)
     assert "resuming from checkpoint step" in log, log[-3000:]
-    metrics = api.xcom("finetune_weekly", run_id, "train")["metrics"]
+    metrics = api.xcom("finetune_weekly", run_id, "train.result")["metrics"]
     assert metrics["resumed_from_step"] and metrics["resumed_from_step"] >= 2, metrics
     assert metrics["resumed_from_step"] < metrics["steps"] == 120, metrics
 

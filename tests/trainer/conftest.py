@@ -1,9 +1,11 @@
-"""Fixtures for trainer tests: a tiny random wav2vec2 model and a handful of real espeak-ng utterances."""
+"""Fixtures for trainer tests: a tiny random wav2vec2 model, a handful of real espeak-ng utterances, and the same
+on a GCS emulator for the trainer's object-storage path."""
 
 from __future__ import annotations
 
 import os
 
+import itertools
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -116,3 +118,61 @@ def tracking(tracking_store: tuple[str, str], request: pytest.FixtureRequest) ->
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+# --- object storage: the GCS emulator (tests/conftest.py) as the bucket, scratch folders as machines' disks -------
+
+
+@pytest.fixture
+def gcs(gcs_emulator: str) -> Any:
+    """A gcsfs client on the emulator for the tests' own uploads and checks (not the trainer's staging code)."""
+    from gcsfs.core import GCSFileSystem
+
+    return GCSFileSystem(token="anon", use_listings_cache=False, skip_instance_cache=True)
+
+
+@pytest.fixture
+def bucket_dir(gcs_emulator: str, tmp_path: Path) -> str:
+    """This test's own folder in the emulator's bucket (the emulator lives for the whole session)."""
+    return f"gs://acme-tuneloop/{tmp_path.name}"
+
+
+@pytest.fixture
+def new_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], Path]:
+    """Call to go on as a new machine: an empty TUNELOOP_TRAINER_SCRATCH (returned); the first call is made here."""
+    numbers = itertools.count(1)
+
+    def switch() -> Path:
+        scratch = tmp_path / f"machine-{next(numbers)}"
+        monkeypatch.setenv("TUNELOOP_TRAINER_SCRATCH", str(scratch))
+        return scratch
+
+    switch()
+    return switch
+
+
+def _key(uri: str) -> str:
+    """``gs://bucket/key`` as gcsfs's path ``bucket/key``."""
+    return uri.removeprefix("gs://")
+
+
+def _upload_tree(gcs: Any, local: Path, uri: str) -> str:
+    """Upload every file under ``local`` to folder ``uri``; returns ``uri``. One at a time: the emulator serves one
+    connection at a time, and five concurrent ones stall for a second in its listen backlog."""
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    gcs.put([str(p) for p in files], [f"{_key(uri)}/{p.relative_to(local).as_posix()}" for p in files], batch_size=1)
+    return uri
+
+
+@pytest.fixture
+def remote_inputs(gcs: Any, bucket_dir: str, tiny_model_dir: Path, speech_dataset: Path) -> dict[str, str]:
+    """The tiny model and the dataset in the bucket: {"model": uri, "dataset": uri}. The eval row that names its
+    audio by an absolute path names it by an absolute gs:// URI there."""
+    model = _upload_tree(gcs, tiny_model_dir, f"{bucket_dir}/base-model")
+    dataset = _upload_tree(gcs, speech_dataset, f"{bucket_dir}/dataset")
+    rows = [json.loads(line) for line in (speech_dataset / "eval.jsonl").read_text().splitlines()]
+    for row in rows:
+        if Path(row["audio"]).is_absolute():
+            row["audio"] = f"{dataset}/{Path(row['audio']).relative_to(speech_dataset).as_posix()}"
+    gcs.pipe(f"{_key(dataset)}/eval.jsonl", "".join(json.dumps(row) + "\n" for row in rows).encode())
+    return {"model": model, "dataset": dataset}

@@ -55,3 +55,28 @@ def test_data_and_output_counts_must_match(tiny_model_dir: Path, speech_dataset:
                      "--output", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
     assert code == 2
     assert "one --output per --data" in capsys.readouterr().err
+
+
+def test_a_jobs_file_runs_several_models_in_one_process(tiny_model_dir: Path, speech_dataset: Path,
+                                                       tmp_path: Path) -> None:
+    outputs = {tag: tmp_path / tag / "eval.jsonl" for tag in ("candidate", "production")}
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps({"batch_size": 2, "jobs": [
+        {"model_dir": str(tiny_model_dir), "data": [str(speech_dataset / "eval.jsonl")], "output": [str(out)]}
+        for out in outputs.values()]}))
+    assert cli.main(["evaluate-jobs", "--jobs", str(jobs)]) == 0
+    assert outputs["candidate"].read_text() != "" and [len(p.read_text().splitlines()) for p in outputs.values()] \
+        == [4, 4]
+
+
+def test_a_bad_job_is_refused_before_any_work(tiny_model_dir: Path, speech_dataset: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    jobs = tmp_path / "jobs.json"
+    good = {"model_dir": str(tiny_model_dir), "data": [str(speech_dataset / "eval.jsonl")],
+            "output": [str(tmp_path / "a.jsonl")]}
+    jobs.write_text(json.dumps({"jobs": [good, {"model_dir": str(tiny_model_dir), "data": ["x"], "output": []}]}))
+    assert cli.main(["evaluate-jobs", "--jobs", str(jobs)]) == 2
+    assert "jobs[1]" in capsys.readouterr().err and not (tmp_path / "a.jsonl").exists()
+    jobs.write_text(json.dumps({"batch_size": 2}))
+    assert cli.main(["evaluate-jobs", "--jobs", str(jobs)]) == 2
+    assert "field 'jobs' must be a list" in capsys.readouterr().err

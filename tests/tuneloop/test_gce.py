@@ -1,16 +1,15 @@
 """The gce backend: the exact VM body and startup script, and the marker protocol run for real.
 
-The startup script is executed by bash with stand-ins for what only a COS VM has (docker, cos-extensions, mount,
-poweroff); the stand-in for ``docker run ... gcloud storage cp`` uploads through the real google-cloud-storage
-client to a GCS emulator on loopback, where ``read_marker`` finds it.
+The startup script is executed by bash with stand-ins for what only a COS VM has (tests/standins/cos_vm.py: docker,
+cos-extensions, mount, poweroff, hostname): ``docker run`` of the trainer image runs the real trainer command here,
+and ``docker run ... gcloud storage cp`` uploads through the real google-cloud-storage client to a GCS emulator on
+loopback, where ``read_marker`` finds it. VMs are created and deleted by the real Compute Engine client against a
+stand-in REST API (tests/standins/compute_api.py) that boots them the same way.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import json
 
 import pytest
 
@@ -18,7 +17,10 @@ from tuneloop.backends.base import TrainerFailed
 from tuneloop.backends.command import train_args
 from tuneloop.backends.gce import (
     CLOUD_SDK_IMAGE,
+    VmError,
     check_marker,
+    create_vm,
+    delete_vm,
     instance_body,
     instance_name,
     marker_uri,
@@ -26,11 +28,11 @@ from tuneloop.backends.gce import (
     startup_script,
 )
 from tuneloop.config import GceConfig
+from tests.standins.cos_vm import CosMachine
 
 CONFIG = GceConfig(project_id="acme-ml", zone="europe-west4-a", machine_type="g2-standard-8",
                    accelerator_type="nvidia-l4", accelerator_count=1,
-                   service_account_email="tuneloop-trainer@acme-ml.iam.gserviceaccount.com",
-                   bucket="gs://acme-tuneloop/prod")
+                   service_account_email="tuneloop-trainer@acme-ml.iam.gserviceaccount.com")
 IMAGE = "europe-docker.pkg.dev/acme/ml/tuneloop-trainer:0.3.0"
 
 
@@ -53,7 +55,7 @@ def test_the_exact_instance_body():
 
 
 def test_the_exact_startup_script():
-    marker = marker_uri(CONFIG.bucket, "r1-1234", "train")
+    marker = marker_uri("gs://acme-tuneloop/prod", "r1-1234", "train")
     script = startup_script(CONFIG, image=IMAGE, args=train_args("gs://acme-tuneloop/prod/runs/r1/spec.json"),
                             marker=marker, env={"MLFLOW_TRACKING_URI": "https://mlflow.acme.internal"})
     assert marker == "gs://acme-tuneloop/prod/runs/r1-1234/markers/train.json"
@@ -85,74 +87,52 @@ def test_the_exact_startup_script():
 def test_names_and_bucket_are_checked():
     name = instance_name("manual__2026-11-22T04:00:00+00:00", "train")
     assert len(name) <= 63 and name[0].isalpha() and name == name.lower()
-    with pytest.raises(ValueError, match="training.gce.bucket: must be a gs:// URI"):
+    with pytest.raises(ValueError, match="storage_root: the gce backend needs a gs:// URI"):
         marker_uri("acme-bucket", "r", "train")
 
 
 # --- the marker protocol against a GCS emulator ----------------------------------------------------------------
 
-FAKE_DOCKER = """#!/bin/bash
-# Stand-in for docker on the VM: the trainer exits with $FAKE_TRAINER_EXIT; "gcloud storage cp" uploads the
-# mounted marker file to the (emulated) bucket with the real google-cloud-storage client.
-if [[ "$*" == *tuneloop_trainer* ]]; then echo "trainer: $*" >> "$FAKE_LOG"; exit "$FAKE_TRAINER_EXIT"; fi
-if [[ "$*" == *"gcloud storage cp"* ]]; then
-  src=""; for arg in "$@"; do case "$arg" in *:/marker.json:ro) src="${arg%%:/marker.json:ro}";; esac; done
-  exec "$FAKE_PYTHON" -c 'import sys
-from google.cloud import storage
-bucket, _, name = sys.argv[2].removeprefix("gs://").partition("/")
-storage.Client(project="test").bucket(bucket).blob(name).upload_from_filename(sys.argv[1])' "$src" "${@: -1}"
-fi
-echo "unexpected docker call: $*" >&2; exit 99
-"""
+# The real trainer CLI, run by the docker stand-in: ``--help`` exits 0, a spec that is not there exits 2.
+SUCCEEDS = ["--help"]
+FAILS = train_args("gs://acme-tuneloop/prod/runs/missing/spec.json")
 
 
 @pytest.fixture
-def vm(tmp_path, gcs_emulator):
-    """A fake COS machine: PATH stand-ins for docker, cos-extensions, docker-credential-gcr, mount, poweroff."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "docker").write_text(FAKE_DOCKER)
-    for tool in ("cos-extensions", "docker-credential-gcr", "mount", "poweroff"):
-        (bin_dir / tool).write_text(f'#!/bin/bash\necho "{tool} $*" >> "$FAKE_LOG"\n')
-    for tool in bin_dir.iterdir():
-        tool.chmod(0o755)
-    return bin_dir
-
-
-def _boot(vm: Path, tmp_path: Path, script: str, exit_code: int, emulator: str) -> str:
-    env = {**os.environ, "PATH": f"{vm}:{os.environ['PATH']}", "FAKE_TRAINER_EXIT": str(exit_code),
-           "FAKE_LOG": str(tmp_path / "vm.log"), "FAKE_PYTHON": sys.executable, "STORAGE_EMULATOR_HOST": emulator}
-    subprocess.run(["bash", "-c", script], env=env, check=True, timeout=60)
-    return (tmp_path / "vm.log").read_text()
+def vm(tmp_path, gcs_emulator) -> CosMachine:
+    """A stand-in COS machine (tests/standins/cos_vm.py) whose marker uploads go to the GCS emulator."""
+    return CosMachine.install(tmp_path / "vm", hostname="tuneloop-test-vm", storage_emulator=gcs_emulator)
 
 
 @pytest.mark.parametrize("run_key", ["ok-run"])
-def test_a_successful_run_leaves_a_marker_that_passes(vm, tmp_path, gcs_emulator, run_key):
+def test_a_successful_run_leaves_a_marker_that_passes(vm, run_key):
     from google.cloud import storage
 
     client = storage.Client(project="test")
     uri = marker_uri("gs://acme-tuneloop/prod", run_key, "train")
     assert read_marker(client, uri) is None  # the VM is still working
-    script = startup_script(CONFIG, image=IMAGE, args=train_args("gs://acme-tuneloop/prod/spec.json"), marker=uri)
-    log = _boot(vm, tmp_path, script, 0, gcs_emulator)
-    assert "cos-extensions install gpu" in log and "trainer: run --rm --name tuneloop-trainer" in log
-    assert log.rstrip().endswith("poweroff")
+    script = startup_script(CONFIG, image=IMAGE, args=SUCCEEDS, marker=uri)
+    assert vm.run(script) == 0
+    log = vm.log()
+    assert "cos-extensions install gpu" in log and "docker run --rm --name tuneloop-trainer" in log
+    assert log.rstrip().endswith("poweroff") and "usage: python -m tuneloop_trainer" in vm.console()
     marker = check_marker(read_marker(client, uri), uri)
-    assert marker.exit_code == 0 and marker.instance and marker.finished_at >= marker.started_at
+    assert marker.exit_code == 0 and marker.instance == "tuneloop-test-vm"
+    assert marker.finished_at >= marker.started_at
 
 
-def test_a_failed_run_leaves_a_marker_that_fails_clearly(vm, tmp_path, gcs_emulator):
+def test_a_failed_run_leaves_a_marker_that_fails_clearly(vm):
     from google.cloud import storage
 
     client = storage.Client(project="test")
     uri = marker_uri("gs://acme-tuneloop/prod", "failed-run", "train")
-    script = startup_script(CONFIG.model_copy(update={"accelerator_count": 0}), image=IMAGE,
-                            args=train_args("gs://acme-tuneloop/prod/spec.json"), marker=uri)
-    log = _boot(vm, tmp_path, script, 3, gcs_emulator)
-    assert "cos-extensions" not in log  # no GPU asked for, no driver installed
+    script = startup_script(CONFIG.model_copy(update={"accelerator_count": 0}), image=IMAGE, args=FAILS,
+                            marker=uri)
+    vm.run(script)
+    assert "cos-extensions" not in vm.log()  # no GPU asked for, no driver installed
     marker = read_marker(client, uri)
-    assert marker is not None and marker.exit_code == 3
-    with pytest.raises(TrainerFailed, match=r"exited with status 3 .*marker gs://acme-tuneloop/prod/runs/"
+    assert marker is not None and marker.exit_code == 2
+    with pytest.raises(TrainerFailed, match=r"exited with status 2 .*marker gs://acme-tuneloop/prod/runs/"
                                             r"failed-run/markers/train.json"):
         check_marker(marker, uri)
 
@@ -167,6 +147,127 @@ def test_a_broken_marker_is_an_error_naming_it(gcs_emulator):
     client.bucket("acme-tuneloop").blob("prod/runs/broken/markers/train.json").upload_from_string("{not json")
     with pytest.raises(MarkerError, match="completion marker gs://acme-tuneloop/prod/runs/broken/markers/train.json"):
         read_marker(client, uri)
+
+
+# --- creating and deleting the VM: the real client against the Compute Engine stand-in ------------------------
+
+PROJECT = "acme-ml"
+
+
+@pytest.fixture
+def compute(compute_standin):
+    """The real InstancesClient, built as the operators build it, pointed at the stand-in."""
+    from tuneloop.backends.gce import compute_client
+    from tuneloop.hooks.gcp import compute_credentials
+
+    return compute_client(compute_credentials("unused", compute_standin.endpoint), compute_standin.endpoint)
+
+
+def _trainer_vm(run_key: str, args: list[str]) -> tuple[dict, str]:
+    """The exact insert body for one trainer VM, and its marker URI."""
+    name = instance_name(run_key, "train")
+    uri = marker_uri("gs://acme-tuneloop/prod", run_key, "train")
+    script = startup_script(CONFIG, image=IMAGE, args=args, marker=uri)
+    return instance_body(CONFIG, name=name, script=script, labels={"run": run_key}), uri
+
+
+@pytest.mark.parametrize(("args", "exit_code"), [(SUCCEEDS, 0), (FAILS, 2)], ids=["succeeds", "fails"])
+def test_a_created_vm_runs_the_trainer_and_leaves_its_marker(compute_standin, compute, args, exit_code):
+    from google.cloud import storage
+
+    body, uri = _trainer_vm(f"vm-exit-{exit_code}", args)
+    name = body["name"]
+    created = create_vm(compute, project=PROJECT, zone=CONFIG.zone, body=body)
+
+    assert created["name"] == name and created["created"] is True
+    assert created["status"] in ("RUNNING", "TERMINATED")  # the insert is done once the VM runs, not when it ends
+    assert compute_standin.instances == {name: body}  # what the client sent is exactly instance_body(...)
+    zone = f"/compute/v1/projects/{PROJECT}/zones/{CONFIG.zone}"
+    assert compute_standin.requests[0] == ("POST", f"{zone}/instances")
+    assert ("GET", f"{zone}/instances/{name}") in compute_standin.requests
+    assert compute_standin.wait_for_script(name) == "TERMINATED"  # the script powered the VM off
+    marker = read_marker(storage.Client(project="test"), uri)
+    assert marker is not None and marker.instance == name and marker.exit_code == exit_code
+    if exit_code:
+        with pytest.raises(TrainerFailed, match=f"the trainer on VM {name} exited with status 2"):
+            check_marker(marker, uri)
+    else:
+        check_marker(marker, uri)
+
+
+def test_the_insert_operation_is_polled_at_the_configured_endpoint(compute_standin, compute):
+    """The client polls through a zone-operations client of its own; compute_client points it at our endpoint."""
+    body, _ = _trainer_vm("polled", SUCCEEDS)
+    create_vm(compute, project=PROJECT, zone=CONFIG.zone, body=body)
+    assert any(method == "GET" and "/operations/" in path for method, path in compute_standin.requests)
+
+
+def test_an_operation_can_be_waited_for(compute_standin, compute):
+    """zoneOperations.wait, which the client does not use but gcloud and other tools do."""
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import compute_v1
+
+    body, _ = _trainer_vm("waited", SUCCEEDS)
+    operation = compute.insert_unary(project=PROJECT, zone=CONFIG.zone,
+                                     instance_resource=compute_v1.Instance.from_json(json.dumps(body)))
+    assert operation.status == compute_v1.Operation.Status.RUNNING and operation.operation_type == "insert"
+    operations = compute_v1.ZoneOperationsClient(credentials=AnonymousCredentials(), transport="rest",
+                                                 client_options=ClientOptions(api_endpoint=compute_standin.endpoint))
+    done = operations.wait(project=PROJECT, zone=CONFIG.zone, operation=operation.name)
+    assert done.status == compute_v1.Operation.Status.DONE and done.target_link.endswith(f"/instances/{body['name']}")
+
+
+def test_creating_twice_is_idempotent(compute_standin, compute):
+    body, _ = _trainer_vm("twice", SUCCEEDS)
+    first = create_vm(compute, project=PROJECT, zone=CONFIG.zone, body=body)
+    second = create_vm(compute, project=PROJECT, zone=CONFIG.zone, body=body)
+    assert first["created"] is True and second["created"] is False and second["name"] == body["name"]
+    assert second["status"] in ("RUNNING", "TERMINATED")
+    assert [request for request in compute_standin.requests if request[0] == "POST"] == [
+        ("POST", f"/compute/v1/projects/{PROJECT}/zones/{CONFIG.zone}/instances")] * 2
+    assert list(compute_standin.instances) == [body["name"]]
+
+
+def test_deleting_twice_is_idempotent_and_stops_a_running_trainer(compute_standin, compute):
+    from google.api_core.exceptions import NotFound
+
+    body = instance_body(CONFIG, name="tuneloop-train-long", script="#!/bin/bash\nsleep 60\npoweroff\n")
+    create_vm(compute, project=PROJECT, zone=CONFIG.zone, body=body)
+    assert compute_standin.vm_status("tuneloop-train-long") == "RUNNING"
+
+    assert delete_vm(compute, project=PROJECT, zone=CONFIG.zone, name="tuneloop-train-long") is True
+    assert delete_vm(compute, project=PROJECT, zone=CONFIG.zone, name="tuneloop-train-long") is False
+    assert compute_standin.deleted == ["tuneloop-train-long"]
+    assert not compute_standin.machine("tuneloop-train-long").powered_off()  # killed in its sleep
+    with pytest.raises(NotFound):
+        compute.get(project=PROJECT, zone=CONFIG.zone, instance="tuneloop-train-long")
+
+
+def test_a_failed_insert_operation_is_an_error_naming_the_vm_and_the_reason(compute_standin, compute):
+    body, _ = _trainer_vm("no-capacity", SUCCEEDS)
+    compute_standin.fail_next_insert("ZONE_RESOURCE_POOL_EXHAUSTED", "The zone 'projects/acme-ml/zones/"
+                                     "europe-west4-a' does not have enough resources available to fulfill the request.")
+    with pytest.raises(VmError, match=rf"creating VM {body['name']} in acme-ml/europe-west4-a failed: 503 SERVICE "
+                                      r"UNAVAILABLE ZONE_RESOURCE_POOL_EXHAUSTED: The zone .* does not have enough"):
+        create_vm(compute, project=PROJECT, zone=CONFIG.zone, body=body)
+    assert compute_standin.instances == {}
+
+
+def test_a_refused_insert_is_an_error_naming_the_vm(compute_standin, compute):
+    body, _ = _trainer_vm("wrong-zone", SUCCEEDS)  # machineType in europe-west4-a, inserted in us-central1-a
+    with pytest.raises(VmError, match=rf"creating VM {body['name']} in acme-ml/us-central1-a failed: 400 POST .*/"
+                                      r"instances: Invalid value for field 'resource.machineType'"):
+        create_vm(compute, project=PROJECT, zone="us-central1-a", body=body)
+
+
+def test_the_client_goes_to_google_unless_told_otherwise():
+    from google.auth.credentials import AnonymousCredentials
+
+    from tuneloop.backends.gce import compute_client
+
+    assert compute_client(AnonymousCredentials()).api_endpoint == "compute.googleapis.com"
+    assert compute_client(AnonymousCredentials(), "http://127.0.0.1:9").api_endpoint == "http://127.0.0.1:9"
 
 
 # --- the Airflow side: the deferrable wait ----------------------------------------------------------------------
@@ -189,7 +290,7 @@ def test_marker_trigger_serializes_every_argument():
         "marker_uri": "gs://b/m.json", "gcp_conn_id": "gcp", "poll_seconds": 5, "deadline": 123.0})
 
 
-def test_marker_trigger_and_sensor_against_the_emulator(vm, tmp_path, gcs_emulator):
+def test_marker_trigger_and_sensor_against_the_emulator(vm):
     import time
 
     from airflow.sdk.exceptions import TaskDeferred
@@ -203,16 +304,44 @@ def test_marker_trigger_and_sensor_against_the_emulator(vm, tmp_path, gcs_emulat
     assert timeout == {"status": "timeout", "marker_uri": uri}
 
     sensor = GceMarkerSensor(task_id="wait_for_train", marker_uri=uri, poll_seconds=0.1, timeout_hours=0.01)
+    from airflow.sdk.exceptions import AirflowFailException
+
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute({})
     trigger = deferred.value.trigger
     assert deferred.value.method_name == "execute_complete" and trigger.marker_uri == uri
 
-    script = startup_script(CONFIG, image=IMAGE, args=train_args("gs://acme-tuneloop/prod/spec.json"), marker=uri)
-    _boot(vm, tmp_path, script, 7, gcs_emulator)
+    vm.run(startup_script(CONFIG, image=IMAGE, args=FAILS, marker=uri))
     event = _first_event(trigger)
-    assert event["status"] == "success" and event["marker"]["exit_code"] == 7
-    with pytest.raises(TrainerFailed, match="exited with status 7"):
+    assert event["status"] == "success" and event["marker"]["exit_code"] == 2
+    with pytest.raises(AirflowFailException, match="exited with status 2"):  # final: no retry reads it again
         sensor.execute_complete({}, event)
     with pytest.raises(TrainerFailed, match="no completion marker"):
         sensor.execute_complete({}, timeout)
+
+
+# --- credentials from the connection ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("endpoint", "loopback"), [
+    ("http://127.0.0.1:8080", True), ("localhost:8080", True), ("http://[::1]:8080", True),
+    ("https://compute.googleapis.com", False), ("europe-west4-compute.p.googleapis.com", False)])
+def test_only_loopback_endpoints_count_as_loopback(endpoint, loopback):
+    from tuneloop.hooks.gcp import is_loopback
+
+    assert is_loopback(endpoint) is loopback
+
+
+def test_compute_credentials_come_from_the_connection_except_on_loopback(tmp_path, monkeypatch):
+    from google.auth.credentials import AnonymousCredentials
+
+    from tuneloop.hooks.gcp import compute_credentials
+
+    adc = tmp_path / "adc.json"  # application default credentials of a user: no key, no network needed
+    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "tuneloop.apps.googleusercontent.com",
+                               "client_secret": "s", "refresh_token": "r", "quota_project_id": PROJECT}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
+    monkeypatch.setenv("AIRFLOW_CONN_GCP_TUNELOOP", json.dumps({"conn_type": "google_cloud_platform"}))
+
+    assert isinstance(compute_credentials("gcp_tuneloop", "http://127.0.0.1:9"), AnonymousCredentials)
+    credentials = compute_credentials("gcp_tuneloop", None)
+    assert credentials.client_id == "tuneloop.apps.googleusercontent.com"

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tuneloop.backends import LocalBackend, TrainerFailed, get_backend
+from tuneloop.backends import LocalBackend, TrainerFailed
 from tuneloop.config import load_config
 from tuneloop.pipeline import (
     PipelineRun,
@@ -91,9 +91,15 @@ def test_flat_metrics_reads_the_gate_record():
     assert "cer_p_value" not in flat
 
 
-def test_unknown_backend_lists_the_known_ones():
-    with pytest.raises(ValueError, match="known: local"):
-        get_backend("gke-typo", timeout_s=10)
+def test_unknown_backend_lists_the_known_ones(config):
+    with pytest.raises(ValueError, match="known: local, kubernetes, gke, gce"):
+        PipelineRun(config, "r", RunParams(backend="gke-typo")).backend()
+
+
+def test_remote_backends_need_object_storage(config):
+    with pytest.raises(ValueError, match="training.backend=gce runs the trainer on another machine.*gs://"):
+        PipelineRun(config, "r", RunParams(backend="gce")).backend()
+    assert PipelineRun(config, "r", RunParams(backend="local")).backend() == "local"
 
 
 def test_local_backend_reports_the_trainers_failure(tmp_path):

@@ -50,7 +50,7 @@ def test_the_exact_pod_spec(backend):
     assert pod["metadata"]["name"] == pod_name(RUN_ID, "train")
     assert pod["metadata"]["labels"]["tuneloop/step"] == "train"
     assert (op.deferrable, op.get_logs, op.on_finish_action.value if hasattr(op.on_finish_action, "value")
-            else op.on_finish_action, op.pool) == (True, True, "delete_pod", "gpu")
+            else op.on_finish_action) == (True, True, "delete_pod")
 
 
 def test_no_secret_value_anywhere_in_the_spec():

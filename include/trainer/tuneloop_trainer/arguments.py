@@ -149,14 +149,15 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
 
 
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
-    """Read a JSON object from ``path``; a missing or malformed file is a :class:`SpecError` naming it."""
-    file = Path(path)
-    if not file.is_file():
-        raise SpecError(f"{what} {file} does not exist")
+    """Read a JSON object from ``path`` (a local path or any fsspec URI such as ``gs://bucket/spec.json``); a
+    missing or malformed file is a :class:`SpecError` naming it."""
+    from tuneloop_trainer import staging  # imported here: staging imports SpecError from this module
+
+    text = staging.read_text(str(path), what)
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise SpecError(f"{what} {file} is not valid JSON: {error}") from error
+        raise SpecError(f"{what} {path} is not valid JSON: {error}") from error
     if not isinstance(data, dict):
-        raise SpecError(f"{what} {file} must hold a JSON object")
+        raise SpecError(f"{what} {path} must hold a JSON object")
     return data

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tuneloop_trainer {train,evaluate,init-model}``.
+"""Command line: ``python -m tuneloop_trainer {train,evaluate,evaluate-jobs,init-model}``.
 
 The same command runs locally (subprocess), in a Kubernetes pod and on a VM. Bad input exits with status 2 and
 one ``error:`` line that names the field; training failures keep their traceback.
@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="Transcribe a JSONL split into predictions JSONL.")
     add_dataclass_arguments(evaluate, EvaluateArguments)
 
+    jobs = commands.add_parser("evaluate-jobs", help="Transcribe with several models, as a jobs file lists.")
+    jobs.add_argument("--jobs", required=True, help='JSON (path or URI): {"batch_size": N, "jobs": [{"model_dir": M, '
+                      '"data": [...], "output": [...]}, ...]}; torch loads once, each model once.')
+
     init = commands.add_parser("init-model", help="Write a randomly initialised tiny model + processor.")
     init.add_argument("--output", required=True, help="Directory to write (save_pretrained layout).")
     add_dataclass_arguments(init, ModelSize)
@@ -67,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
         from tuneloop_trainer import evaluate
 
         evaluate.main(evaluate_args)
+    elif args.command == "evaluate-jobs":
+        requests = load_jobs(args.jobs)
+        _quiet_transformers()
+        from tuneloop_trainer import evaluate
+
+        for request in requests:
+            evaluate.main(request)
     else:
         size = from_mapping(ModelSize, overrides_from_namespace(args, ModelSize))
         _quiet_transformers()
@@ -86,6 +97,23 @@ def load_spec(args: argparse.Namespace) -> TrainingSpec:
     """The spec file (if any) with command-line overrides applied, validated field by field."""
     base = read_json_object(args.spec, "spec file") if args.spec else {}
     return from_mapping(TrainingSpec, merge(base, overrides_from_namespace(args, TrainingSpec)))
+
+
+def load_jobs(uri: str) -> list[EvaluateArguments]:
+    """The jobs file as evaluate requests, every one validated before any model is loaded."""
+    data = read_json_object(uri, "jobs file")
+    if not isinstance(data.get("jobs"), list):
+        raise SpecError(f"jobs file {uri}: field 'jobs' must be a list of {{model_dir, data, output}} objects")
+    batch = data.get("batch_size", 16)
+    requests = []
+    for number, job in enumerate(data["jobs"]):
+        if not isinstance(job, dict):
+            raise SpecError(f"jobs file {uri}: jobs[{number}] must be an object")
+        try:
+            requests.append(from_mapping(EvaluateArguments, {"batch_size": batch, **job}))
+        except SpecError as error:
+            raise SpecError(f"jobs file {uri}: jobs[{number}]: {error}") from error
+    return requests
 
 
 def prefer_passive_openmp() -> None:

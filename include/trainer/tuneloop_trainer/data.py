@@ -2,6 +2,8 @@
 
 Row schema (written by the Airflow side's export): ``{"id", "audio", "text", "duration_s", "sample_rate",
 "voice", "condition", "source", ...}`` where ``audio`` is relative to the JSONL file's directory or absolute.
+Everything here reads local files: a split on object storage is first staged with its audio by
+:func:`tuneloop_trainer.staging.stage_split`.
 """
 
 from __future__ import annotations
@@ -21,16 +23,6 @@ from tuneloop_trainer.audio import SAMPLE_RATE, load_audio
 from tuneloop_trainer.text import normalize_text
 
 REQUIRED_ROW_FIELDS = ("id", "audio", "text")
-
-
-def local_path(uri: str) -> Path:
-    """Map a ``file://`` URI or plain path to a Path; other schemes must be staged locally by the backend."""
-    if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
-    if "://" in uri:
-        raise SpecError(f"{uri!r}: only local paths and file:// URIs are readable here; "
-                        "copy remote data to local disk before calling the trainer")
-    return Path(uri)
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -3,6 +3,10 @@
 One output row per input row, in input order: ``{"id", "reference", "hypothesis", "latency_ms", ...}`` plus
 every other input field except ``audio`` and ``text`` (voice, condition, source, duration_s, ...), so the gate
 can slice without re-reading the dataset. ``latency_ms`` is the row's share of its batch's wall time.
+
+The model, the splits and the outputs may be remote (``gs://...``): model and splits are staged to local disk
+(with the audio the rows reference), and each predictions file is written locally and uploaded as one object,
+so that on object storage too a predictions file that exists is complete.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Any
 
 import torch
 
-from tuneloop_trainer.data import iter_eval_batches, local_path, make_batch, read_rows
+from tuneloop_trainer import staging
+from tuneloop_trainer.data import iter_eval_batches, make_batch, read_rows
 from tuneloop_trainer.modeling import check_model_dir, load_model, load_processor
 from tuneloop_trainer.spec import EvaluateArguments
 from tuneloop_trainer.text import normalize_text
@@ -27,17 +32,21 @@ NOT_PASSED_THROUGH = ("audio", "text")
 
 
 def main(args: EvaluateArguments) -> list[Path]:
-    """Transcribe each ``args.data`` file with ``args.model_dir`` into its ``args.output``; returns the paths."""
+    """Transcribe each ``args.data`` file with ``args.model_dir`` into its ``args.output``; returns the local files
+    written (for a remote output, the scratch copy that was uploaded)."""
     configure_threads()
-    model_dir = local_path(args.model_dir)
+    model_dir = staging.stage_dir(args.model_dir, "model_dir")
     check_model_dir(model_dir, "model_dir")
-    splits = [read_rows(local_path(data)) for data in args.data]  # all inputs checked before any work
+    splits = [read_rows(staging.stage_split(data, "data")) for data in args.data]  # all inputs checked first
     processor, model = load_processor(model_dir), load_model(model_dir).eval()
     written = []
     for rows, output in zip(splits, args.output, strict=True):
         start = time.perf_counter()
-        path = write_jsonl_atomic(local_path(output), transcribe_rows(rows, model, processor, args.batch_size))
+        path = write_jsonl_atomic(staging.working_file(output),
+                                  transcribe_rows(rows, model, processor, args.batch_size))
         log.info("wrote %d predictions to %s in %.1f s", len(rows), path, time.perf_counter() - start)
+        if staging.is_remote(output):
+            staging.upload_file(path, output)
         written.append(path)
     return written
 

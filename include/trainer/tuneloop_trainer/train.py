@@ -3,6 +3,11 @@
 Outputs in ``output_uri``: ``model/`` (merged weights + processor, loadable with ``from_pretrained``),
 ``metrics.json`` and ``checkpoints/step-N``. Re-running a finished spec is a no-op; re-running an interrupted
 one resumes from its newest checkpoint.
+
+Every URI may be remote (``gs://...``, see :mod:`tuneloop_trainer.staging`): inputs are staged to local disk, and
+a remote output is written in a local working folder and mirrored to the bucket, which stays the source of truth
+so that a new machine with an empty disk can resume: each checkpoint is uploaded when saved, and at the end
+``model/`` and then ``metrics.json`` (present = finished).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from tuneloop_trainer import checkpoint as ckpt
+from tuneloop_trainer import staging
 from tuneloop_trainer.arguments import SpecError
-from tuneloop_trainer.data import epoch_order, local_path, make_batch, read_rows, shuffle_transcripts
+from tuneloop_trainer.data import epoch_order, make_batch, read_rows, shuffle_transcripts
 from tuneloop_trainer.modeling import (
     check_model_dir,
     count_parameters,
@@ -59,11 +65,12 @@ class Plan:
 
 def main(spec: TrainingSpec) -> dict[str, Any]:
     """Train as ``spec`` says and return the metrics written to metrics.json."""
-    output = local_path(spec.output_uri)
-    finished = finished_metrics(output, spec)
+    finished = finished_metrics(spec)
     if finished is not None:
-        log.info("%s already holds a finished run of this spec (hash %s); nothing to do", output, spec.spec_hash()[:12])
+        log.info("%s already holds a finished run of this spec (hash %s); nothing to do", spec.output_uri,
+                 spec.spec_hash()[:12])
         return finished
+    output = staging.working_dir(spec.output_uri)
     configure_threads()
     device = select_device(spec.precision)
     seed_everything(spec.seed)
@@ -78,15 +85,17 @@ def main(spec: TrainingSpec) -> dict[str, Any]:
     state = train_loop(spec, plan, rows, model, processor, optimizer, scheduler, start, output, device, tracker)
     save_model(model, processor, output)
     resumed_from = start.global_step or None
-    return write_metrics(output, spec, plan, counts, state, resumed_from, len(rows), tracker)
+    metrics = write_metrics(output, spec, plan, counts, state, resumed_from, len(rows), tracker)
+    publish_output(output, spec.output_uri)
+    return metrics
 
 
-def finished_metrics(output: Path, spec: TrainingSpec) -> dict[str, Any] | None:
-    """metrics.json of a finished run of the same spec, or None when training is needed."""
-    metrics_file = output / METRICS_FILE
-    if not metrics_file.is_file() or not (output / MODEL_DIR / "config.json").is_file():
+def finished_metrics(spec: TrainingSpec) -> dict[str, Any] | None:
+    """metrics.json of a finished run of the same spec in ``output_uri``, or None when training is needed."""
+    metrics_uri = staging.join(spec.output_uri, METRICS_FILE)
+    if not staging.exists(metrics_uri) or not staging.exists(staging.join(spec.output_uri, MODEL_DIR, "config.json")):
         return None
-    metrics = json.loads(metrics_file.read_text())
+    metrics = json.loads(staging.read_text(metrics_uri, "metrics file"))
     return metrics if metrics.get("spec_hash") == spec.spec_hash() else None
 
 
@@ -150,21 +159,30 @@ def seed_everything(seed: int) -> None:
 
 def load_train_rows(spec: TrainingSpec) -> list[dict[str, Any]]:
     """The dataset's train split, with transcripts shuffled across rows when ``label_noise`` is 'shuffle'."""
-    dataset = local_path(spec.dataset_uri)
-    if not dataset.is_dir():
-        raise SpecError(f"dataset_uri {dataset} does not exist or is not a directory")
-    train_file = dataset / "train.jsonl"
-    if not train_file.is_file():
-        raise SpecError(f"dataset_uri {dataset} has no train.jsonl; point it at an exported dataset directory")
+    train_file = train_split(spec.dataset_uri)
     rows = read_rows(train_file)
     if not rows:
-        raise SpecError(f"dataset {dataset} has an empty train split ({train_file} has no rows); "
+        raise SpecError(f"dataset {spec.dataset_uri} has an empty train split ({train_file} has no rows); "
                         "export more corrected error cases first")
     if spec.label_noise == "shuffle":
         log.warning("label_noise=shuffle: training on deliberately mismatched transcripts")
         rows = shuffle_transcripts(rows, spec.seed)
     log.info("train split: %d rows from %s", len(rows), train_file)
     return rows
+
+
+def train_split(dataset_uri: str) -> Path:
+    """The dataset's train.jsonl on local disk; a remote one is staged with the audio of its rows only (the
+    dataset's other splits are not needed for training)."""
+    if staging.is_remote(dataset_uri):
+        return staging.stage_split(staging.join(dataset_uri, "train.jsonl"), "dataset_uri")
+    dataset = staging.local_path(dataset_uri)
+    if not dataset.is_dir():
+        raise SpecError(f"dataset_uri {dataset} does not exist or is not a directory")
+    train_file = dataset / "train.jsonl"
+    if not train_file.is_file():
+        raise SpecError(f"dataset_uri {dataset} has no train.jsonl; point it at an exported dataset directory")
+    return train_file
 
 
 def plan_run(spec: TrainingSpec, num_rows: int) -> Plan:
@@ -174,7 +192,7 @@ def plan_run(spec: TrainingSpec, num_rows: int) -> Plan:
 
 
 def load_model_and_processor(spec: TrainingSpec, device: torch.device) -> tuple[torch.nn.Module, Any]:
-    base = local_path(spec.base_model_uri)
+    base = staging.stage_dir(spec.base_model_uri, "base_model_uri")
     check_model_dir(base, "base_model_uri")
     processor = load_processor(base)
     model = prepare_for_training(base, spec.lora, spec.freeze_feature_encoder).to(device)
@@ -196,7 +214,13 @@ def build_optimizer(model: torch.nn.Module, spec: TrainingSpec, plan: Plan) -> t
 
 def resume_if_possible(output: Path, spec: TrainingSpec, plan: Plan, model: torch.nn.Module,
                        optimizer: torch.optim.Optimizer, scheduler: Any) -> ckpt.TrainState:
-    """Restore the newest compatible checkpoint, or return a fresh state at step 0."""
+    """Restore the newest compatible checkpoint, or return a fresh state at step 0.
+
+    With a remote output the local checkpoints are first made to mirror the bucket's complete ones: this machine
+    may be a new one, and the bucket, not an old disk, says where the run stands.
+    """
+    if staging.is_remote(spec.output_uri):
+        ckpt.pull_remote(staging.join(spec.output_uri, CHECKPOINT_DIR), output / CHECKPOINT_DIR)
     found = ckpt.latest_compatible(output / CHECKPOINT_DIR, spec.resume_key(), plan.total_steps)
     if found is None:
         return ckpt.TrainState(spec.resume_key(), 0, 0, 0, 0.0, 0.0)
@@ -252,8 +276,16 @@ def train_loop(spec: TrainingSpec, plan: Plan, rows: list[dict[str, Any]], model
             tracker.log_metrics({"train_loss": window_loss / window_steps, "learning_rate": lr}, step)
             window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         if step % spec.checkpoint_every_steps == 0 or step == plan.total_steps:
-            ckpt.save_checkpoint(output / CHECKPOINT_DIR, model, optimizer, scheduler, state, spec.keep_checkpoints)
+            save_checkpoint(spec, output, model, optimizer, scheduler, state)
     return state
+
+
+def save_checkpoint(spec: TrainingSpec, output: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, state: ckpt.TrainState) -> None:
+    """Save a checkpoint locally and, for a remote output, upload it at once: the next machine resumes from it."""
+    saved = ckpt.save_checkpoint(output / CHECKPOINT_DIR, model, optimizer, scheduler, state, spec.keep_checkpoints)
+    if staging.is_remote(spec.output_uri):
+        ckpt.push_remote(saved, staging.join(spec.output_uri, CHECKPOINT_DIR))
 
 
 def training_step(model: torch.nn.Module, processor: Any, batch_rows: list[dict[str, Any]], spec: TrainingSpec,
@@ -317,6 +349,19 @@ def write_metrics(output: Path, spec: TrainingSpec, plan: Plan, counts: tuple[in
                          "total_params": total}, state.global_step)
     log.info("done: %d steps, mean loss %.3f, %.1f s", state.global_step, metrics["train_loss"], state.elapsed_s)
     return metrics
+
+
+def publish_output(output: Path, output_uri: str) -> None:
+    """Upload model/ and then metrics.json, whose presence marks a finished output; nothing to do when local.
+
+    A metrics.json from an earlier spec is deleted first, so it never vouches for a half-uploaded model.
+    """
+    if not staging.is_remote(output_uri):
+        return
+    staging.remove(staging.join(output_uri, METRICS_FILE))
+    staging.remove(staging.join(output_uri, MODEL_DIR))
+    staging.upload_dir(output / MODEL_DIR, staging.join(output_uri, MODEL_DIR))
+    staging.upload_file(output / METRICS_FILE, staging.join(output_uri, METRICS_FILE))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -22,3 +22,9 @@ def evaluate_args(model_uri: str, jobs: Sequence[tuple[str, str]], batch_size: i
         raise ValueError("evaluate needs at least one (data, output) pair")
     return ["evaluate", "--model-dir", model_uri, "--data", *(d for d, _ in jobs), "--output",
             *(o for _, o in jobs), "--batch-size", str(batch_size)]
+
+
+def evaluate_jobs_args(jobs_uri: str) -> list[str]:
+    """``evaluate-jobs``: several models, each with its (data, output) pairs, in one process (the jobs file is
+    ``{"batch_size": N, "jobs": [{"model_dir", "data": [...], "output": [...]}]}``)."""
+    return ["evaluate-jobs", "--jobs", jobs_uri]

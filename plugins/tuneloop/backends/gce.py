@@ -3,8 +3,9 @@
 The VM boots Container-Optimized OS, installs the GPU driver, runs the trainer image with the same command line
 as every other backend, writes a completion marker ``{"exit_code", "started_at", "finished_at", "instance"}``
 to the bucket and powers off. Airflow waits for the marker (a deferrable sensor), reads it, fails clearly on a
-non-zero exit status, and deletes the VM whatever happened. Everything here is plain data: the exact instance
-body and script are testable without a cloud project; the marker protocol is tested against a GCS emulator.
+non-zero exit status, and deletes the VM whatever happened. Everything here is plain data or one call to the
+real client: the exact instance body and script are testable without a cloud project; the marker protocol is tested
+against a GCS emulator, creating and deleting VMs against a stand-in speaking the Compute Engine REST API.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +25,16 @@ from tuneloop.config import GceConfig
 # Uploads the marker from a machine that has no gcloud: Google's own CLI image, pinned.
 CLOUD_SDK_IMAGE = "gcr.io/google.com/cloudsdktool/google-cloud-cli:545.0.0-slim"
 _NOT_NAME = re.compile(r"[^a-z0-9-]+")
+# Creating a GPU VM usually takes under a minute; deleting one a minute or two.
+OPERATION_TIMEOUT_SECONDS = 600.0
 
 
 class MarkerError(TrainerFailed):
     """A completion marker that cannot be read (bad JSON, missing field): the VM's outcome is unknown."""
+
+
+class VmError(RuntimeError):
+    """Compute Engine refused or failed to create or delete a trainer VM; the message names the VM and the reason."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +58,12 @@ def instance_name(run_id: str, step: str) -> str:
     return f"{readable}-{digest}"
 
 
-def marker_uri(bucket: str, run_key: str, step: str) -> str:
-    """Where the VM of ``step`` writes its marker: ``gs://bucket/prefix/runs/<run key>/markers/<step>.json``."""
-    if not bucket.startswith("gs://"):
-        raise ValueError(f"training.gce.bucket: must be a gs:// URI, got {bucket!r}")
-    return f"{bucket.rstrip('/')}/runs/{run_key}/markers/{step}.json"
+def marker_uri(storage_root: str, run_key: str, step: str) -> str:
+    """Where the VM of ``step`` writes its marker: ``<storage_root>/runs/<run key>/markers/<step>.json``, in the
+    run's folder (``pipeline.RunPaths.marker``); the VM can only reach object storage."""
+    if not storage_root.startswith("gs://"):
+        raise ValueError(f"storage_root: the gce backend needs a gs:// URI, got {storage_root!r}")
+    return f"{storage_root.rstrip('/')}/runs/{run_key}/markers/{step}.json"
 
 
 def startup_script(config: GceConfig, *, image: str, args: list[str], marker: str,
@@ -143,3 +152,87 @@ def read_marker(client: Any, uri: str) -> Marker | None:
     if not blob.exists():
         return None
     return parse_marker(blob.download_as_text(), uri)
+
+
+# --- creating and deleting the VM -------------------------------------------------------------------------------
+
+
+def compute_client(credentials: Any, api_endpoint: str | None = None) -> Any:
+    """A ``compute_v1.InstancesClient`` over REST, at Google's endpoint or ``api_endpoint``.
+
+    ``api_endpoint`` may carry its scheme (``http://127.0.0.1:PORT`` for the tests' stand-in): the REST transport
+    keeps a given scheme and only adds ``https://`` to a bare host. The client waits for insert and delete through
+    a zone-operations client it builds without our client options, i.e. always at compute.googleapis.com; so with
+    a custom endpoint we hand it one at the same endpoint, or it would create the VM in one place and poll another.
+    """
+    from google.api_core.client_options import ClientOptions
+    from google.cloud import compute_v1
+
+    if not api_endpoint:
+        return compute_v1.InstancesClient(credentials=credentials, transport="rest")
+    options = ClientOptions(api_endpoint=api_endpoint)
+    client = compute_v1.InstancesClient(credentials=credentials, transport="rest", client_options=options)
+    operations = compute_v1.ZoneOperationsClient(credentials=credentials, transport="rest", client_options=options)
+    client._transport._extended_operations_services["zone_operations"] = operations
+    return client
+
+
+def create_vm(client: Any, *, project: str, zone: str, body: dict[str, Any],
+              timeout: float = OPERATION_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """Create the VM ``body`` describes and wait until Compute Engine has it running (not until the trainer ends).
+
+    Idempotent, so a retried task may call it again: a VM of that name already there (409 alreadyExists) is taken
+    as this one. Returns ``{"name", "status", "created"}``, ``created`` False when it already existed. Anything
+    else Compute Engine says no to is a VmError naming the VM and Compute Engine's reasons.
+    """
+    from google.api_core.exceptions import Conflict
+    from google.cloud import compute_v1
+
+    name = body["name"]
+    instance = compute_v1.Instance.from_json(json.dumps(body))  # the body is the API's JSON (camelCase) form
+    try:
+        _run_operation(lambda: client.insert(project=project, zone=zone, instance_resource=instance),
+                       f"creating VM {name} in {project}/{zone}", timeout, passes=Conflict)
+        created = True
+    except Conflict as error:
+        if not _already_exists(error):
+            raise VmError(f"creating VM {name} in {project}/{zone} failed: {error}") from error
+        created = False
+    status = client.get(project=project, zone=zone, instance=name).status
+    return {"name": name, "status": status, "created": created}
+
+
+def delete_vm(client: Any, *, project: str, zone: str, name: str,
+              timeout: float = OPERATION_TIMEOUT_SECONDS) -> bool:
+    """Delete the VM and wait until it is gone: True. False when there was none (a retried cleanup, or a create
+    that never happened): cleaning up must not fail on that; any other refusal is a VmError."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        _run_operation(lambda: client.delete(project=project, zone=zone, instance=name),
+                       f"deleting VM {name} in {project}/{zone}", timeout, passes=NotFound)
+    except NotFound:
+        return False
+    return True
+
+
+def _run_operation(start: Callable[[], Any], what: str, timeout: float, *, passes: type[Exception]) -> None:
+    """Start a zonal operation and wait for it. ``passes`` (the error the caller judges) goes through unchanged;
+    any other API error or the timeout is a VmError saying what failed (the client's message carries a failed
+    operation's ``error.errors``, e.g. "503 SERVICE UNAVAILABLE ZONE_RESOURCE_POOL_EXHAUSTED: ...")."""
+    from google.api_core.exceptions import GoogleAPICallError
+
+    try:
+        start().result(timeout=timeout)
+    except passes:
+        raise
+    except GoogleAPICallError as error:
+        raise VmError(f"{what} failed: {error}") from error
+    except TimeoutError as error:  # concurrent.futures.TimeoutError since Python 3.11
+        raise VmError(f"{what}: the operation was not done within {timeout:g} s") from error
+
+
+def _already_exists(error: Exception) -> bool:
+    """A 409 meaning "a VM of that name exists" (GCE's reason ``alreadyExists``, or an operation's
+    ``RESOURCE_ALREADY_EXISTS``), not another conflict."""
+    return "already exists" in str(error)

@@ -25,14 +25,15 @@ class LocalBackend:
         self.python = python
 
     def train(self, spec_path: Path, *, log_line: LogLine) -> None:
-        self._run(train_args(str(spec_path)), log_line)
+        self.run(train_args(str(spec_path)), log_line=log_line)
 
     def evaluate(
         self, model_dir: Path, jobs: Sequence[tuple[Path, Path]], *, batch_size: int, log_line: LogLine
     ) -> None:
-        self._run(evaluate_args(str(model_dir), [(str(d), str(o)) for d, o in jobs], batch_size), log_line)
+        self.run(evaluate_args(str(model_dir), [(str(d), str(o)) for d, o in jobs], batch_size), log_line=log_line)
 
-    def _run(self, args: list[str], log_line: LogLine) -> None:
+    def run(self, args: list[str], *, log_line: LogLine) -> None:
+        """Run ``python -m tuneloop_trainer <args>``; raise TrainerFailed with the log's tail on a non-zero exit."""
         command = [self.python, *ENTRYPOINT[1:], *args]  # this venv's python instead of "python"
         log_line("running: " + " ".join(command))
         tail: collections.deque[str] = collections.deque(maxlen=30)

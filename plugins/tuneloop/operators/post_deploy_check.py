@@ -17,7 +17,7 @@ class PostDeployCheckOperator(PipelineStepOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         dataset = self.upstream(context, "export_dataset")
         deployed = self.upstream(context, "deploy")["to_version"]
-        result = self.pipeline(context).post_deploy_check(dataset["dataset_dir"], deployed)
+        result = self.pipeline(context).post_deploy_check(dataset["dataset_id"], deployed)
         for reason in result["reasons"]:
             self.log.info("post-deploy: %s", reason)
         if not result["passed"]:

@@ -11,6 +11,7 @@ from tuneloop.operators.base import PipelineStepOperator
 STEPS = ("check_trigger", "approve_training", "export_dataset", "train", "evaluate", "validate", "regression_suite",
          "register", "decide", "approve_deploy", "deploy", "reject", "post_deploy_check", "rollback")
 APPROVALS = ("approve_training", "approve_deploy")
+GROUPS = ("train", "evaluate")  # task groups: their result is <group>.result, their state the worst of their tasks
 
 
 class ReportOperator(PipelineStepOperator):
@@ -20,10 +21,13 @@ class ReportOperator(PipelineStepOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
-        found = ti.get_task_states(dag_id=ti.dag_id, task_ids=list(STEPS), run_ids=[ti.run_id])
-        outcome = {step: ti.xcom_pull(task_ids=step) for step in STEPS if step not in APPROVALS}
+        task_ids = [t for t in self.dag.task_ids if t != self.task_id]
+        found = ti.get_task_states(dag_id=ti.dag_id, task_ids=task_ids, run_ids=[ti.run_id])
+        states = {task: str(state) for task, state in found.get(ti.run_id, {}).items()}
+        outcome = {step: ti.xcom_pull(task_ids=f"{step}.result" if step in GROUPS else step)
+                   for step in STEPS if step not in APPROVALS}
         outcome |= {step: ti.xcom_pull(task_ids=step, key=APPROVAL_KEY) for step in APPROVALS}
-        outcome["states"] = {step: str(state) for step, state in found.get(ti.run_id, {}).items()}
+        outcome["states"] = states | {group: group_state(states, group) for group in GROUPS}
         run = self.pipeline(context)
         record = run.report(outcome)
         for line in record["summary"]:
@@ -31,3 +35,11 @@ class ReportOperator(PipelineStepOperator):
         self.log.info("decision record: %s", record["record"])
         self.link_mlflow_run(context, run)
         return record
+
+
+def group_state(states: dict[str, str], group: str) -> str:
+    """A task group's state for the decision record: failed if any of its tasks failed, else its result's."""
+    members = {task: state for task, state in states.items() if task.startswith(group + ".")}
+    if any(state == "failed" for state in members.values()):
+        return "failed"
+    return members.get(f"{group}.result", "none")

@@ -6,13 +6,15 @@ import time
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
 
 from tuneloop.triggers.gce_marker import GceMarkerTrigger
 
 
 class GceMarkerSensor(BaseOperator):
-    """Succeed with the marker when the trainer exited 0; fail clearly on a non-zero exit, a timeout or an
-    unreadable marker. The VM is deleted by a separate task with trigger rule ``all_done``.
+    """Succeed with the marker when the trainer exited 0; fail clearly on a non-zero exit (without retrying: the
+    same marker would be read again), a timeout or an unreadable marker. The VM is deleted by a separate task with
+    trigger rule ``all_done``.
 
     :param marker_uri: where the VM writes its marker (templated)
     :param timeout_hours: how long the step may run before the wait fails
@@ -43,7 +45,10 @@ class GceMarkerSensor(BaseOperator):
             raise TrainerFailed(f"no completion marker at {event['marker_uri']} within {self.timeout_hours:g} h")
         if event["status"] != "success":
             raise TrainerFailed(f"waiting for {event['marker_uri']} failed: {event['message']}")
-        marker = check_marker(Marker(**event["marker"]), event["marker_uri"])
+        try:
+            marker = check_marker(Marker(**event["marker"]), event["marker_uri"])
+        except TrainerFailed as error:  # the VM's outcome is final: waiting again would read the same marker
+            raise AirflowFailException(str(error)) from error
         self.log.info("trainer VM %s finished: exit 0 (%s -> %s)", marker.instance, marker.started_at,
                       marker.finished_at)
         return event["marker"]

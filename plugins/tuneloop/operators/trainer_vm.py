@@ -1,0 +1,103 @@
+"""The ``gce`` backend as three tasks: create the trainer VM, wait for its completion marker, delete it.
+
+The VM's instance body and startup script come from :mod:`tuneloop.backends.gce`; the VM writes its marker into
+the run's folder in the bucket (``runs/<run key>/markers/<step>.json``). ``delete_vm`` has trigger rule
+``all_done`` in the group, so a failed or timed-out step still gives its VM back; on the other backends it skips.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowSkipException
+
+from tuneloop.operators.base import PipelineStepOperator
+from tuneloop.sensors.gce_marker import GceMarkerSensor
+
+
+def _prepared(task: Any, context: Context) -> dict[str, Any] | None:
+    from tuneloop.operators.trainer_step import STEP_KEY, sibling
+
+    return context["ti"].xcom_pull(task_ids=sibling(task, "prepare"), key=STEP_KEY)
+
+
+def _compute(config: Any) -> Any:
+    from tuneloop.backends.gce import compute_client
+    from tuneloop.hooks.gcp import compute_credentials
+
+    gce = config.training.gce
+    if not gce.project_id:
+        raise ValueError("training.gce.project_id: required by the gce backend")
+    return compute_client(compute_credentials(gce.gcp_conn_id, gce.api_endpoint), gce.api_endpoint)
+
+
+class CreateTrainerVmOperator(PipelineStepOperator):
+    """Create the step's GPU VM (idempotent: a retry finds the VM it created). Any marker an earlier attempt
+    left is removed first, so the wait sees this VM's outcome."""
+
+    ui_color = "#fce8e6"
+
+    def __init__(self, *, step: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.step = step
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from tuneloop import storage
+        from tuneloop.backends.gce import create_vm, instance_body, instance_name, marker_uri, startup_script
+        from tuneloop.pipeline import run_key
+
+        run, prepared = self.pipeline(context), _prepared(self, context)
+        gce, marker = run.config.training.gce, run.paths.marker(self.step)
+        uri = marker_uri(storage.uri(run.config.resolved_storage_root), run_key(context["run_id"]), self.step)
+        client = _compute(run.config)
+        if marker.exists():
+            marker.unlink()
+        name = instance_name(context["run_id"], self.step)
+        script = startup_script(gce, image=run.config.training.pod.image, args=prepared["args"],
+                                marker=uri, env=dict(run.config.training.pod.env))
+        body = instance_body(gce, name=name, script=script, labels={"tuneloop-step": self.step})
+        instance = create_vm(client, project=gce.project_id, zone=gce.zone, body=body)
+        self.log.info("trainer VM %s (%s, %s x %s in %s): %s", name, gce.machine_type, gce.accelerator_count,
+                      gce.accelerator_type, gce.zone, instance)
+        return {"instance": name, "marker_uri": uri}
+
+
+class TrainerVmSensor(GceMarkerSensor):
+    """Wait (deferred, in the triggerer) for the VM's completion marker; fail on a non-zero exit status."""
+
+    def __init__(self, *, step: str, **kwargs: Any) -> None:
+        super().__init__(marker_uri="", **kwargs)
+        self.step = step
+
+    def execute(self, context: Context) -> None:
+        from tuneloop.config import load_config
+        from tuneloop.operators.trainer_step import sibling
+
+        gce = load_config().training.gce
+        created = context["ti"].xcom_pull(task_ids=sibling(self, "create_vm"))
+        self.marker_uri, self.gcp_conn_id = created["marker_uri"], gce.gcp_conn_id
+        self.poll_seconds, self.timeout_hours = gce.poll_seconds, gce.timeout_hours
+        super().execute(context)
+
+
+class DeleteTrainerVmOperator(PipelineStepOperator):
+    """Delete the step's VM whatever happened (it powers itself off, but a stopped VM still holds its disk and
+    GPU quota). Skips when the run does not use the gce backend."""
+
+    ui_color = "#fce8e6"
+
+    def __init__(self, *, step: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.step = step
+
+    def execute(self, context: Context) -> None:
+        from tuneloop.backends.gce import delete_vm, instance_name
+
+        prepared = _prepared(self, context)
+        if not prepared or prepared["backend"] != "gce":
+            raise AirflowSkipException("this run's trainer did not run on a GCE VM")
+        run = self.pipeline(context)
+        gce, name = run.config.training.gce, instance_name(context["run_id"], self.step)
+        deleted = delete_vm(_compute(run.config), project=gce.project_id, zone=gce.zone, name=name)
+        self.log.info("trainer VM %s %s", name, "deleted" if deleted else "was already gone")
