@@ -11,10 +11,11 @@ How it behaves (as a cluster does unless said otherwise):
 
 * ``POST pods`` stores the manifest exactly as submitted (:attr:`KubernetesApiStandin.pods`), answers with the pod
   ``Pending``, and starts every container after ``pending_seconds`` (default 0: at once; more lets a test go
-  through the operator's wait for the pod to start, and its watch of the pod's events). The pod goes Pending -> Running -> Succeeded / Failed; containers go
-  waiting -> running -> terminated with the exit code and reason ``Completed`` / ``Error`` (killed by a signal:
-  128 + signal, like a container runtime). With ``terminationMessagePolicy: FallbackToLogsOnError`` a failed
-  container's termination message is the tail of its log (80 lines, 2048 bytes at most), as the kubelet does.
+  through the operator's wait for the pod to start, and its watch of the pod's events). The pod goes Pending ->
+  Running -> Succeeded / Failed; containers go waiting -> running -> terminated with the exit code and reason
+  ``Completed`` / ``Error`` (killed by a signal: 128 + signal, like a container runtime). With
+  ``terminationMessagePolicy: FallbackToLogsOnError`` a failed container's termination message is the tail of its
+  log (80 lines, 2048 bytes at most), as the kubelet does.
 * Environment of a container: :meth:`KubernetesApiStandin.base_env` (the variables named in ``passthrough_env``
   taken from this process, plus ``image_env``, by default the trainer image's PYTHONUNBUFFERED=1), then the pod's
   plain ``env`` values, then ``secretKeyRef`` values from :attr:`KubernetesApiStandin.secrets`, keyed by
@@ -58,7 +59,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Self
 from urllib.parse import parse_qs, urlsplit
 
 NODE_NAME = "standin-node"
@@ -362,7 +363,7 @@ def flag(query: Mapping[str, str], name: str) -> bool:
 
 def parse_time_ns(text: str) -> int:
     """RFC 3339 (as in ``sinceTime``) to unix nanoseconds."""
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1_000_000_000)
+    return int(datetime.fromisoformat(text).timestamp() * 1_000_000_000)
 
 
 # --- the server ---------------------------------------------------------------------------------------------------
@@ -421,8 +422,9 @@ class KubernetesApiStandin:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> KubernetesApiStandin:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
@@ -691,7 +693,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     _PODS = r"/api/v1/namespaces/(?P<namespace>[^/]+)/pods"
     _POD = _PODS + r"/(?P<name>[^/]+)"
-    ROUTES = [
+    ROUTES: ClassVar[list[tuple[str, re.Pattern[str], str]]] = [
         ("GET", re.compile(r"/version"), "version"),
         ("GET", re.compile(r"/api/v1/pods"), "list_pods"),
         ("GET", re.compile(_PODS), "list_pods"),
@@ -736,7 +738,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(error.code, error.status())
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        except Exception:
+        except Exception:  # noqa: BLE001 -- any crash is answered 500 and kept for the test to fail on
             self.standin.errors.append(traceback.format_exc())
             self._send_json(500, ApiError(500, "InternalError", traceback.format_exc(limit=3)).status())
 

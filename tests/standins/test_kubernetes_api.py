@@ -63,7 +63,8 @@ def cluster(kubernetes_standin, airflow_db):
 
 
 def test_deferrable_pod_runs_logs_and_is_deleted(cluster, capfd):
-    cluster.pending_seconds = 0.5  # the trigger waits for the start, watching the pod's events
+    # Pending long enough for the trigger to start (after the task defers) and watch the pod's events
+    cluster.pending_seconds = 2.0
     assert run_dag(standin_pods.deferrable_pod) == ("success", "success")
 
     log = task_log(capfd)

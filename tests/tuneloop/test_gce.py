@@ -10,6 +10,7 @@ stand-in REST API (tests/standins/compute_api.py) that boots them the same way.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -285,14 +286,39 @@ def _first_event(trigger):
 def test_marker_trigger_serializes_every_argument():
     from tuneloop.triggers.gce_marker import GceMarkerTrigger
 
-    trigger = GceMarkerTrigger(marker_uri="gs://b/m.json", gcp_conn_id="gcp", poll_seconds=5, deadline=123.0)
-    assert trigger.serialize() == ("tuneloop.triggers.gce_marker.GceMarkerTrigger", {
-        "marker_uri": "gs://b/m.json", "gcp_conn_id": "gcp", "poll_seconds": 5, "deadline": 123.0})
+    instance = {"project": "p", "zone": "z", "name": "vm", "gcp_conn_id": "gcp", "api_endpoint": None}
+    trigger = GceMarkerTrigger(marker_uri="gs://b/m.json", gcp_conn_id="gcp", poll_seconds=5, deadline=123.0,
+                               instance=instance)
+    path, kwargs = trigger.serialize()
+    assert (path, kwargs) == ("tuneloop.triggers.gce_marker.GceMarkerTrigger", {
+        "marker_uri": "gs://b/m.json", "gcp_conn_id": "gcp", "poll_seconds": 5, "deadline": 123.0,
+        "instance": instance})
+    assert GceMarkerTrigger(**kwargs).serialize() == (path, kwargs)
+
+
+@pytest.mark.parametrize("ending", ["powered off", "deleted"])
+def test_a_vm_that_ends_without_a_marker_fails_the_wait_at_once(compute_standin, compute, ending):
+    """A VM that cannot write its marker (here: no such bucket), or that is gone (preempted and deleted): the wait
+    fails now, naming the VM, instead of at the 12 h deadline."""
+    from tuneloop.triggers.gce_marker import GceMarkerTrigger
+
+    name = instance_name(f"no-marker-{ending}", "train")
+    uri = f"gs://no-such-bucket/runs/{name}/markers/train.json"
+    body = instance_body(CONFIG, name=name, script=startup_script(CONFIG, image=IMAGE, args=SUCCEEDS, marker=uri))
+    create_vm(compute, project=PROJECT, zone=CONFIG.zone, body=body)
+    assert compute_standin.wait_for_script(name) == "TERMINATED"
+    if ending == "deleted":
+        delete_vm(compute, project=PROJECT, zone=CONFIG.zone, name=name)
+    instance = {"project": PROJECT, "zone": CONFIG.zone, "name": name, "gcp_conn_id": "unused",
+                "api_endpoint": compute_standin.endpoint}
+    event = _first_event(GceMarkerTrigger(marker_uri=uri, gcp_conn_id="unused", poll_seconds=0.2,
+                                          deadline=time.time() + 3600, instance=instance))
+    status = "GONE" if ending == "deleted" else "TERMINATED"
+    assert event["status"] == "error", event
+    assert f"VM {name} is {status} and wrote no completion marker" in event["message"]
 
 
 def test_marker_trigger_and_sensor_against_the_emulator(vm):
-    import time
-
     from airflow.sdk.exceptions import TaskDeferred
 
     from tuneloop.sensors.gce_marker import GceMarkerSensor

@@ -41,7 +41,7 @@ def test_the_exact_pod_spec(backend):
         "env": [{"name": "MLFLOW_TRACKING_URI", "value": "https://mlflow.acme.internal"},
                 {"name": "MLFLOW_TRACKING_TOKEN",
                  "valueFrom": {"secretKeyRef": {"name": "mlflow-credentials", "key": "token"}}}],
-        "envFrom": [], "ports": [], "volumeMounts": [], "terminationMessagePolicy": "File",
+        "envFrom": [], "ports": [], "volumeMounts": [], "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

@@ -70,6 +70,7 @@ def pod_arguments(config: PodConfig, *, run_id: str, step: str, args: list[str],
         "labels": {"app.kubernetes.io/name": "tuneloop-trainer", "tuneloop/step": step},
         "startup_timeout_seconds": config.startup_timeout_seconds,
         "get_logs": True,
+        "termination_message_policy": "FallbackToLogsOnError",  # a failed pod's error carries its last log lines
         "on_finish_action": "delete_pod",
         "deferrable": True,
     }

@@ -64,7 +64,8 @@ class CreateTrainerVmOperator(PipelineStepOperator):
 
 
 class TrainerVmSensor(GceMarkerSensor):
-    """Wait (deferred, in the triggerer) for the VM's completion marker; fail on a non-zero exit status."""
+    """Wait (deferred, in the triggerer) for the VM's completion marker; fail on a non-zero exit status, or as soon
+    as the VM ends without one (preempted, stopped)."""
 
     def __init__(self, *, step: str, **kwargs: Any) -> None:
         super().__init__(marker_uri="", **kwargs)
@@ -78,6 +79,8 @@ class TrainerVmSensor(GceMarkerSensor):
         created = context["ti"].xcom_pull(task_ids=sibling(self, "create_vm"))
         self.marker_uri, self.gcp_conn_id = created["marker_uri"], gce.gcp_conn_id
         self.poll_seconds, self.timeout_hours = gce.poll_seconds, gce.timeout_hours
+        self.instance = {"project": gce.project_id, "zone": gce.zone, "name": created["instance"],
+                         "gcp_conn_id": gce.gcp_conn_id, "api_endpoint": gce.api_endpoint}
         super().execute(context)
 
 

@@ -18,23 +18,27 @@ class GceMarkerSensor(BaseOperator):
 
     :param marker_uri: where the VM writes its marker (templated)
     :param timeout_hours: how long the step may run before the wait fails
+    :param instance: ``{"project", "zone", "name", "gcp_conn_id", "api_endpoint"}`` of the VM: a VM that ended
+        without a marker (preempted, stopped, deleted) fails the wait at once
     """
 
     template_fields = ("marker_uri",)
     ui_color = "#fce8e6"
 
     def __init__(self, *, marker_uri: str, gcp_conn_id: str = "google_cloud_default", poll_seconds: float = 30,
-                 timeout_hours: float = 12, **kwargs: Any) -> None:
+                 timeout_hours: float = 12, instance: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.marker_uri = marker_uri
         self.gcp_conn_id = gcp_conn_id
         self.poll_seconds = poll_seconds
         self.timeout_hours = timeout_hours
+        self.instance = instance
 
     def execute(self, context: Context) -> None:
         self.defer(trigger=GceMarkerTrigger(marker_uri=self.marker_uri, gcp_conn_id=self.gcp_conn_id,
                                             poll_seconds=self.poll_seconds,
-                                            deadline=time.time() + self.timeout_hours * 3600),
+                                            deadline=time.time() + self.timeout_hours * 3600,
+                                            instance=self.instance),
                    method_name="execute_complete")
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
