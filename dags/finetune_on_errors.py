@@ -10,13 +10,13 @@ start a second). If the conditions stay unmet until the sensor's timeout, the ru
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG
 
 from tuneloop.operators.ingest import IngestInboxOperator
-from tuneloop.schedule import cron
+from tuneloop.schedule import cron, task_defaults
 from tuneloop.sensors.trigger_conditions import TriggerConditionsSensor
 
 with DAG(
@@ -27,7 +27,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["tuneloop", "sensor"],
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args=task_defaults(),
 ) as dag:
     ingest = IngestInboxOperator(task_id="ingest_inbox")
     wait = TriggerConditionsSensor(task_id="wait_for_trigger_conditions")

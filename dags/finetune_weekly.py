@@ -41,7 +41,7 @@ from tuneloop.operators.regression_suite import RegressionSuiteOperator
 from tuneloop.operators.report import ReportOperator
 from tuneloop.operators.trainer_step import trainer_step
 from tuneloop.operators.validate import ValidateOperator
-from tuneloop.schedule import approval_timeout, cron
+from tuneloop.schedule import approval_timeout, cron, task_defaults
 
 with DAG(
     dag_id="finetune_weekly",
@@ -51,7 +51,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["tuneloop", "speech-to-text"],
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args=task_defaults(),
     params={
         "force_trigger": Param(False, type="boolean", description="Train even if trigger conditions are unmet."),
         "auto_deploy": Param(True, type="boolean",

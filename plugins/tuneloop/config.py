@@ -269,6 +269,8 @@ class ScheduleConfig(_Section):
     on_errors_cron: str = "*/30 * * * *"
     sensor_poke_seconds: float = Field(60, gt=0)
     sensor_timeout_minutes: float = Field(25, gt=0, description="how long one sensor run waits before skipping")
+    retries: int = Field(2, ge=0, description="attempts after a failed task (a retried training resumes)")
+    retry_delay_seconds: float = Field(60, ge=0, description="wait before a retry")
 
 
 class TuneloopConfig(_Section):

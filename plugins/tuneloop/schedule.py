@@ -36,3 +36,16 @@ def approval_timeout(section: str, default_hours: float = 72) -> timedelta:
     except (ConfigError, AttributeError) as e:
         log.error("%s.approval_timeout_hours unreadable, using %s h: %s", section, default_hours, e)
         return timedelta(hours=default_hours)
+
+
+@functools.lru_cache(maxsize=None)
+def task_defaults() -> dict[str, object]:
+    """The DAGs' ``default_args``: ``schedule.retries`` and ``schedule.retry_delay_seconds``."""
+    from tuneloop.config import ConfigError, ScheduleConfig, load_config
+
+    try:
+        schedule = load_config().schedule
+    except ConfigError as e:
+        log.error("schedule unreadable, using the default retries: %s", e)
+        schedule = ScheduleConfig()
+    return {"retries": schedule.retries, "retry_delay": timedelta(seconds=schedule.retry_delay_seconds)}

@@ -54,13 +54,15 @@ def test_weekly_shape(dagbag):
 
 @pytest.mark.parametrize("step", ["train", "evaluate"])
 def test_trainer_steps_wire_every_backend(dagbag, step):
-    """prepare branches to one runner per backend; the VM is deleted whatever happened; GPU work takes a pool slot."""
+    """prepare branches to one runner per backend; the VM is deleted whatever happened once created (teardown);
+    GPU work takes a pool slot."""
     dag = dagbag.dags["finetune_weekly"]
     task = lambda name: dag.get_task(f"{step}.{name}")  # noqa: E731
     assert task("prepare").downstream_task_ids == {f"{step}.{t}" for t in ("local", "pod", "create_vm", "result")}
-    assert task("create_vm").downstream_task_ids == {f"{step}.wait_vm"}
+    assert task("create_vm").downstream_task_ids == {f"{step}.wait_vm", f"{step}.delete_vm"}
     assert task("wait_vm").downstream_task_ids == {f"{step}.delete_vm", f"{step}.result"}
-    assert task("delete_vm").trigger_rule == "all_done"
+    assert task("delete_vm").is_teardown and task("delete_vm").trigger_rule == "all_done_setup_success"
+    assert task("create_vm").is_setup and task("delete_vm").on_failure_fail_dagrun
     assert task("result").trigger_rule == "none_failed_min_one_success"
     assert task("pod").pool == task("wait_vm").pool == "gpu" and task("local").pool == "default_pool"
     assert task("local").execution_timeout == task("pod").execution_timeout

@@ -33,6 +33,7 @@ CLUSTER_ENV = {
     "TUNELOOP__SCHEDULE__SENSOR_TIMEOUT_MINUTES": "5",
     "TUNELOOP__SCHEDULE__WEEKLY_CRON": "0 0 29 2 *",
     "TUNELOOP__SCHEDULE__ON_ERRORS_CRON": "0 0 29 2 *",
+    "TUNELOOP__SCHEDULE__RETRY_DELAY_SECONDS": "5",  # the killed worker's training is retried at once
 }
 
 

@@ -7,7 +7,9 @@
 ``prepare`` writes the step's inputs into the run's folder and branches to the chosen backend (or straight to
 ``result`` when a retried run finds the step's outputs complete); ``result`` reads the outputs back and is what
 later steps use. The backend is picked per run (Params form, else ``training.backend``), so every path is wired
-and the others are skipped. ``delete_vm`` runs whatever happened to the VM (trigger rule ``all_done``).
+and the others are skipped. ``delete_vm`` is ``create_vm``'s teardown: it runs whatever happened once the VM was
+created (trigger rule ``all_done_setup_success``), a failed delete fails the run, and on other backends the
+scheduler skips it without running it.
 """
 
 from __future__ import annotations
@@ -130,10 +132,10 @@ def trainer_step(step: str, *, execution_timeout: Any) -> TaskGroup:
         pod = TrainerPodOperator(task_id="pod", step=step, execution_timeout=execution_timeout)
         create_vm = CreateTrainerVmOperator(task_id="create_vm", step=step)
         wait_vm = TrainerVmSensor(task_id="wait_vm", step=step, pool=GPU_POOL)
-        delete_vm = DeleteTrainerVmOperator(task_id="delete_vm", step=step, trigger_rule=TriggerRule.ALL_DONE)
+        delete_vm = DeleteTrainerVmOperator(task_id="delete_vm", step=step)
         result = TrainerStepResultOperator(task_id="result", step=step,
                                            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
         prepare >> [local, pod, create_vm, result]
-        create_vm >> wait_vm >> delete_vm
+        create_vm >> wait_vm >> delete_vm.as_teardown(setups=create_vm, on_failure_fail_dagrun=True)
         [local, pod, wait_vm, delete_vm] >> result
     return group

@@ -1,8 +1,9 @@
 """The ``gce`` backend as three tasks: create the trainer VM, wait for its completion marker, delete it.
 
 The VM's instance body and startup script come from :mod:`tuneloop.backends.gce`; the VM writes its marker into
-the run's folder in the bucket (``runs/<run key>/markers/<step>.json``). ``delete_vm`` has trigger rule
-``all_done`` in the group, so a failed or timed-out step still gives its VM back; on the other backends it skips.
+the run's folder in the bucket (``runs/<run key>/markers/<step>.json``). ``delete_vm`` is ``create_vm``'s
+teardown in the group, so a failed or timed-out step still gives its VM back; a failed create deletes what it
+may have made itself.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class CreateTrainerVmOperator(PipelineStepOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from tuneloop import storage
-        from tuneloop.backends.gce import create_vm, instance_body, instance_name, marker_uri, startup_script
+        from tuneloop.backends.gce import (create_vm, delete_vm, instance_body, instance_name, marker_uri,
+                                           startup_script)
         from tuneloop.pipeline import run_key
 
         run, prepared = self.pipeline(context), _prepared(self, context)
@@ -57,7 +59,11 @@ class CreateTrainerVmOperator(PipelineStepOperator):
         script = startup_script(gce, image=run.config.training.pod.image, args=prepared["args"],
                                 marker=uri, env=dict(run.config.training.pod.env))
         body = instance_body(gce, name=name, script=script, labels={"tuneloop-step": self.step})
-        instance = create_vm(client, project=gce.project_id, zone=gce.zone, body=body)
+        try:
+            instance = create_vm(client, project=gce.project_id, zone=gce.zone, body=body)
+        except Exception:  # delete_vm (the teardown) runs only after a successful create: leave no half-made VM
+            delete_vm(client, project=gce.project_id, zone=gce.zone, name=name)
+            raise
         self.log.info("trainer VM %s (%s, %s x %s in %s): %s", name, gce.machine_type, gce.accelerator_count,
                       gce.accelerator_type, gce.zone, instance)
         return {"instance": name, "marker_uri": uri}
@@ -86,7 +92,7 @@ class TrainerVmSensor(GceMarkerSensor):
 
 class DeleteTrainerVmOperator(PipelineStepOperator):
     """Delete the step's VM whatever happened (it powers itself off, but a stopped VM still holds its disk and
-    GPU quota). Skips when the run does not use the gce backend."""
+    GPU quota). Skips when the run does not use the gce backend (the scheduler normally skips it first)."""
 
     ui_color = "#fce8e6"
 
