@@ -6,15 +6,24 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3.11
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo demo-bad test test-fast test-integration bench cluster cluster-stop lock clean
+.PHONY: setup demo demo-bad ui test test-fast test-integration bench cluster cluster-stop lock clean
 
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml scripts/airflow-wrapper.sh
+	@command -v espeak-ng >/dev/null || command -v apt-get >/dev/null || { echo "make setup: espeak-ng is missing and\
+	 there is no apt-get to install it: install espeak-ng, sox and libsndfile (macOS: brew install espeak-ng sox\
+	 libsndfile), then run make again" >&2; exit 1; }
 	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng sox libsndfile1; }
+	@[ -x $(PY) ] || command -v $(PYTHON) >/dev/null || { echo "make setup: $(PYTHON) not found: install Python 3.11\
+	 (Debian/Ubuntu: apt-get install python3.11 python3.11-venv; macOS: brew install python@3.11), or name one:\
+	 make PYTHON=/path/to/python3.11 ..." >&2; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps -r requirements.txt  # the full pinned set: nothing to resolve
+	@# ...except what torch itself needs, which depends on the build pip found: none for PyTorch's CPU wheel, the
+	@# CUDA libraries for PyPI's Linux build (torch pins their versions).
+	$(PY) -m pip install -q "$$(grep '^torch==' requirements.txt)"
 	$(PY) -m pip check
 	$(PY) -m pip install -q --no-deps -e .
 	sed -e "s|@REPO@|$(CURDIR)|" -e "s|@PYTHON@|$(CURDIR)/$(PY)|" scripts/airflow-wrapper.sh > $(VENV)/bin/airflow
@@ -27,6 +36,11 @@ demo: setup
 
 demo-bad: setup
 	$(VENV)/bin/tuneloop demo --bad-candidate
+
+# The Airflow UI on http://localhost:8080 (user admin, password printed at first start and kept in
+# .airflow/simple_auth_manager_passwords.json.generated); Ctrl-C stops every component.
+ui: setup
+	$(VENV)/bin/airflow standalone
 
 test: setup
 	$(PY) -m pytest
@@ -47,10 +61,18 @@ cluster-stop:
 bench: setup
 	$(PY) benchmarks/bench_gate.py
 
-# Re-resolve the pinned set from requirements.in (needs uv; torch comes from the CPU wheel).
+# Re-resolve the pinned set from requirements.in on PyPI alone, whatever this machine's pip or uv configuration
+# (needs uv). torch's CUDA stack (nvidia-*, cuda-*, triton: PyPI's Linux build only) is left out: setup installs
+# what the torch build it got asks for (nothing for PyTorch's CPU wheel), at the versions torch pins.
 lock:
-	uv pip compile requirements.in --python-version 3.11 --find-links /opt/wheels \
-		--override <(echo "torch==2.13.0+cpu") -o requirements.txt
+	@command -v uv >/dev/null || { echo "make lock: uv not found: install it (pip install uv, or\
+	 https://docs.astral.sh/uv/getting-started/installation/)" >&2; exit 1; }
+	env -u UV_FIND_LINKS -u UV_INDEX -u UV_INDEX_URL -u UV_EXTRA_INDEX_URL -u UV_DEFAULT_INDEX -u UV_CONSTRAINT \
+		-u UV_OVERRIDE -u UV_TORCH_BACKEND uv pip compile requirements.in --no-config --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --default-index https://pypi.org/simple \
+		--no-annotate --no-header -o requirements.txt.new
+	{ sed -n '/^#/p' requirements.txt; grep -vE '^(nvidia-|cuda-|triton==)' requirements.txt.new; } > requirements.txt.tmp
+	mv requirements.txt.tmp requirements.txt && rm requirements.txt.new
 
 clean:
 	rm -rf $(VENV) .airflow .tuneloop .demo

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloop.history import version_label
 from tuneloop_demo.baseline import shipped_baseline
 from tuneloop_demo.world import World, build_world, production_utterances, read_split
 
@@ -83,7 +84,8 @@ def run_demo(*, bad_candidate: bool = False, workdir: Path | None = None) -> int
     production = _registry(install).production_version()
     ok = record["status"] == expected and (production == "1") == bad_candidate
     print(f"\ndemo finished in {(time.monotonic() - started) / 60:.1f} min: "
-          f"{'as expected' if ok else 'UNEXPECTED OUTCOME'} ({record['status']}, production v{production})")
+          f"{'as expected' if ok else 'UNEXPECTED OUTCOME'} ({record['status']}, "
+          f"production {version_label(production)})")
     return 0 if ok else 1
 
 
@@ -189,10 +191,12 @@ def print_results(install: Installation, record: dict[str, Any], world: World) -
               f"{suite['wer']:.3f} ({suite['wer_degradation']:+.3f}), {suite['failed_samples']} failed samples: "
               f"{'pass' if suite['passed'] else 'FAIL'}")
     registry = _registry(install)
-    print(f"registry '{install.config().mlflow.model_name}': production v{registry.production_version()}, "
-          f"previous v{registry.previous_version()}")
+    print(f"registry '{install.config().mlflow.model_name}': "
+          f"production {version_label(registry.production_version())}, "
+          f"previous {version_label(registry.previous_version())}")
     for event in _store(install).deployment_history(install.config().mlflow.model_name):
-        print(f"  {event.action:<9} v{event.from_version} -> v{event.to_version}: {event.reason[:110]}")
+        print(f"  {event.action:<9} {version_label(event.from_version)} -> {version_label(event.to_version)}: "
+              f"{event.reason[:110]}")
     print(f"decision record: {install.root / 'tuneloop'}/storage/runs/*/decision.md")
     config = install.config()
     print("\nlook around:")
