@@ -22,7 +22,7 @@ from tuneloop.sensors.trigger_conditions import TriggerConditionsSensor
 with DAG(
     dag_id="finetune_on_errors",
     doc_md=__doc__,
-    schedule=cron("on_errors_cron", "*/30 * * * *"),
+    schedule=cron("on_errors_cron"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -46,7 +46,7 @@ from tuneloop.schedule import approval_timeout, cron, task_defaults
 with DAG(
     dag_id="finetune_weekly",
     doc_md=__doc__,
-    schedule=cron("weekly_cron", "0 2 * * 0"),
+    schedule=cron("weekly_cron"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

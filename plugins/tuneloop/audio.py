@@ -24,11 +24,12 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import soundfile as sf
 
-AudioProblem = Literal["missing", "undecodable", "empty"]
+AudioProblem = Literal["missing", "undecodable", "empty", "non-finite", "silent"]
+SILENCE_PEAK = 1e-4  # -80 dBFS: below one PCM16 step of dither, nothing a model can learn from
 
 
 class AudioError(ValueError):
-    """An audio file cannot be used; ``reason`` is one of missing, undecodable, empty."""
+    """An audio file cannot be used; ``reason`` is one of missing, undecodable, empty, non-finite, silent."""
 
     def __init__(self, path: str | Path, reason: AudioProblem, detail: str = "") -> None:
         self.path = str(path)
@@ -59,10 +60,19 @@ def local_audio_path(uri: str | Path) -> Path | None:
 
 
 def probe_audio(path: str | Path) -> AudioInfo:
-    """Decode ``path`` fully (a readable header alone does not prove the samples are readable) and describe it."""
+    """Decode ``path`` fully (a readable header alone does not prove the samples are readable) and describe it.
+
+    Audio that cannot train is refused here, where ingestion and export both look: no frames, NaN or infinite
+    samples (float WAVs can hold them; one poisons every gradient), or digital silence."""
     data, sample_rate = _read(path)
     if data.shape[0] == 0:
         raise AudioError(path, "empty", "no audio frames")
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise AudioError(path, "non-finite", f"{int(data.size - finite.sum())} NaN or infinite samples")
+    peak = float(np.abs(data).max())
+    if peak < SILENCE_PEAK:
+        raise AudioError(path, "silent", f"peak amplitude {peak:.2g} is below {SILENCE_PEAK:g} (-80 dBFS)")
     digest = hashlib.sha256(f"{sample_rate}:{data.shape[1]}:".encode())
     digest.update(np.ascontiguousarray(data).tobytes())
     return AudioInfo(
@@ -111,9 +121,13 @@ def write_wav16(path: str | Path, samples: np.ndarray, sample_rate: int) -> None
 def _read(path: str | Path) -> tuple[np.ndarray, int]:
     """Read all frames as float32 (frames, channels); missing and undecodable files become AudioError."""
     file = Path(path)
-    if not file.is_file():
+    try:
+        exists, size = file.is_file(), file.stat().st_size if file.is_file() else 0
+    except (OSError, ValueError) as error:  # a name too long, a NUL byte, no permission: unusable all the same
+        raise AudioError(path, "missing", str(error)) from error
+    if not exists:
         raise AudioError(path, "missing", "no such file")
-    if file.stat().st_size == 0:
+    if size == 0:
         raise AudioError(path, "empty", "zero-byte file")
     try:
         data, sample_rate = sf.read(str(file), dtype="float32", always_2d=True)

@@ -3,6 +3,8 @@
     tuneloop ingest FILE.jsonl          store error cases (bad rows reported with reasons, valid rows kept)
     tuneloop status [--json]            cases, trigger conditions, production model, last decisions
     tuneloop history [--limit N]        deployment history: who, when, action, from -> to, why
+    tuneloop runs [--limit N] [--json]  fine-tuning runs, their state, and a running one's deadline
+    tuneloop runs --fail RUN_ID --reason TEXT   end a run stuck as running (cases stay new; kept in history)
     tuneloop rollback [--to VERSION] [--reason TEXT]
     tuneloop bootstrap MODEL_DIR        register an existing model as the first production version
     tuneloop suite add NAME DATA.jsonl [--type critical] [--baseline-wer X --baseline-version V]
@@ -16,11 +18,12 @@ import argparse
 import getpass
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from tuneloop.config import ConfigError, TuneloopConfig, load_config
+from tuneloop.history import version_label
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20)
     history.add_argument("--json", action="store_true")
     history.set_defaults(handler=cmd_history)
+
+    runs = sub.add_parser("runs", help="fine-tuning runs and their state; --fail ends a stuck one by hand")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--json", action="store_true")
+    runs.add_argument("--fail", metavar="RUN_ID", help="end this running run as failed (needs --reason)")
+    runs.add_argument("--reason", help="why the run is ended by hand (kept in the run and the history)")
+    runs.set_defaults(handler=cmd_runs)
 
     rollback = sub.add_parser("rollback", help="put a previous model version back into production")
     rollback.add_argument("--to", dest="to_version", help="version to restore (default: the 'previous' alias)")
@@ -142,14 +152,14 @@ def cmd_status(config: TuneloopConfig, args: argparse.Namespace) -> int:
     for reason in trig["reasons"]:
         print(f"  - {reason}")
     model = status["model"]
-    print(f"model {model['name']}: production v{model['production_version']} "
-          f"(previous v{model['previous_version']})")
+    print(f"model {model['name']}: production {version_label(model['production_version'])} "
+          f"(previous {version_label(model['previous_version'])})")
     for key in sorted(k for k in model["production_tags"] if k.endswith(("wer", "cer")) or k == "dataset_id"):
         print(f"  {key} = {model['production_tags'][key]}")
     print("regression suites:")
     for suite in status["regression_suites"] or [{"name": "(none registered)", "history": []}]:
         latest = suite["history"][:3]
-        shown = "; ".join(f"v{h['model_version']} WER {h['wer']:.3f} {'pass' if h['passed'] else 'FAIL'}"
+        shown = "; ".join(f"{version_label(h['model_version'])} WER {h['wer']:.3f} {'pass' if h['passed'] else 'FAIL'}"
                           for h in latest) or "no results yet"
         print(f"  {suite['name']} ({suite.get('type', '')}): {shown}")
     print("last runs:")
@@ -192,8 +202,8 @@ def cmd_suite_list(config: TuneloopConfig, args: argparse.Namespace) -> int:
                     if suite["baseline_wer"] is not None else "baseline: production, measured each run")
         print(f"{suite['name']} ({suite['type']}, {suite['data_path']}): {baseline}")
         for h in suite["history"]:
-            print(f"  {h['at']:%Y-%m-%d %H:%M}  v{h['model_version']}  WER {h['wer']:.3f}  CER {h['cer']:.3f}  "
-                  f"n={h['n']}  {'pass' if h['passed'] else 'FAIL'}  ({h['run_id']})")
+            print(f"  {h['at']:%Y-%m-%d %H:%M}  {version_label(h['model_version'])}  WER {h['wer']:.3f}  "
+                  f"CER {h['cer']:.3f}  n={h['n']}  {'pass' if h['passed'] else 'FAIL'}  ({h['run_id']})")
     if not suites:
         print("no regression suites (regression.suites in config, or `tuneloop suite add`)")
     return 0
@@ -207,10 +217,61 @@ def cmd_history(config: TuneloopConfig, args: argparse.Namespace) -> int:
         print(json.dumps([e.to_dict() for e in events], indent=2, default=str))
         return 0
     for e in events:
-        print(f"{e.at:%Y-%m-%d %H:%M:%S}  {e.action:<10} {e.from_version or '-':>4} -> {e.to_version or '-':<4} "
-              f"by {e.actor}: {e.reason}")
+        print(f"{e.at:%Y-%m-%d %H:%M:%S}  {e.action:<10} {version_label(e.from_version):>4} -> "
+              f"{version_label(e.to_version):<4} by {e.actor}: {e.reason}")
     if not events:
         print("no deployments yet")
+    return 0
+
+
+def cmd_runs(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    from tuneloop.store import ErrorCaseStore
+
+    store = ErrorCaseStore.from_config(config)
+    if args.fail:
+        return fail_run(config, store, args.fail, args.reason)
+    if args.reason:
+        raise ValueError("--reason: only with --fail RUN_ID")
+    runs = store.training_runs(limit=args.limit)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in runs], indent=2, default=str))
+        return 0
+    now, deadline = datetime.now(timezone.utc), timedelta(hours=config.schedule.run_timeout_hours)
+    for run in runs:
+        print(f"{run.started_at:%Y-%m-%d %H:%M}  {run.status:<21} {run.run_id}  {_run_note(run, now, deadline)}")
+    if not runs:
+        print("no fine-tuning runs yet")
+    return 0
+
+
+def _run_note(run: Any, now: datetime, deadline: timedelta) -> str:
+    """A running run's age and deadline; a finished run's end time and, for a failed one, why."""
+    if run.status == "running":
+        age = now - run.started_at
+        left_h = (deadline - age) / timedelta(hours=1)
+        until = f"deadline in {left_h:.1f} h" if left_h > 0 else "past its deadline (failed at the next check)"
+        return f"running for {age / timedelta(hours=1):.1f} h, {until}"
+    reason = run.summary.get("reason")
+    return f"finished {run.finished_at:%Y-%m-%d %H:%M}" + (f": {reason}" if reason else "")
+
+
+def fail_run(config: TuneloopConfig, store: Any, run_id: str, reason: str | None) -> int:
+    """End a run stuck as running, by hand: the run row says why, and the deployment history says who."""
+    from tuneloop.history import DeploymentEvent
+
+    if not reason or not reason.strip():
+        raise ValueError("--reason: say why the run is ended by hand (kept in the run and the history)")
+    run = store.training_run(run_id)
+    if run.status != "running":
+        raise ValueError(f"--fail: run {run_id} is not running (it finished {run.status})")
+    actor = f"cli:{getpass.getuser()}"
+    if not store.fail_training_run(run_id, f"failed by hand ({actor}): {reason}"):
+        raise ValueError(f"--fail: run {run_id} finished while this command ran: left as it is")
+    production = next(iter(store.deployed_versions(config.mlflow.model_name)), None)
+    store.record_deployment(DeploymentEvent(action="run_failed", model_name=config.mlflow.model_name,
+                                            from_version=production, to_version=production, reason=reason,
+                                            actor=actor, run_id=run_id))
+    print(f"run {run_id}: failed by hand ({reason}); its cases stay available for the next run")
     return 0
 
 
@@ -222,7 +283,7 @@ def cmd_rollback(config: TuneloopConfig, args: argparse.Namespace) -> int:
     registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
     event = rollback(registry, ErrorCaseStore.from_config(config), to_version=args.to_version,
                      reason=args.reason, actor=f"cli:{getpass.getuser()}")
-    print(f"production: v{event.from_version} -> v{event.to_version} ({event.reason})")
+    print(f"production: {version_label(event.from_version)} -> {version_label(event.to_version)} ({event.reason})")
     return 0
 
 
@@ -239,7 +300,7 @@ def cmd_bootstrap(config: TuneloopConfig, args: argparse.Namespace) -> int:
     run_id = tracking.ensure_run(config, "bootstrap", dag_id="cli")
     event = bootstrap_production(registry, ErrorCaseStore.from_config(config), args.model_dir, run_id=run_id,
                                  reason=args.reason, actor=f"cli:{getpass.getuser()}", serving_code=serving_path())
-    print(f"production: v{event.to_version} ({event.reason})")
+    print(f"production: {version_label(event.to_version)} ({event.reason})")
     return 0
 
 

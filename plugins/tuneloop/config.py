@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "TUNELOOP__"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +60,10 @@ class DatasetConfig(_Section):
                                                        "mistakes does not erode what the model already does well")
     replay_size: int | None = Field(None, ge=1, description="rows drawn from replay_path (seeded); default all")
     replay_seed: int = 0
+    max_chars_per_second: float = Field(
+        50.0, gt=0, description="transcript characters one second of audio can carry: a wav2vec2-style CTC model "
+        "emits 50 frames per second and needs one per character, so a longer transcript cannot be aligned "
+        "(people rarely speak over ~20 characters per second)")
 
     @model_validator(mode="after")
     def _durations(self) -> "DatasetConfig":
@@ -155,6 +159,11 @@ class TrainingConfig(_Section):
     gce: GceConfig = GceConfig()
 
 
+# Fields every exported eval row carries whatever dataset.slice_fields says (tuneloop.datasets writes them); with
+# dataset.slice_fields they are all a slice can split on.
+EXPORTED_ROW_FIELDS = ("duration_s", "sample_rate", "created_at", "model_version", "source")
+
+
 class SliceSpec(_Section):
     """A metadata field of the eval rows whose values are gated one by one (e.g. ``condition``: clean / noisy).
 
@@ -235,7 +244,9 @@ class RegressionConfig(_Section):
 
     run_on_deploy: bool = Field(True, description="run every suite on each candidate before deciding")
     fail_on_critical_degradation: bool = True
-    critical_degradation_threshold: float = Field(0.1, ge=0, description="relative WER rise that is critical")
+    critical_degradation_threshold: float = Field(
+        0.1, ge=0, description="rise of a suite's WER over its baseline that is critical, in absolute WER (0.1: ten "
+        "points, e.g. 0.15 -> 0.26), like every other WER threshold here; blocks the run whatever the suite's type")
     max_failed_samples_rate: float = Field(0.05, ge=0, le=1, description="share of samples allowed to fail")
     sample_degradation_threshold: float = Field(0.2, ge=0, description="per-sample WER rise that fails it")
     exclude_suite_texts: bool = Field(True, description="leakage guard also matches transcripts, not only audio")
@@ -245,7 +256,9 @@ class RegressionConfig(_Section):
 class DeploymentConfig(_Section):
     """How a passing candidate is promoted (the seed's DeploymentConfig)."""
 
-    deployment_strategy: Literal["replace"] = "replace"
+    deployment_strategy: Literal["replace"] = Field(
+        "replace", description="'replace': the production alias moves to the new version in one step (the only "
+        "strategy so far; the seed's 'canary' and 'blue_green' are refused until they exist)")
     keep_previous_versions: int = Field(5, ge=1, description="deployed versions kept as rollback targets")
     enable_auto_rollback: bool = True
     rollback_on_error_threshold: float = Field(
@@ -253,6 +266,15 @@ class DeploymentConfig(_Section):
     )
     post_deploy_smoke_size: int = Field(20, ge=1, description="eval utterances transcribed through the alias")
     approval_timeout_hours: float = Field(72, gt=0, description="an unanswered deployment approval is a reject")
+
+    @field_validator("deployment_strategy", mode="before")
+    @classmethod
+    def _implemented(cls, value: Any) -> Any:
+        """Refuse the seed's other strategies by name, so a config asking for a canary is not quietly replaced."""
+        if value in ("canary", "blue_green"):
+            raise ValueError(f"{value!r} is not implemented yet; only 'replace' (move the production alias in one "
+                             "step) exists: set deployment_strategy: replace or remove the key")
+        return value
 
 
 class MlflowConfig(_Section):
@@ -271,6 +293,32 @@ class ScheduleConfig(_Section):
     sensor_timeout_minutes: float = Field(25, gt=0, description="how long one sensor run waits before skipping")
     retries: int = Field(2, ge=0, description="attempts after a failed task (a retried training resumes)")
     retry_delay_seconds: float = Field(60, ge=0, description="wait before a retry")
+    run_timeout_hours: float = Field(168, gt=0, description="a fine-tuning run with no result this long after it "
+                                     "started is failed (its cases stay new), whatever Airflow says; keep it above "
+                                     "the longest real run, approval waits included")
+
+    @field_validator("weekly_cron", "on_errors_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        """Refuse here what Airflow would refuse at parse time (the DAG would vanish with an import error)."""
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError("not a cron expression: five fields such as '0 2 * * 0', or a preset such as '@daily'")
+        return value
+
+
+class IngestConfig(_Section):
+    """Limits that turn pathological JSONL rows into clear refusals before they cost memory or time."""
+
+    max_line_bytes: int = Field(1_048_576, ge=1024, description="longer lines are refused unread")
+    max_nesting_depth: int = Field(16, ge=2, description="deepest JSON nesting of a row (the row object is 1)")
+    max_number_digits: int = Field(30, ge=1, description="digits of an integer literal")
+    max_text_chars: int = Field(10_000, ge=1, description="characters of prediction and correction")
+    max_metadata_bytes: int = Field(65_536, ge=2, description="size of a row's metadata as JSON")
+    max_error_types: int = Field(50, ge=1, description="entries in error_types")
+    settle_seconds: float = Field(10, ge=0, description="an inbox file modified more recently is still being "
+                                  "written and waits for the next pass")
 
 
 class TuneloopConfig(_Section):
@@ -282,8 +330,10 @@ class TuneloopConfig(_Section):
                                      "gs://bucket/prefix shared with pods and VMs; default <home>/storage")
     storage_conn_id: str | None = Field(None, description="Airflow connection for an object-storage storage_root "
                                         "(e.g. google_cloud_default); None: the scheme's default credentials")
-    inbox: Path | None = Field(None, description="JSONL batches dropped here are ingested; default <home>/inbox")
+    inbox: str | None = Field(None, description="JSONL batches dropped here are ingested: a folder or a bucket prefix "
+                              "(gs://bucket/inbox, with storage_conn_id); default <home>/inbox")
     trigger: FinetuningConfig = FinetuningConfig()
+    ingest: IngestConfig = IngestConfig()
     dataset: DatasetConfig = DatasetConfig()
     training: TrainingConfig = TrainingConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -291,6 +341,19 @@ class TuneloopConfig(_Section):
     deployment: DeploymentConfig = DeploymentConfig()
     mlflow: MlflowConfig = MlflowConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _slices_are_exported(self) -> "TuneloopConfig":
+        """A slice on a field the export drops puts every row in ``(missing)``: the slice gate would silently
+        re-judge the whole eval set instead of a slice of it. Refuse it at load time."""
+        exported = {*EXPORTED_ROW_FIELDS, *self.dataset.slice_fields}
+        for index, spec in enumerate(self.validation.slices):
+            if spec.field not in exported:
+                raise ValueError(
+                    f"validation.slices[{index}].field: {spec.field!r} is not a field of the exported eval rows, so "
+                    f"every row would be '(missing)'; add it to dataset.slice_fields (case metadata kept per row) "
+                    f"or use one of {sorted(exported)}")
+        return self
 
     @property
     def resolved_store_url(self) -> str:
@@ -304,8 +367,11 @@ class TuneloopConfig(_Section):
         return storage_root(self.storage_root, self.home / "storage", self.storage_conn_id)
 
     @property
-    def resolved_inbox(self) -> Path:
-        return self.inbox or self.home / "inbox"
+    def resolved_inbox(self):
+        """A local ``Path`` or, for ``gs://...``, Airflow's ``ObjectStoragePath`` with ``storage_conn_id``."""
+        from tuneloop.storage import storage_root
+
+        return storage_root(self.inbox, self.home / "inbox", self.storage_conn_id)
 
     @property
     def tracking_uri(self) -> str:
@@ -335,7 +401,10 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     file = Path(path or env.get("TUNELOOP_CONFIG") or DEFAULT_CONFIG_FILE)
     data: dict[str, Any] = {}
     if file.exists():
-        data = yaml.safe_load(file.read_text()) or {}
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{file}: not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: top level must be a mapping, got {type(data).__name__}")
     elif path is not None or "TUNELOOP_CONFIG" in env:
@@ -363,16 +432,25 @@ def _apply_env_overrides(data: dict[str, Any], env: dict[str, str]) -> None:
 
 
 def _parse_env_value(raw: str) -> Any:
-    """Environment values are YAML scalars or JSON lists: ``true``, ``0.01``, ``["q_proj"]``."""
+    """Environment values are YAML scalars or JSON lists: ``true``, ``0.01``, ``["q_proj"]``; anything YAML cannot
+    read (a cron such as ``*/10 * * * *``) is the string itself."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
+        pass
+    try:
         return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def _describe(error: ValidationError, file: Path) -> str:
     lines = [f"invalid tuneloop configuration ({file} and TUNELOOP__ variables):"]
     for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a rule over the whole configuration: its message names the fields, the input is all
+            lines.append(f"  {message}")
+            continue
         field = ".".join(str(p) for p in item["loc"])
-        lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
+        lines.append(f"  {field}: {message} (got {item.get('input')!r})")
     return "\n".join(lines)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.audio import AudioError, AudioInfo, load_mono, local_audio_path, probe_audio, write_wav16
+from tuneloop.intake import transcript_too_long
 from tuneloop.config import DatasetConfig
 from tuneloop.regression import LeakageGuard, SuiteError, read_examples
 from tuneloop.storage import StoragePath, as_path, is_local
@@ -363,6 +364,9 @@ def _local_file(uri: str, fetch_audio: AudioFetcher | None) -> Path | None:
 
 
 def _audio_problem(case: ErrorCase, info: AudioInfo, config: DatasetConfig) -> str | None:
+    too_long = transcript_too_long(case.correction, info.duration_s, config.max_chars_per_second)
+    if too_long:
+        return f"correction too long for its audio: {too_long}"
     if case.audio_hash is not None and case.audio_hash != info.content_hash:
         return f"audio changed since ingestion: {case.audio_uri} no longer matches the stored content hash"
     if info.duration_s < config.min_duration_s:

@@ -15,11 +15,15 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tuneloop import storage
 from tuneloop.config import TuneloopConfig
+from tuneloop.history import RunActor
 from tuneloop.storage import StoragePath
+
+if TYPE_CHECKING:
+    from tuneloop.runs import DagRunStateLookup
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +157,14 @@ class PipelineRun:
         return tracking.ensure_run(self.config, self.run_id)
 
     # -- 1. check_trigger ----------------------------------------------------------------------------------
-    def check_trigger(self) -> dict[str, Any]:
-        """Evaluate the trigger conditions; when they hold, mark this run as the training in progress."""
+    def check_trigger(self, dag_run_state: DagRunStateLookup | None = None) -> dict[str, Any]:
+        """Evaluate the trigger conditions; when they hold, mark this run as the training in progress.
+
+        ``dag_run_state``: Airflow's DAG run states (the operator passes the Task SDK's), so that a run recorded as
+        running whose DAG run is finished or gone stops blocking this one (:mod:`tuneloop.runs`).
+        """
         result = evaluate_trigger(self.config, now=self._now(), force=self.params.force_trigger, store=self.store,
-                                  own_run_id=self.run_id)
+                                  own_run_id=self.run_id, dag_run_state=dag_run_state)
         if result.should_trigger:
             self.store.start_training_run(self.run_id, at=self._now())
         approval = training_approval_reason(self.config, result.should_trigger, self.params.force_trigger)
@@ -172,8 +180,10 @@ class PipelineRun:
 
         suites = self.suites()
         guard = leakage_guard(suites, match_texts=self.config.regression.exclude_suite_texts) if suites else None
-        manifest = export_dataset(self.store, self.config.resolved_storage_root, self.config.dataset,
-                                  run_id=self.run_id, now=self._now(), guard=guard)
+        with tempfile.TemporaryDirectory(prefix="tuneloop-audio-") as scratch:  # error-case audio from buckets
+            manifest = export_dataset(self.store, self.config.resolved_storage_root, self.config.dataset,
+                                      run_id=self.run_id, now=self._now(), guard=guard,
+                                      fetch_audio=storage.audio_fetcher(self.config.storage_conn_id, Path(scratch)))
         if manifest.counts.get("excluded"):
             log.info("export excluded %d case(s) that match regression-suite items (%d by audio, %d by text)",
                      manifest.counts["excluded"], manifest.counts.get("excluded_suite_audio", 0),
@@ -448,18 +458,22 @@ class PipelineRun:
         return None
 
     # -- 8. deploy / reject / approvals / rollback --------------------------------------------------------
-    def deploy(self, version: str) -> dict[str, Any]:
+    def deploy(self, version: str, actor: RunActor | None = None) -> dict[str, Any]:
+        """Promote ``version``; ``actor``: who answers for it (the approver, else whoever started the run)."""
         from tuneloop.deployment import deploy
 
-        event = deploy(self.registry, self.store, version, reason=self._gate_summary(), actor="finetune_weekly",
-                       run_id=self.run_id, keep_previous_versions=self.config.deployment.keep_previous_versions)
+        actor = actor or RunActor()
+        event = deploy(self.registry, self.store, version, reason=self._gate_summary(), actor=actor.name,
+                       run_id=self.run_id, keep_previous_versions=self.config.deployment.keep_previous_versions,
+                       details=actor.details())
         return event.to_dict()
 
-    def reject(self, version: str) -> dict[str, Any]:
+    def reject(self, version: str, actor: RunActor | None = None) -> dict[str, Any]:
         from tuneloop.deployment import reject
 
-        event = reject(self.registry, self.store, version, reason=self._gate_summary(), actor="finetune_weekly",
-                       run_id=self.run_id)
+        actor = actor or RunActor()
+        event = reject(self.registry, self.store, version, reason=self._gate_summary(), actor=actor.name,
+                       run_id=self.run_id, details=actor.details())
         return event.to_dict()
 
     def deployment_summary(self, version: str) -> str:
@@ -506,7 +520,8 @@ class PipelineRun:
         _write_json(self.paths.post_deploy, result.to_dict())
         return result.to_dict()
 
-    def auto_rollback(self, deployed_version: str | None, why: str) -> dict[str, Any] | None:
+    def auto_rollback(self, deployed_version: str | None, why: str,
+                      actor: RunActor | None = None) -> dict[str, Any] | None:
         """Roll back only if production is still the version this run deployed (never someone else's)."""
         from tuneloop.deployment import rollback
 
@@ -514,8 +529,9 @@ class PipelineRun:
         if deployed_version is None or current != deployed_version:
             log.warning("auto-rollback skipped: production is %s, this run deployed %s", current, deployed_version)
             return None
-        return rollback(self.registry, self.store, reason=f"auto-rollback: {why}", actor="finetune_weekly",
-                        run_id=self.run_id).to_dict()
+        actor = actor or RunActor()
+        return rollback(self.registry, self.store, reason=f"auto-rollback: {why}", actor=actor.name,
+                        run_id=self.run_id, details=actor.details()).to_dict()
 
     def _gate_summary(self) -> str:
         gate_result = storage.read_json(self.paths.gate)
@@ -536,24 +552,28 @@ class PipelineRun:
 
 
 def evaluate_trigger(config: TuneloopConfig, *, now: datetime, force: bool, store: Any = None,
-                     own_run_id: str | None = None):
+                     own_run_id: str | None = None, dag_run_state: DagRunStateLookup | None = None):
     """Trigger conditions for the production model. Used by the weekly DAG's first step and by the sensor, so
     both decide alike. ``own_run_id``: a retried check must not see its own run as "a training run in progress".
     Whether a person must approve the training is a separate question: :func:`training_approval_reason`.
-    """
-    from dataclasses import replace
 
+    Runs recorded as running are reconciled first (:mod:`tuneloop.runs`): past ``schedule.run_timeout_hours``
+    always, and against Airflow's DAG run states when ``dag_run_state`` is given; those that are over are failed,
+    so no dead run blocks this check.
+    """
+    from tuneloop.runs import reconcile_running_runs
     from tuneloop.store import ErrorCaseStore
     from tuneloop.triggering import check_trigger
 
     if store is None:
         with ErrorCaseStore.from_config(config) as own_store:
-            return evaluate_trigger(config, now=now, force=force, store=own_store, own_run_id=own_run_id)
+            return evaluate_trigger(config, now=now, force=force, store=own_store, own_run_id=own_run_id,
+                                    dag_run_state=dag_run_state)
+    reconcile_running_runs(store, now=now, timeout=timedelta(hours=config.schedule.run_timeout_hours),
+                           lookup=dag_run_state, exclude_run_id=own_run_id)
     deployed = store.deployed_versions(config.mlflow.model_name)
     window = timedelta(hours=config.trigger.error_rate_window_hours)
-    metrics = store.trigger_metrics(now, window, deployed[0] if deployed else None)
-    if own_run_id is not None and metrics.running_training_run == own_run_id:
-        metrics = replace(metrics, running_training_run=None)
+    metrics = store.trigger_metrics(now, window, deployed[0] if deployed else None, exclude_run_id=own_run_id)
     return check_trigger(metrics, config.trigger, now=now, force=force)
 
 

@@ -13,7 +13,10 @@ production; :func:`run_suite` judges one suite, :func:`run_suites` all of them. 
   of the same sample; more than ``max_failed_samples_rate`` failed samples fail the suite (a ``critical`` suite
   tolerates none);
 - ``wer_degradation > critical_degradation_threshold`` is a critical degradation; with
-  ``fail_on_critical_degradation`` it fails the run whatever the suite's type;
+  ``fail_on_critical_degradation`` it fails the run whatever the suite's type. Absolute, like the suite's own cap
+  that it overrides: the seed's "10% degradation is critical" is ten WER points (0.15 -> 0.26), as its "20%
+  per-sample threshold" is 0.2 WER. A relative rise would make it, with the default caps, stricter than the
+  suite's ``max_wer_degradation`` below a 0.5 baseline, and undefined on a perfectly transcribed suite;
 - a ``smoke`` suite is reported, and blocks only on a critical degradation.
 
 Leakage guard: :func:`leakage_guard` collects every suite item's audio content hash and normalised transcript;
@@ -203,7 +206,8 @@ def run_suite(
                else f"max_failed_samples_rate {allowed_rate:.1%}")
         reasons.append(f"{label}: {samples}, {'within' if within_samples else 'above'} {cap}")
     if critical:
-        reasons.append(f"{label}: critical degradation, WER rose by {degradation:.3f} > critical_degradation_threshold "
+        reasons.append(f"{label}: critical degradation, WER rose by {degradation:.3f} ({baseline_wer:.3f} -> "
+                       f"{cand.corpus_wer:.3f}, absolute) > critical_degradation_threshold "
                        f"{config.critical_degradation_threshold:g}")
     passed = within_wer and within_samples and not critical
     return SuiteResult(

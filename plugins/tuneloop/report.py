@@ -12,6 +12,8 @@ import json
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from tuneloop.history import version_label
+
 if TYPE_CHECKING:
     from tuneloop.pipeline import PipelineRun
 
@@ -89,11 +91,12 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         lines.append("regression verdict: failed")
     if record.get("candidate_version"):
         lines.append(f"candidate: version {record['candidate_version']} "
-                     f"(production before: {record.get('production_before')})")
+                     f"(production before: {record.get('production_before') or 'none'})")
     for key in ("deployment", "rollback"):
         event = record.get(key)
         if event:
-            lines.append(f"{event['action']}: {event['from_version']} -> {event['to_version']} ({event['reason']})")
+            lines.append(f"{event['action']}: {version_label(event['from_version'])} -> "
+                         f"{version_label(event['to_version'])} ({event['reason']})")
     check = record.get("post_deploy_check") or {}
     lines += [f"post-deploy: {r}" for r in check.get("reasons", [])]
     if record["status"] == "failed":
@@ -175,15 +178,24 @@ def _churn_table(churn: dict[str, Any]) -> str:
 def _suites_table(results: list[dict[str, Any]]) -> str:
     rows = [[r["name"], r["type"], r["n"], r["baseline_wer"], r["wer"], r["wer_degradation"], r["failed_samples"],
              "pass" if r["passed"] else ("FAIL" if r["blocking"] else "fail (report only)")] for r in results]
-    return _table(["suite", "type", "n", "baseline WER", "candidate WER", "change", "failed samples", "result"], rows)
+    header = ["suite", "type", "n", "baseline WER", "candidate WER", "WER change (absolute)", "failed samples",
+              "result"]
+    return _table(header, rows)
 
 
 def write_decision_record(run: PipelineRun, outcome: dict[str, Any]) -> dict[str, Any]:
-    """Write decision.json/.md, log them to MLflow and the model version, close the run in the store."""
+    """Close the run in the store, then write decision.json/.md and log them to MLflow and the model version.
+
+    The store's verdict comes first: it is what lets the next run start, so MLflow being down (or anything after
+    it) fails this task, visibly, without leaving the run "in progress". Every step is idempotent (retries).
+    """
     from tuneloop import storage, tracking
 
     status = classify(outcome)
     record = build_record(run, outcome, status)
+    close_run(run, record)
+    storage.write_json(run.paths.root / "decision.json", record)
+    storage.write_text(run.paths.root / "decision.md", to_markdown(record))
     # every run gets its record in MLflow, a skipped one too: "why did nothing happen on Sunday?" has an answer
     mlflow_run = run.mlflow_run_id()
     record["mlflow_run"] = {"id": mlflow_run, "url": tracking.run_url(run.config, mlflow_run, run.config.mlflow.ui_url)}
@@ -195,15 +207,23 @@ def write_decision_record(run: PipelineRun, outcome: dict[str, Any]) -> dict[str
     version = record.get("candidate_version")
     if version:  # the version's page in MLflow says what became of it and where its record is
         run.registry.set_tags(version, {"decision": status, "decision_record": f"runs:/{mlflow_run}/decision"})
+    return {"status": status, "summary": summary_lines(record), "record": storage.uri(run.paths.root / "decision.json"),
+            "mlflow_run_id": mlflow_run}
+
+
+def close_run(run: PipelineRun, record: dict[str, Any]) -> None:
+    """The store's side of the report: the run's status, its suite results, and (after a verdict) its cases
+    consumed. The trained case ids are read before anything is written, so a run is never left finished with
+    its cases unconsumed by a manifest that could not be read."""
+    status, version = record["status"], record.get("candidate_version")
     dataset_id = (record.get("dataset") or {}).get("dataset_id")
+    consumed = _trained_case_ids(run, dataset_id) if status in CONSUMING and dataset_id else []
     run.store.finish_training_run(run.run_id, status, dataset_id=dataset_id, candidate_version=version,
                                   summary={"lines": summary_lines(record)})
     for suite in (record.get("regression") or {}).get("results", []):
         run.store.record_suite_result(run.run_id, {**suite, "model_version": version})
-    if status in CONSUMING and dataset_id:
-        run.store.mark_consumed(_trained_case_ids(run, dataset_id), run.run_id)
-    return {"status": status, "summary": summary_lines(record), "record": storage.uri(run.paths.root / "decision.json"),
-            "mlflow_run_id": mlflow_run}
+    if consumed:
+        run.store.mark_consumed(consumed, run.run_id)
 
 
 def _trained_case_ids(run: PipelineRun, dataset_id: str) -> list[str]:

@@ -1,51 +1,54 @@
-"""Schedules for the DAG files, read from tuneloop configuration.
+"""What the DAG files read from tuneloop configuration at parse time: crons, approval timeouts, retries.
 
-The one thing DAG files read at parse time: a small local YAML file plus environment variables (no network, no
-database), cached per process. A broken config must not break DAG parsing, so it falls back to the default and
-logs the error; the tasks, which load the config again, fail with the full message.
+A small local YAML file plus environment variables (no network, no database), loaded once per process. An invalid
+configuration raises :class:`~tuneloop.config.ConfigError` here, at parse time, so Airflow shows it as the DAG's
+import error naming the field; falling back to defaults would instead run the loop on a schedule, or with approval
+timeouts, that nobody configured.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-log = logging.getLogger(__name__)
-
-
-@functools.lru_cache(maxsize=None)
-def cron(key: str, default: str) -> str:
-    """Return ``schedule.<key>`` from the configuration (e.g. ``weekly_cron``), or ``default`` if unreadable."""
-    from tuneloop.config import ConfigError, load_config
-
-    try:
-        return getattr(load_config().schedule, key)
-    except (ConfigError, AttributeError) as e:
-        log.error("schedule.%s unreadable, using %s: %s", key, default, e)
-        return default
+if TYPE_CHECKING:
+    from tuneloop.config import TuneloopConfig
 
 
-@functools.lru_cache(maxsize=None)
-def approval_timeout(section: str, default_hours: float = 72) -> timedelta:
+@functools.lru_cache(maxsize=1)
+def _config() -> TuneloopConfig:
+    from tuneloop.config import load_config
+
+    return load_config()
+
+
+def clear_cache() -> None:
+    """Forget the loaded configuration (tests, and a long-lived process that must see an edited file)."""
+    _config.cache_clear()
+
+
+def cron(key: str) -> str:
+    """``schedule.<key>`` (e.g. ``weekly_cron``); raises ConfigError when the configuration is invalid."""
+    from tuneloop.config import ConfigError
+
+    value = getattr(_config().schedule, key, None)
+    if not isinstance(value, str):
+        raise ConfigError(f"schedule.{key}: no such cron setting")
+    return value
+
+
+def approval_timeout(section: str) -> timedelta:
     """How long an approval waits (``<section>.approval_timeout_hours``) before it counts as a reject."""
-    from tuneloop.config import ConfigError, load_config
+    from tuneloop.config import ConfigError
 
-    try:
-        return timedelta(hours=getattr(load_config(), section).approval_timeout_hours)
-    except (ConfigError, AttributeError) as e:
-        log.error("%s.approval_timeout_hours unreadable, using %s h: %s", section, default_hours, e)
-        return timedelta(hours=default_hours)
+    hours = getattr(getattr(_config(), section, None), "approval_timeout_hours", None)
+    if hours is None:
+        raise ConfigError(f"{section}.approval_timeout_hours: no such setting")
+    return timedelta(hours=hours)
 
 
-@functools.lru_cache(maxsize=None)
 def task_defaults() -> dict[str, object]:
     """The DAGs' ``default_args``: ``schedule.retries`` and ``schedule.retry_delay_seconds``."""
-    from tuneloop.config import ConfigError, ScheduleConfig, load_config
-
-    try:
-        schedule = load_config().schedule
-    except ConfigError as e:
-        log.error("schedule unreadable, using the default retries: %s", e)
-        schedule = ScheduleConfig()
+    schedule = _config().schedule
     return {"retries": schedule.retries, "retry_delay": timedelta(seconds=schedule.retry_delay_seconds)}

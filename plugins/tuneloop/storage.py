@@ -12,11 +12,12 @@ Libraries that only take local files (matplotlib, MLflow's artifact logging, aud
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,31 @@ def publish_split(jsonl: Path, target: StoragePath) -> StoragePath:
         rows.append(row | {"audio": copy})
     write_text(target, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return target
+
+
+def audio_fetcher(conn_id: str | None, folder: Path) -> Callable[[str], Path]:
+    """For the export: maps an error case's remote audio URI (``gs://...``) to a local copy in ``folder``, read
+    through Airflow's ObjectStoragePath with connection ``conn_id``. An object that does not exist is
+    ``AudioError("missing")`` (the export quarantines that case); other errors (network) propagate, so the
+    task retries."""
+    from tuneloop.audio import AudioError
+
+    def fetch_audio(audio_uri: str) -> Path:
+        from airflow.sdk import ObjectStoragePath
+
+        folder.mkdir(parents=True, exist_ok=True)
+        local = folder / f"{hashlib.sha256(audio_uri.encode()).hexdigest()[:24]}{Path(audio_uri).suffix[:8]}"
+        if not local.exists():
+            try:
+                data = ObjectStoragePath(audio_uri, conn_id=conn_id).read_bytes()
+            except FileNotFoundError as error:
+                raise AudioError(audio_uri, "missing", "no such object") from error
+            partial = local.with_name(local.name + ".part")
+            partial.write_bytes(data)
+            partial.replace(local)
+        return local
+
+    return fetch_audio
 
 
 def fetch(path: StoragePath, folder: Path) -> Path:

@@ -16,10 +16,8 @@ Times are stored as UTC; naive datetimes given to this module are taken to be UT
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -33,10 +31,22 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from tuneloop.audio import AudioError, local_audio_path, probe_audio
 from tuneloop.config import TuneloopConfig
 from tuneloop.history import DeploymentEvent
-from tuneloop.text import normalize_transcript
+from tuneloop.intake import (  # noqa: F401  (ROW_KEYS, CaseDraft: part of the store's API)
+    ROW_KEYS,
+    SNIPPET_CHARS,
+    CaseDraft,
+    IngestLimits,
+    InvalidCase,
+    Line,
+    as_utc,
+    decode_row,
+    parse_case,
+    read_lines,
+    sha256,
+    storable,
+)
 from tuneloop.triggering import TriggerMetrics
 
 log = logging.getLogger(__name__)
@@ -54,7 +64,7 @@ CONSUMING_STATUSES: tuple[RunStatus, ...] = ("deployed", "rejected", "declined",
 # Runs that used training compute: they start the cooldown.
 TRAINED_STATUSES: tuple[RunStatus, ...] = (*CONSUMING_STATUSES, "insufficient_evidence", "failed")
 PRODUCTION_ACTIONS = ("bootstrap", "deploy", "rollback")
-SNIPPET_CHARS = 200
+INGEST_CHUNK_ROWS = 500  # rows parsed, then written, per transaction: memory follows the chunk, not the file
 _WRITE_OPTION = "tuneloop_write"  # marks write transactions (SQLite takes its write lock when they begin)
 _T = TypeVar("_T")
 
@@ -65,15 +75,6 @@ class StoreError(RuntimeError):
 
 class NotFound(StoreError, LookupError):
     """A case or training run named by id does not exist."""
-
-
-class InvalidCase(ValueError):
-    """An error case is refused; ``field`` names the offending input field and ``reason`` says why."""
-
-    def __init__(self, field_name: str, reason: str) -> None:
-        self.field = field_name
-        self.reason = reason
-        super().__init__(f"{field_name}: {reason}")
 
 
 # --------------------------------------------------------------------------------------------------- entities
@@ -316,15 +317,17 @@ class ErrorCaseStore:
     :param clock: returns "now" (aware UTC); injectable so tests are deterministic.
     """
 
-    def __init__(self, url: str, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, url: str, *, clock: Callable[[], datetime] | None = None,
+                 limits: IngestLimits | None = None) -> None:
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._limits = limits or IngestLimits()
         self._engine = _make_engine(url)
         self._writer = self._engine.execution_options(**{_WRITE_OPTION: True})
         _create_tables(self._engine)
 
     @classmethod
     def from_config(cls, config: TuneloopConfig) -> ErrorCaseStore:
-        return cls(config.resolved_store_url)
+        return cls(config.resolved_store_url, limits=IngestLimits.from_config(config))
 
     def __repr__(self) -> str:
         return f"ErrorCaseStore({self._engine.url.render_as_string(hide_password=True)!r})"
@@ -372,68 +375,102 @@ class ErrorCaseStore:
             "annotator": annotator,
             "created_at": created_at,
         }
-        draft = parse_case(row, base_dir=Path.cwd(), default_source=source, now=self._clock())
-        case_id, is_new = self._transaction(lambda conn: self._insert_case(conn, draft))
+        draft = parse_case(row, base_dir=Path.cwd(), default_source=source, now=self._clock(), limits=self._limits)
+        case_id, is_new = self._transaction(lambda conn: self._insert_isolated(conn, draft))
         log.info("%s error case %s", "stored" if is_new else "already had", case_id)
         return case_id
 
-    def ingest_jsonl(self, path: str | Path, *, source: str | None = None) -> IngestReport:
+    def ingest_jsonl(self, path: str | Path, *, source: str | None = None, batch_name: str | None = None,
+                     base_dir: Path | str | None = None) -> IngestReport:
         """Store every valid row of a JSONL batch; refuse the others with line, field and reason.
 
-        Valid rows are stored even when others fail. Relative audio paths are relative to the JSONL file.
-        Re-ingesting the same file stores nothing new (rows come back as duplicates, rejections are not
-        recorded twice). ``source`` is the default for rows without one (default ``"jsonl"``).
+        No row can cost another: each is parsed on its own (bounded by the ``ingest`` limits) and written in its
+        own savepoint, so a row the database refuses is refused alone. Rows are written in chunks of
+        ``INGEST_CHUNK_ROWS``, one transaction each; a database that is unreachable raises (the whole batch can
+        be ingested again later: re-ingesting the same file stores nothing new, rows come back as duplicates and
+        rejections are not recorded twice). Relative audio paths are relative to the JSONL file, or to
+        ``base_dir`` (a folder, or a ``gs://`` prefix for a batch read from a bucket). ``source`` is the default
+        for rows without one (default ``"jsonl"``); ``batch_name`` is how the batch is recorded (default its
+        path).
         """
         file = Path(path).absolute()
         if not file.is_file():
             raise FileNotFoundError(f"{file}: JSONL batch does not exist")
-        drafts, rejected = self._parse_batch(file, default_source=source or "jsonl")
-
-        def write(conn: Connection) -> IngestReport:
-            accepted: list[str] = []
-            duplicates: list[DuplicateRow] = []
-            refused = list(rejected)
-            for line, snippet, draft in drafts:
-                try:
-                    case_id, is_new = self._insert_case(conn, draft)
-                except InvalidCase as error:
-                    refused.append(RejectedRow(line, error.field, error.reason, snippet))
-                    continue
-                if is_new:
-                    accepted.append(case_id)
-                else:
-                    duplicates.append(DuplicateRow(line, case_id))
-            refused.sort(key=lambda r: r.line)
-            self._record_rejections(conn, str(file), refused)
-            return IngestReport(str(file), len(drafts) + len(rejected), tuple(accepted), tuple(duplicates),
-                                tuple(refused))
-
-        report = self._transaction(write)
-        log.info("ingested %s: %d rows, %d stored, %d duplicates, %d rejected", file, report.rows,
+        batch = storable(batch_name or str(file))
+        base = file.parent if base_dir is None else base_dir
+        accepted: list[str] = []
+        duplicates: list[DuplicateRow] = []
+        refused: list[RejectedRow] = []
+        rows = 0
+        with file.open("rb") as handle:
+            for chunk in _batched(read_lines(handle, self._limits.max_line_bytes), INGEST_CHUNK_ROWS):
+                rows += len(chunk)
+                drafts, rejected = self._parse_lines(chunk, base, source or "jsonl")
+                stored, again, refused_here = self._transaction(
+                    lambda conn: self._write_rows(conn, batch, drafts, rejected))  # noqa: B023 (called at once)
+                accepted += stored
+                duplicates += again
+                refused += refused_here
+        report = IngestReport(batch, rows, tuple(accepted), tuple(duplicates), tuple(refused))
+        log.info("ingested %s: %d rows, %d stored, %d duplicates, %d rejected", batch, report.rows,
                  len(report.accepted), len(report.duplicates), len(report.rejected))
         for row in report.rejected:
-            log.warning("%s:%d rejected: %s: %s", file, row.line, row.field, row.reason)
+            log.warning("%s:%d rejected: %s: %s", batch, row.line, row.field, row.reason)
         return report
 
-    def _parse_batch(
-        self, file: Path, *, default_source: str
-    ) -> tuple[list[tuple[int, str, CaseDraft]], list[RejectedRow]]:
-        """Parse and check every line (audio probing included) before any database work."""
-        drafts: list[tuple[int, str, CaseDraft]] = []
+    def _parse_lines(self, lines: list[Line], base: Path | str,
+                     default_source: str) -> tuple[list[tuple[Line, CaseDraft]], list[RejectedRow]]:
+        """Decode and check each line (audio probing included) before any database work."""
+        drafts: list[tuple[Line, CaseDraft]] = []
         rejected: list[RejectedRow] = []
         now = self._clock()
-        with file.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                snippet = raw.decode("utf-8", errors="replace").strip()[:SNIPPET_CHARS]
-                try:
-                    row = _decode_row(raw)
-                    drafts.append((number, snippet, parse_case(row, base_dir=file.parent,
-                                                               default_source=default_source, now=now)))
-                except InvalidCase as error:
-                    rejected.append(RejectedRow(number, error.field, error.reason, snippet))
+        for line in lines:
+            try:
+                row = decode_row(line, self._limits)
+                drafts.append((line, parse_case(row, base_dir=base, default_source=default_source, now=now,
+                                                limits=self._limits)))
+            except InvalidCase as error:
+                rejected.append(RejectedRow(line.number, error.field, error.reason, line.snippet))
+            except Exception as error:  # a rule we lack must still cost only this row; logged as the bug it is
+                log.exception("line %d: unexpected error while checking the row", line.number)
+                rejected.append(RejectedRow(line.number, "row", storable(
+                    f"could not be checked ({type(error).__name__}: {str(error)[:200]})"), line.snippet))
         return drafts, rejected
+
+    def _write_rows(self, conn: Connection, batch: str, drafts: list[tuple[Line, CaseDraft]],
+                    rejected: list[RejectedRow]) -> tuple[list[str], list[DuplicateRow], list[RejectedRow]]:
+        accepted: list[str] = []
+        duplicates: list[DuplicateRow] = []
+        refused = list(rejected)
+        for line, draft in drafts:
+            try:
+                case_id, is_new = self._insert_isolated(conn, draft)
+            except InvalidCase as error:
+                refused.append(RejectedRow(line.number, error.field, error.reason, line.snippet))
+                continue
+            if is_new:
+                accepted.append(case_id)
+            else:
+                duplicates.append(DuplicateRow(line.number, case_id))
+        refused.sort(key=lambda r: r.line)
+        self._record_rejections(conn, batch, refused)
+        return accepted, duplicates, refused
+
+    def _insert_isolated(self, conn: Connection, draft: CaseDraft) -> tuple[str, bool]:
+        """Insert one case in a savepoint: a row the database refuses becomes ``InvalidCase`` and costs only
+        itself. A database that cannot be used at all (connection lost, locked) raises: that is no fault of the
+        row, and the batch is ingested again later."""
+        for attempt in (1, 2):
+            try:
+                with conn.begin_nested():
+                    return self._insert_case(conn, draft)
+            except DBAPIError as error:
+                if _is_transient(error):
+                    raise
+                if isinstance(error, IntegrityError) and attempt == 1:
+                    continue  # a concurrent writer stored the same case between our lookup and insert: look again
+                raise InvalidCase("row", f"the database refused it: {str(error.orig)[:300]}") from error
+        raise AssertionError("unreachable")
 
     def _insert_case(self, conn: Connection, draft: CaseDraft) -> tuple[str, bool]:
         """Insert unless the same id or the same content is stored; return (id, inserted)."""
@@ -452,7 +489,7 @@ class ErrorCaseStore:
         """Record rejections once: a key over (batch, line, field, reason, snippet) makes re-ingestion silent."""
         t = rejections_table
         for row in rows:
-            key = _sha256(json.dumps([batch, row.line, row.field, row.reason, row.snippet]))
+            key = sha256(json.dumps([batch, row.line, row.field, row.reason, row.snippet]))
             if conn.execute(sa.select(t.c.id).where(t.c.rejection_key == key)).first() is None:
                 conn.execute(sa.insert(t).values(rejection_key=key, batch=batch, line=row.line, field=row.field,
                                                  reason=row.reason, snippet=row.snippet, at=self._clock()))
@@ -523,8 +560,10 @@ class ErrorCaseStore:
             training_runs_by_status=runs,
         )
 
-    def trigger_metrics(self, now: datetime, window: timedelta, model_version: str | None) -> TriggerMetrics:
+    def trigger_metrics(self, now: datetime, window: timedelta, model_version: str | None,
+                        *, exclude_run_id: str | None = None) -> TriggerMetrics:
         """The numbers ``check_trigger`` decides on; the window is [now - window, now], both ends included.
+        ``exclude_run_id``: the caller's own run, which is not "another run in progress".
 
         Errors in the window count cases of every state (a consumed or quarantined case was still a mistake of
         the model); inferences are periods that start inside the window.
@@ -544,7 +583,8 @@ class ErrorCaseStore:
             errors = conn.scalar(sa.select(sa.func.count()).select_from(cases_table).where(*case_window)) or 0
             inferences = conn.scalar(sa.select(sa.func.sum(i.count)).where(*inference_window)) or 0
             running = conn.scalar(
-                sa.select(runs_table.c.run_id).where(runs_table.c.status == "running")
+                sa.select(runs_table.c.run_id).where(runs_table.c.status == "running",
+                                                     runs_table.c.run_id != (exclude_run_id or ""))
                 .order_by(runs_table.c.started_at.desc()).limit(1))
         last = self.last_finished_training()
         return TriggerMetrics(
@@ -605,24 +645,68 @@ class ErrorCaseStore:
 
     # ---------------------------------------------------------------------------------------- training runs
 
-    def start_training_run(self, run_id: str, *, at: datetime | None = None) -> TrainingRun:
-        """Record that ``run_id`` is running. Idempotent; a failed or skipped run may start again (a retry), one
-        that reached a verdict may not (its cases may be consumed already: use a new run id)."""
+    def start_training_run(self, run_id: str, *, at: datetime | None = None,
+                           claimed_by: Mapping[str, str] | None = None) -> TrainingRun:
+        """Record that ``run_id`` is running. Idempotent; a failed or skipped run may start again (a retry, with a
+        new start time: its deadline starts over), one that reached a verdict may not (its cases may be consumed
+        already: use a new run id).
+
+        ``claimed_by`` (``{"dag_id", "run_id"}``): the sensor records the run it is about to create, so that nothing
+        else starts meanwhile. Such a row says ``started: false`` until the run's own first step starts it, so a
+        claim that never started can be told apart (:mod:`tuneloop.runs`; it does not start the cooldown).
+        """
         t = runs_table
         now = as_utc(at) if at else self._clock()
+        summary: dict[str, Any] = {"started": claimed_by is None}
+        if claimed_by is not None:
+            summary["claimed_by"] = dict(claimed_by)
 
         def write(conn: Connection) -> None:
             row = conn.execute(sa.select(t).where(t.c.run_id == run_id)).first()
             if row is None:
-                conn.execute(sa.insert(t).values(run_id=run_id, started_at=now, status="running", summary={}))
+                conn.execute(sa.insert(t).values(run_id=run_id, started_at=now, status="running", summary=summary))
             elif row.status in CONSUMING_STATUSES:
                 raise StoreError(f"training run {run_id!r} already finished {row.status}; use a new run id")
             elif row.status != "running":
                 log.info("training run %s restarts after %s", run_id, row.status)
-                conn.execute(sa.update(t).where(t.c.run_id == run_id).values(status="running", finished_at=None))
+                conn.execute(sa.update(t).where(t.c.run_id == run_id).values(
+                    status="running", started_at=now, finished_at=None, summary=summary))
+            elif claimed_by is None and not (row.summary or {}).get("started", True):
+                log.info("claimed training run %s started", run_id)
+                conn.execute(sa.update(t).where(t.c.run_id == run_id).values(
+                    summary={**row.summary, "started": True}))
 
         self._transaction(write)
         return self.training_run(run_id)
+
+    def fail_training_run(self, run_id: str, reason: str, *, at: datetime | None = None) -> bool:
+        """End a ``running`` run as ``failed`` with ``reason`` (reconciliation, or a person); its cases stay new.
+
+        Returns False, changing nothing, when the run is no longer running (its report closed it meanwhile: the
+        check and the write are one statement). An unknown run is an error.
+        """
+        if not reason or not reason.strip():
+            raise ValueError("reason: failing a training run needs a reason")
+        run = self.training_run(run_id)
+        now = as_utc(at) if at else self._clock()
+        summary = _json_value("summary", {**run.summary, "reason": reason})
+        t = runs_table
+
+        def write(conn: Connection) -> int:
+            return conn.execute(sa.update(t).where(t.c.run_id == run_id, t.c.status == "running").values(
+                status="failed", finished_at=now, summary=summary)).rowcount
+
+        changed = self._transaction(write) > 0
+        if changed:
+            log.info("training run %s failed: %s", run_id, reason)
+        return changed
+
+    def running_training_runs(self) -> list[TrainingRun]:
+        """Rows still marked ``running``, oldest first (reconciled by :mod:`tuneloop.runs`)."""
+        t = runs_table
+        query = sa.select(t).where(t.c.status == "running").order_by(t.c.started_at, t.c.run_id)
+        with self._engine.connect() as conn:
+            return [_run_from_row(row) for row in conn.execute(query)]
 
     def finish_training_run(
         self,
@@ -678,13 +762,16 @@ class ErrorCaseStore:
             return [_run_from_row(row) for row in conn.execute(query)]
 
     def last_finished_training(self) -> TrainingRun | None:
-        """The run that finished last among those that trained (any finished status but skipped)."""
+        """The run that finished last among those that trained (any finished status but skipped; not a claimed
+        run that failed before it started)."""
         t = runs_table
         query = (sa.select(t).where(t.c.status.in_(TRAINED_STATUSES), t.c.finished_at.is_not(None))
-                 .order_by(t.c.finished_at.desc(), t.c.run_id.desc()).limit(1))
+                 .order_by(t.c.finished_at.desc(), t.c.run_id.desc()))
         with self._engine.connect() as conn:
-            row = conn.execute(query).first()
-        return _run_from_row(row) if row else None
+            for row in conn.execute(query):
+                if (row.summary or {}).get("started", True):
+                    return _run_from_row(row)
+        return None
 
     # ----------------------------------------------------------------------------------------- deployments
 
@@ -697,7 +784,7 @@ class ErrorCaseStore:
         identity = [event.action, event.model_name, event.from_version, event.to_version, event.run_id]
         if event.run_id is None:
             identity.append(as_utc(event.at).isoformat())
-        key = _sha256(json.dumps(identity))
+        key = sha256(json.dumps(identity))
         details = _json_value("details", dict(event.details))
         t = deployments_table
 
@@ -810,203 +897,7 @@ class ErrorCaseStore:
             return work(conn)
 
 
-# ---------------------------------------------------------------------------------------- case validation
-
-_ALIASES: dict[str, tuple[str, ...]] = {
-    "audio": ("audio_path", "audio_uri"),
-    "prediction": ("prediction", "original_transcript"),
-    "correction": ("correction", "corrected_transcript"),
-}
-_PLAIN_KEYS = ("id", "error_types", "error_score", "model_version", "created_at", "annotator", "source", "metadata")
-ROW_KEYS = frozenset(_PLAIN_KEYS).union(*_ALIASES.values())
-_MISSING = object()
-
-
-@dataclass(frozen=True)
-class CaseDraft:
-    """A validated case, ready to insert."""
-
-    id: str
-    created_at: datetime
-    source: str
-    model_version: str | None
-    audio_uri: str
-    audio_hash: str | None
-    prediction: str
-    correction: str | None
-    error_types: tuple[str, ...]
-    error_score: float | None
-    annotator: str | None
-    metadata: dict[str, Any]
-    content_hash: str
-
-    def values(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["error_types"] = list(self.error_types)
-        data["meta"] = data.pop("metadata")
-        return data
-
-
-def parse_case(row: Mapping[str, Any], *, base_dir: Path, default_source: str, now: datetime) -> CaseDraft:
-    """Check one case (a JSONL row or the arguments of ``store_failed_case``); raise ``InvalidCase``.
-
-    Cheap checks come first; the audio is decoded last. Relative audio paths are resolved against ``base_dir``.
-    """
-    unknown = sorted(set(row) - ROW_KEYS)
-    if unknown:
-        raise InvalidCase(unknown[0], "unknown field (put extra information under metadata)")
-    audio_key, audio = _aliased(row, "audio")
-    if audio is None or (isinstance(audio, str) and not audio.strip()):
-        raise InvalidCase("audio_path", "missing: give audio_path (or audio_uri)")
-    if not isinstance(audio, str):
-        raise InvalidCase(audio_key, f"must be a string path or URI, got {type(audio).__name__}")
-    prediction, correction = _transcripts(row)
-    text = correction if correction is not None else prediction
-    fields = {
-        "error_types": _error_types(row.get("error_types")),
-        "error_score": _error_score(row.get("error_score")),
-        "model_version": _model_version(row.get("model_version")),
-        "annotator": _optional_str(row, "annotator"),
-        "source": _optional_str(row, "source") or default_source,
-        "metadata": _metadata(row.get("metadata")),
-        "created_at": _created_at(row.get("created_at"), now),
-    }
-    case_id = _case_id(row.get("id"))
-    audio_uri, audio_hash = _check_audio(audio_key, audio, base_dir)
-    audio_identity = f"sha256:{audio_hash}" if audio_hash else f"uri:{audio_uri}"
-    content_hash = _sha256(f"{audio_identity}\n{normalize_transcript(text)}")
-    return CaseDraft(id=case_id or content_hash[:32], audio_uri=audio_uri, audio_hash=audio_hash,
-                     prediction=prediction, correction=correction, content_hash=content_hash, **fields)
-
-
-def _aliased(row: Mapping[str, Any], name: str) -> tuple[str, Any]:
-    """Return (key used, value) for a field with two accepted names; both given and different is an error."""
-    present = [(key, row[key]) for key in _ALIASES[name] if row.get(key) is not None]
-    if len(present) > 1 and present[0][1] != present[1][1]:
-        raise InvalidCase(present[0][0], f"{present[0][0]} and {present[1][0]} are both given and differ")
-    return present[0] if present else (_ALIASES[name][0], None)
-
-
-def _transcripts(row: Mapping[str, Any]) -> tuple[str, str | None]:
-    """The prediction must be a string (empty is allowed only with a correction: the model said nothing);
-    a correction, when given, must keep some text after normalisation (use null for "not corrected yet")."""
-    prediction_key, prediction = _aliased(row, "prediction")
-    correction_key, correction = _aliased(row, "correction")
-    if prediction is None:
-        raise InvalidCase("prediction", "missing: give prediction (or original_transcript)")
-    if not isinstance(prediction, str):
-        raise InvalidCase(prediction_key, f"must be a string, got {type(prediction).__name__}")
-    if correction is not None:
-        if not isinstance(correction, str):
-            raise InvalidCase(correction_key, f"must be a string or null, got {type(correction).__name__}")
-        if not normalize_transcript(correction):
-            raise InvalidCase(correction_key, f"empty after normalisation ({correction[:40]!r}); "
-                                              "use null for a case without a correction")
-    elif not normalize_transcript(prediction):
-        raise InvalidCase(prediction_key, f"empty after normalisation ({prediction[:40]!r}) and no correction given")
-    return prediction, correction
-
-
-def _error_types(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidCase("error_types", f"must be a list of strings, got {_describe(value)}")
-    return tuple(value)
-
-
-def _error_score(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidCase("error_score", f"must be a finite number or null, got {_describe(value)}")
-    return float(value)
-
-
-def _model_version(value: Any) -> str | None:
-    """Strings, or integers (MLflow registry versions are often sent as numbers)."""
-    if value is None or (isinstance(value, str) and value.strip()):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise InvalidCase("model_version", f"must be a non-empty string or an integer, got {_describe(value)}")
-
-
-def _optional_str(row: Mapping[str, Any], name: str) -> str | None:
-    value = row.get(name)
-    if value is None or isinstance(value, str):
-        return value or None
-    raise InvalidCase(name, f"must be a string or null, got {_describe(value)}")
-
-
-def _metadata(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidCase("metadata", f"must be a JSON object, got {_describe(value)}")
-    try:
-        return _json_value("metadata", value)
-    except ValueError as error:
-        raise InvalidCase("metadata", str(error).removeprefix("metadata: ")) from error
-
-
-def _created_at(value: Any, now: datetime) -> datetime:
-    """ISO-8601 text or a datetime; without a zone it is taken as UTC; missing means now."""
-    if value is None:
-        return now
-    if isinstance(value, datetime):
-        return as_utc(value)
-    if not isinstance(value, str):
-        raise InvalidCase("created_at", f"must be an ISO-8601 string, got {_describe(value)}")
-    try:
-        return as_utc(datetime.fromisoformat(value.strip()))
-    except ValueError as error:
-        raise InvalidCase("created_at", f"not an ISO-8601 date-time: {value[:40]!r}") from error
-
-
-def _case_id(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > 128 or value != value.strip():
-        raise InvalidCase("id", f"must be a non-empty string of at most 128 characters without surrounding "
-                                f"spaces, got {_describe(value)}")
-    return value
-
-
-def _check_audio(key: str, audio: str, base_dir: Path) -> tuple[str, str | None]:
-    """Local audio must exist and decode (returns its absolute path and content hash); remote URIs are kept
-    as given and checked at export, where the backend can read them."""
-    local = local_audio_path(audio)
-    if local is None:
-        return audio, None
-    path = Path(os.path.abspath(base_dir / local.expanduser()))
-    try:
-        info = probe_audio(path)
-    except AudioError as error:
-        raise InvalidCase(key, f"audio file {error.reason}: {path}" + (f" ({error.detail})" if error.detail else ""))
-    return str(path), info.content_hash
-
-
-def _decode_row(raw: bytes) -> Mapping[str, Any]:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InvalidCase("line", f"not UTF-8 text ({error.reason} at byte {error.start})") from error
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidCase("line", f"not valid JSON ({error.msg} at column {error.colno})") from error
-    if not isinstance(row, dict):
-        raise InvalidCase("line", f"must be a JSON object, got {_describe(row)}")
-    return row
-
-
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def as_utc(value: datetime) -> datetime:
-    """An aware UTC datetime; a naive one is taken to be UTC already."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _json_value(name: str, value: dict[str, Any]) -> dict[str, Any]:
@@ -1017,13 +908,20 @@ def _json_value(name: str, value: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{name}: must be plain JSON ({error})") from error
 
 
-def _describe(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (str, int, float, list, dict, bool)) else repr(value)
-    return f"{type(value).__name__} {text[:40]}"
+def _is_transient(error: DBAPIError) -> bool:
+    """Errors of the database, not of the row: retrying the same row later may succeed."""
+    return error.connection_invalidated or isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError))
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def _batched(items: Iterable[_T], size: int) -> Iterable[list[_T]]:
+    batch: list[_T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

@@ -89,14 +89,19 @@ def log_artifact(config: TuneloopConfig, run_id: str, path: StoragePath, artifac
 
 
 def log_dataset(config: TuneloopConfig, run_id: str, dataset_dir: StoragePath, dataset_id: str, context: str) -> None:
-    """Record a dataset split as an MLflow dataset input (name = dataset id, source = its directory)."""
+    """Record a dataset split as an MLflow dataset input: name ``<dataset id>-<split>``, source the split's file,
+    context tag ``train`` / ``eval``, schema and profile of its rows.
+
+    Values are read as the JSONL holds them (``dtype=False``): pandas would otherwise guess per dataset, logging
+    ``model_version: "3"`` as a number and a whole-second ``duration_s`` as an integer.
+    """
     import pandas as pd
     import mlflow.data
     from mlflow.entities import DatasetInput, InputTag
 
     split = dataset_dir / f"{context}.jsonl"
     with storage.local_file(split) as local:
-        frame = pd.read_json(local, lines=True) if local.stat().st_size else pd.DataFrame()
+        frame = pd.read_json(local, lines=True, dtype=False) if local.stat().st_size else pd.DataFrame()
     dataset = mlflow.data.from_pandas(frame, source=storage.uri(split), name=f"{dataset_id}-{context}",
                                       targets="text")
     entity = dataset._to_mlflow_entity()

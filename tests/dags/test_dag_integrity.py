@@ -26,6 +26,27 @@ def test_no_import_errors(dagbag):
     assert set(dagbag.dag_ids) == {"finetune_weekly", "finetune_on_errors", "finetune_rollback"}
 
 
+def test_an_invalid_config_is_an_import_error_naming_the_field(airflow_env, monkeypatch, tmp_path):
+    """The scheduled DAGs read crons, timeouts and retries at parse time: a bad config must show in the Airflow UI
+    as an import error that names the field, not as a DAG quietly running on default values."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tuneloop import schedule
+
+    bad = tmp_path / "tuneloop.yaml"
+    bad.write_text("trigger:\n  approval_timeout_hours: 0\n")
+    monkeypatch.setenv("TUNELOOP_CONFIG", str(bad))
+    schedule.clear_cache()
+    try:
+        errors = DagBag(dag_folder=str(REPO / "dags")).import_errors
+    finally:
+        schedule.clear_cache()
+    failed = {Path(path).name: text for path, text in errors.items()}
+    assert set(failed) == {"finetune_weekly.py", "finetune_on_errors.py"}
+    for text in failed.values():
+        assert "invalid tuneloop configuration" in text and "trigger.approval_timeout_hours" in text
+
+
 @pytest.mark.parametrize("dag_id", ["finetune_weekly", "finetune_on_errors", "finetune_rollback"])
 def test_house_rules(dagbag, dag_id):
     dag = dagbag.dags[dag_id]

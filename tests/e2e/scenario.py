@@ -36,11 +36,11 @@ class Scenario:
     def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run(sys.executable, "-m", "airflow", *args, check=check)
 
-    def api_get(self, path: str) -> dict[str, Any]:
-        """GET an Airflow REST API path as a client would (in-process api-server on this installation's DB)."""
+    def api_get(self, path: str, method: str = "GET") -> dict[str, Any]:
+        """Call an Airflow REST API path as a client would (in-process api-server on this installation's DB)."""
         env = {**self.env, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                "AIRFLOW__API_AUTH__JWT_SECRET": "tuneloop-e2e-" + "s" * 64}
-        result = subprocess.run([sys.executable, "-m", "tests.e2e.airflow_api", path], env=env, cwd=REPO,
+        result = subprocess.run([sys.executable, "-m", "tests.e2e.airflow_api", path, method], env=env, cwd=REPO,
                                 capture_output=True, text=True, timeout=300, check=True)
         return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -99,6 +99,8 @@ TINY_RUN_ENV = {
     "TUNELOOP__DATASET__MIN_EVAL_CASES": "5",
     "TUNELOOP__VALIDATION__MIN_EVAL_SIZE": "5",
     "TUNELOOP__VALIDATION__BOOTSTRAP_RESAMPLES": "1000",
+    # the tests write each inbox batch whole before the DAG runs: no need to wait for it to settle
+    "TUNELOOP__INGEST__SETTLE_SECONDS": "0",
 }
 # A gate any strictly better candidate passes, without the evidence a 14-utterance eval split cannot give.
 PERMISSIVE_GATE_ENV = {

@@ -55,6 +55,9 @@ def test_approved_training_and_deployment(approving):
     assert decision["status"] == "deployed", decision
     assert decision["approvals"]["training"]["approved"] and decision["approvals"]["deployment"]["by"]
     assert _production(approving) == "2"
+    deployed = _history(approving)[0]  # the person who approved in Airflow answers for the deployment
+    assert deployed.action == "deploy" and deployed.actor == decision["approvals"]["deployment"]["by"]
+    assert deployed.details["approved_by"] == deployed.actor and deployed.details["dag_id"] == "finetune_weekly"
     # the "MLflow run" button of the report task, through the REST API the UI uses
     links = approving.api_get(f"/api/v2/dags/finetune_weekly/dagRuns/{decision['run_id']}/taskInstances/report/links")
     assert links["status"] == 200, links

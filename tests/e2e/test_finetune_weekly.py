@@ -89,19 +89,25 @@ def test_passing_candidate_is_deployed(install, damaged_model, speech):
     assert status["last_runs"][0]["status"] == "deployed"
 
 
-def test_candidate_failing_the_gate_is_rejected(scenario, speech):
+def test_forced_run_after_a_stale_row_is_rejected_by_the_gate(scenario, speech):
+    """A run left "running" (its DAG run gone) does not block a forced run, which the gate then rejects."""
     scenario.tuneloop("ingest", str(write_cases(scenario.root / "cases.jsonl", speech)))
+    _store(scenario).start_training_run("manual__died_before_report")
 
-    _dags_test(scenario, {"reason": "e2e reject"})
+    _dags_test(scenario, {"reason": "e2e reject", "force_trigger": True})
 
     decision = _decision(scenario)
     assert decision["status"] == "rejected", decision
     assert decision["gate"]["passed"] is False and decision["gate"]["reasons"]
+    stale = _store(scenario).training_run("manual__died_before_report")
+    assert stale.status == "failed" and "no longer exists in Airflow" in stale.summary["reason"]
     registry = _registry(scenario)
     assert registry.production_version() == "1"
     assert registry.get_version(decision["candidate_version"]).tags["verdict"] in ("fail", "insufficient_evidence")
     history = _store(scenario).deployment_history(scenario.config().mlflow.model_name)
     assert history[0].action == "reject" and history[0].from_version == history[0].to_version == "1"
+    # the history names who started the run (`airflow dags test` triggers as "dag_test"), not the DAG
+    assert history[0].actor == "dag_test" and history[0].details["triggered_by"] == "dag_test"
 
 
 def test_failed_post_deploy_check_rolls_back(install, damaged_model, speech):

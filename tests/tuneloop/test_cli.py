@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -31,6 +32,21 @@ def test_ingest_reports_bad_rows_and_keeps_good_ones(home, wav_factory, capsys):
     assert "0 accepted, 1 duplicates" in capsys.readouterr().out
 
 
+def test_ingest_stores_the_valid_row_beside_poison_rows(home, wav_factory, capsys):
+    """Rows that used to end `tuneloop ingest` with a traceback and 0 cases stored."""
+    valid = json.dumps({"audio_path": str(wav_factory("a.wav")), "prediction": "helo", "correction": "hello"})
+    poison = ['{"error_score": 1' + "0" * 400 + "}", '{"prediction": "\\ud800"}', "[" * 100_000 + "]" * 100_000,
+              '{"created_at": "9999-12-31T23:59:59-01:00"}', '{"n": ' + "9" * 4400 + "}"]
+    batch = home / "cases.jsonl"
+    batch.write_text("\n".join([valid, *poison]) + "\n")
+
+    assert main(["ingest", str(batch)]) == 1
+    out = capsys.readouterr().out
+    assert "1 accepted, 0 duplicates, 5 rejected" in out
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cases"]["total_cases"] == 1
+
+
 def test_status_json_on_an_empty_installation(home, capsys):
     assert main(["status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -44,9 +60,79 @@ def test_rollback_with_nothing_to_roll_back_is_a_clear_error(home, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.fixture
+def two_deployed_versions(home, tmp_path_factory, monkeypatch):
+    """The installation's real MLflow registry with v1 bootstrapped and v2 deployed over it (no model files)."""
+    from tests.tuneloop.registry_testing import MlflowEnv, template_db
+    from tuneloop.config import load_config
+    from tuneloop.deployment import bootstrap_production, deploy
+    from tuneloop.store import ErrorCaseStore
+
+    monkeypatch.chdir(home)
+    config = load_config()
+    config.home.mkdir()
+    env = MlflowEnv.create(config.home, template_db(tmp_path_factory.getbasetemp()))  # <home>/mlflow.db
+    registry = env.registry(config.mlflow.model_name)
+    assert (env.uri, registry.model_name) == (config.tracking_uri, "speech-to-text")
+    store = ErrorCaseStore.from_config(config)
+    v1, v2 = (env.quick_version(registry, f"run-{i}") for i in (1, 2))
+    bootstrap_production(registry, store, version=v1)
+    registry.set_alias("candidate", v2)
+    deploy(registry, store, v2, reason="gate passed")
+    return registry, v1, v2
+
+
+def test_rollback_to_previous_then_to_a_given_version(two_deployed_versions, capsys):
+    registry, v1, v2 = two_deployed_versions
+
+    assert main(["rollback", "--reason", "WER rose after deploy"]) == 0
+    assert capsys.readouterr().out == f"production: v{v2} -> v{v1} (WER rose after deploy)\n"
+    assert registry.aliases() == {"production": v1}  # nothing served before v1: no 'previous'
+    assert main(["history", "--json"]) == 0
+    newest = json.loads(capsys.readouterr().out)[0]
+    assert (newest["action"], newest["from_version"], newest["to_version"], newest["reason"]) == (
+        "rollback", v2, v1, "WER rose after deploy")
+
+    assert main(["rollback", "--to", v2, "--reason", "v2 was fine after all"]) == 0
+    assert capsys.readouterr().out == f"production: v{v1} -> v{v2} (v2 was fine after all)\n"
+    assert registry.aliases() == {"production": v2}  # v1 was rolled back from: never a default target again
+    assert main(["history"]) == 0
+    assert [line.split()[2:6] for line in capsys.readouterr().out.splitlines()] == [
+        ["rollback", f"v{v1}", "->", f"v{v2}"], ["rollback", f"v{v2}", "->", f"v{v1}"],
+        ["deploy", f"v{v1}", "->", f"v{v2}"], ["bootstrap", "none", "->", f"v{v1}"]]  # was "vNone -> v1" in the demo
+
+
+def test_rollback_to_an_unknown_version_leaves_production(two_deployed_versions, capsys):
+    registry, v1, v2 = two_deployed_versions
+    assert main(["rollback", "--to", "7", "--reason", "typo"]) == 2
+    assert "cannot roll back 'speech-to-text': version 7" in capsys.readouterr().err
+    assert registry.aliases() == {"production": v2, "previous": v1}
+
+
 def test_history_when_empty(home, capsys):
     assert main(["history"]) == 0
     assert "no deployments yet" in capsys.readouterr().out
+
+
+def test_status_without_a_production_model_says_none(home, capsys):
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "model speech-to-text: production none (previous none)" in out
+    assert "vNone" not in out
+
+
+def test_no_text_prints_a_version_without_version_label():
+    """The class of bug behind `bootstrap vNone -> v1`: a ``v{...}`` f-string around a version that can be None.
+    Every version shown to people goes through ``tuneloop.history.version_label``."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    sources = [*(repo / "plugins" / "tuneloop").rglob("*.py"), *(repo / "include" / "demo").rglob("*.py")]
+    sources = [path for path in sources if path.name != "history.py"]  # where version_label itself lives
+    offenders = [f"{path.relative_to(repo)}:{number}: {line.strip()}" for path in sources
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.search(r"""f["'].*\bv\{""", line)]
+    assert not offenders, "use version_label(...) instead of v{...}:\n" + "\n".join(offenders)
 
 
 def test_suite_add_list_and_status(home, wav_factory, capsys):
@@ -80,3 +166,36 @@ def test_suite_add_refuses_a_broken_file(home, capsys):
     assert "a row needs non-empty string fields audio and text" in capsys.readouterr().err
     assert main(["suite", "add", "eval", str(broken)]) == 2
     assert "reserved" in capsys.readouterr().err
+
+
+def test_runs_lists_runs_and_fail_ends_a_stuck_one_in_the_history(home, capsys):
+    from tuneloop.config import load_config
+    from tuneloop.store import ErrorCaseStore
+
+    store = ErrorCaseStore.from_config(load_config())
+    store.start_training_run("manual__stuck")
+    store.finish_training_run("scheduled__old", "skipped")
+
+    assert main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert "running               manual__stuck  running for 0.0 h, deadline in 168.0 h" in out
+    assert "skipped" in out and "scheduled__old" in out
+    assert main(["runs", "--fail", "manual__stuck"]) == 2
+    assert "--reason" in capsys.readouterr().err
+
+    assert main(["runs", "--fail", "manual__stuck", "--reason", "worker VM deleted"]) == 0
+    assert "failed by hand (worker VM deleted)" in capsys.readouterr().out
+    runs = {r["run_id"]: r for r in json.loads(_out(capsys, ["runs", "--json"]))}
+    assert runs["manual__stuck"]["status"] == "failed"
+    assert "worker VM deleted" in runs["manual__stuck"]["summary"]["reason"]
+    event = json.loads(_out(capsys, ["history", "--json"]))[0]
+    assert (event["action"], event["run_id"], event["reason"]) == ("run_failed", "manual__stuck", "worker VM deleted")
+    assert event["actor"].startswith("cli:")
+    assert main(["runs", "--fail", "manual__stuck", "--reason", "again"]) == 2  # not running any more
+    assert "is not running (it finished failed)" in capsys.readouterr().err
+
+
+def _out(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 0
+    return capsys.readouterr().out

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tuneloop.config import ConfigError, load_config
+from tuneloop.config import (DEFAULT_CONFIG_FILE, EXPORTED_ROW_FIELDS, REPO_ROOT, ConfigError, TuneloopConfig,
+                             load_config)
 
 
 def test_defaults_are_the_seeds(tmp_path):
@@ -46,3 +47,59 @@ def test_bad_values_name_the_field(tmp_path, env, field):
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.yaml", env={})
+
+
+def _load(tmp_path, **env: str):
+    return load_config(env={"TUNELOOP_HOME": str(tmp_path), **env})
+
+
+@pytest.mark.parametrize("slices", [
+    '[{"field": "condition"}, {"field": "accent"}]',          # metadata the export drops (not in slice_fields)
+    '[{"field": "speaker_age", "buckets": [30, 60]}]',
+])
+def test_a_slice_on_a_field_the_export_drops_is_a_load_error(tmp_path, slices):
+    """Every row would be '(missing)' and the slice gate would silently re-judge the whole eval set."""
+    index = 1 if "accent" in slices else 0
+    with pytest.raises(ConfigError, match=rf"validation\.slices\[{index}\]\.field: .* add it to dataset\.slice_fields"):
+        _load(tmp_path, TUNELOOP__VALIDATION__SLICES=slices)
+
+
+@pytest.mark.parametrize(("slices", "slice_fields"), [
+    ('[{"field": "duration_s", "buckets": [2, 5]}, {"field": "model_version"}]', None),  # every row carries these
+    ('[{"field": "accent"}]', '["voice", "accent"]'),                                      # exported metadata
+])
+def test_slices_on_exported_fields_load(tmp_path, slices, slice_fields):
+    env = {"TUNELOOP__VALIDATION__SLICES": slices}
+    if slice_fields:
+        env["TUNELOOP__DATASET__SLICE_FIELDS"] = slice_fields
+    assert _load(tmp_path, **env).validation.slices
+
+
+def test_the_always_exported_fields_are_the_exports_own():
+    from tuneloop.datasets import FIXED_ROW_KEYS
+
+    assert set(EXPORTED_ROW_FIELDS) == set(FIXED_ROW_KEYS) - {"id", "audio", "text"}
+
+
+@pytest.mark.parametrize("strategy", ["canary", "blue_green"])
+def test_deployment_strategies_that_do_not_exist_are_refused_by_name(tmp_path, strategy):
+    with pytest.raises(ConfigError, match=rf"deployment\.deployment_strategy: '{strategy}' is not implemented yet"):
+        _load(tmp_path, TUNELOOP__DEPLOYMENT__DEPLOYMENT_STRATEGY=strategy)
+    assert _load(tmp_path).deployment.deployment_strategy == "replace"
+
+
+def test_the_shipped_yaml_states_the_code_defaults(tmp_path):
+    """One default per setting: the shipped file may spell a default out, never contradict it (its slices are an
+    example, since the code declares none)."""
+    shipped = load_config(DEFAULT_CONFIG_FILE, env={"TUNELOOP_HOME": str(tmp_path)}).model_dump(mode="json")
+    defaults = TuneloopConfig(home=tmp_path).model_dump(mode="json")
+    shipped["validation"].pop("slices"), defaults["validation"].pop("slices")
+    differing = {f"{section}.{key}": value for section, fields in shipped.items() if isinstance(fields, dict)
+                 for key, value in fields.items() if value != defaults[section][key]}
+    assert differing == {}
+    assert shipped == defaults
+
+
+@pytest.mark.parametrize("config_file", [DEFAULT_CONFIG_FILE, REPO_ROOT / "include" / "demo" / "tuneloop-demo.yaml"])
+def test_the_bundled_configs_load(tmp_path, config_file):
+    assert load_config(config_file, env={"TUNELOOP_HOME": str(tmp_path)}).validation.slices

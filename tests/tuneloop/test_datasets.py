@@ -4,6 +4,7 @@ import json
 import shutil
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 import soundfile as sf
 import sqlalchemy as sa
@@ -104,7 +105,7 @@ def test_bad_rows_are_quarantined_with_reasons(store, wav_factory, tmp_path):
     bad = {
         "corrupt": store.store_failed_case(wav_factory("corrupt.wav"), "x", "corrupt audio"),
         "deleted": store.store_failed_case(wav_factory("deleted.wav"), "x", "deleted audio"),
-        "short": store.store_failed_case(wav_factory("short.wav", seconds=0.1), "x", "too short"),
+        "short": store.store_failed_case(wav_factory("short.wav", seconds=0.1), "x", "hi"),
         "long": store.store_failed_case(wav_factory("long.wav", seconds=2.5), "x", "too long"),
         "changed": store.store_failed_case(wav_factory("changed.wav"), "x", "changed audio"),
         "empty": store.store_failed_case(wav_factory("empty.wav"), "x", "soon empty"),
@@ -127,6 +128,26 @@ def test_bad_rows_are_quarantined_with_reasons(store, wav_factory, tmp_path):
         assert store.get_case(bad[name]).state_reason == reasons[bad[name]]
     assert set(manifest.train_ids + manifest.eval_ids) == set(good)  # nothing valid lost
     assert manifest.counts["quarantined"] == 6
+
+
+def test_audio_that_cannot_train_is_quarantined_at_export_and_never_reaches_a_split(store, wav_factory, tmp_path):
+    """Rows stored before a rule existed, or whose file changed since: non-finite samples, digital silence, and a
+    correction far longer than its audio can carry are quarantined with the reason."""
+    good = add_cases(store, wav_factory, 4)
+    bad = {name: store.store_failed_case(wav_factory(f"{name}.wav"), "x", name) for name in ("nan", "silent", "long")}
+    audio = tmp_path / "audio"
+    samples = np.full(8000, np.nan, dtype=np.float32)
+    sf.write(audio / "nan.wav", samples, 16000, subtype="FLOAT")
+    sf.write(audio / "silent.wav", np.zeros(8000), 16000)
+    with store._engine.begin() as conn:
+        conn.execute(sa.update(cases_table).where(cases_table.c.id == bad["long"]).values(correction="word " * 400))
+
+    manifest = export_dataset(store, tmp_path, CONFIG, run_id="run-1")
+
+    reasons = {note.id: note.reason for note in manifest.quarantined}
+    assert reasons[bad["nan"]].startswith("audio non-finite") and reasons[bad["silent"]].startswith("audio silent")
+    assert reasons[bad["long"]].startswith("correction too long for its audio: 1999 characters for 0.50 s")
+    assert set(manifest.train_ids + manifest.eval_ids) == set(good)
 
 
 def test_dedupe_keeps_the_latest_correction(store, wav_factory, tmp_path):
@@ -179,7 +200,7 @@ def test_split_sizes(store, wav_factory, tmp_path, count, eval_size):
 
 def test_too_few_cases_says_how_many(store, wav_factory, tmp_path):
     add_cases(store, wav_factory, 2)
-    store.store_failed_case(wav_factory("short.wav", seconds=0.1), "x", "too short")
+    store.store_failed_case(wav_factory("short.wav", seconds=0.1), "x", "hi")
     with pytest.raises(DatasetTooSmall, match=r"only 2 usable cases .* need at least 3 .* from 3 new corrected "
                                               r"cases after dropping 1 quarantined") as caught:
         export_dataset(store, tmp_path, CONFIG, run_id="run-1")

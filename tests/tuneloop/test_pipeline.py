@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -156,3 +156,45 @@ def test_base_model_is_renamed_into_place_and_a_half_copy_is_redone(tmp_path):
     assert not (run.paths.root / "base_model.partial").exists()
     assert run.base_model_source() == {"source": "base_model", "path": str(base), "version": None}
     assert run.prepare_base_model() == target  # complete: reused as it is
+
+
+def test_forced_run_starts_after_a_stale_row(config, store_with_cases):
+    """A row left running by a run whose DAG run is gone blocks nothing once Airflow is asked."""
+    store_with_cases.start_training_run("manual__dead", at=NOW)
+    forced = PipelineRun(config, "manual__2", RunParams(force_trigger=True), now=lambda: NOW)
+    assert not forced.check_trigger()["should_trigger"], "without Airflow's state the row is within its deadline"
+    airflow = {"manual__2": "running"}
+    result = forced.check_trigger(lambda dag_id, run_id: airflow.get(run_id, "gone"))
+    assert result["should_trigger"] and not any("in progress" in r for r in result["reasons"])
+    dead = store_with_cases.training_run("manual__dead")
+    assert dead.status == "failed" and "no longer exists in Airflow" in dead.summary["reason"]
+    assert {c.state for c in store_with_cases.cases_for_export()} == {"new"}
+
+
+def test_a_row_past_its_deadline_blocks_nothing(config, store_with_cases):
+    store_with_cases.start_training_run("scheduled__hung", at=NOW - timedelta(hours=200))
+    result = evaluate_trigger(config, now=NOW, force=False, store=store_with_cases)
+    assert not result.metrics["training_in_progress"]
+    assert result.reasons[0] == "not triggered: inside the cooldown"  # it started, so it may have used the GPU
+    assert "run_timeout_hours=168" in store_with_cases.training_run("scheduled__hung").summary["reason"]
+
+
+def test_mlflow_unreachable_during_report_then_the_next_run_starts(tmp_path, monkeypatch, store_with_cases):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP__MLFLOW__TRACKING_URI": "http://127.0.0.1:9",
+           "TUNELOOP__TRIGGER__MIN_ERROR_CASES": "3", "TUNELOOP__TRIGGER__MIN_CORRECTED_CASES": "3"}
+    config = load_config(env=env)
+    run = PipelineRun(config, "manual__1", RunParams(force_trigger=True), now=lambda: NOW)
+    assert run.check_trigger()["should_trigger"]
+    outcome = {"approve_training": {"approved": False, "by": "ana", "summary": "rejected by ana"},
+               "states": {"check_trigger": "success", "approve_training": "success"}}
+
+    with pytest.raises(Exception, match="127.0.0.1"):
+        run.report(outcome)
+
+    closed = store_with_cases.training_run("manual__1")
+    assert closed.status == "not_approved" and closed.finished_at is not None
+    assert (run.paths.root / "decision.json").exists()  # the record is kept even though MLflow never got it
+    nxt = PipelineRun(config, "scheduled__2", now=lambda: NOW + timedelta(minutes=1)).check_trigger()
+    assert nxt["should_trigger"], nxt["reasons"]

@@ -70,6 +70,21 @@ def test_a_smoke_suite_is_report_only_unless_critical() -> None:
     assert not run_suite(_spec(type="smoke"), _predictions(*[3] * 20), prod, lenient).blocking
 
 
+@pytest.mark.parametrize(("production_errors", "candidate_errors", "critical"), [
+    (1, 2, False),  # 0.1 -> 0.2: +100% relative, +0.1 absolute (not above 0.1)
+    (0, 1, False),  # 0.0 -> 0.1: a relative rise is undefined; +0.1 absolute
+    (5, 7, True),   # 0.5 -> 0.7: +40% relative, +0.2 absolute
+])
+def test_critical_degradation_is_an_absolute_wer_rise(production_errors, candidate_errors, critical) -> None:
+    """critical_degradation_threshold (0.1) is ten WER points, and the decision record says so with both WERs."""
+    result = run_suite(_spec(type="smoke", max_wer_degradation=1.0), _predictions(*[candidate_errors] * 20),
+                       _predictions(*[production_errors] * 20), CONFIG)
+    assert result.critical is critical and result.blocking is critical
+    if critical:
+        assert result.reasons[-1].endswith("critical degradation, WER rose by 0.200 (0.500 -> 0.700, absolute) > "
+                                           "critical_degradation_threshold 0.1")
+
+
 def test_run_suites_fails_when_any_suite_blocks_and_names_it() -> None:
     prod = _predictions(*[1] * 20)
     good = run_suite(_spec(name="a"), prod, prod, CONFIG)

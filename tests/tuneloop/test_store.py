@@ -18,63 +18,6 @@ from tuneloop.history import DeploymentEvent
 from tuneloop.store import ErrorCaseStore, InvalidCase, NotFound, StoreError, metadata
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-POSTGRES_ADMIN_URL = os.environ.get("TUNELOOP_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
-
-class Clock:
-    """A settable "now" for the store."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway database for this test session; skipped when Postgres is unreachable (failed under CI)."""
-    try:
-        admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT",
-                                 connect_args={"connect_timeout": 3})
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception as error:  # noqa: BLE001 - any failure here means "no server to test against"
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        reason = f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {type(error).__name__}: {first_line}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    name = f"tuneloop_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # identifier from uuid hex: safe
-    try:
-        yield sa.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(NOW)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request, tmp_path, clock) -> Iterator[ErrorCaseStore]:
-    url = f"sqlite:///{tmp_path / 'db' / 'store.db'}"
-    if request.param == "postgres":
-        url = request.getfixturevalue("postgres_url")
-    store = ErrorCaseStore(url, clock=clock)
-    yield store
-    if request.param == "postgres":  # empty the tables for the next test (faster than dropping them)
-        names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
-        with store._engine.begin() as conn:
-            conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
-    store.close()
-
-
 def add(store: ErrorCaseStore, audio: Path, correction: str | None = "hello world", **kwargs) -> str:
     return store.store_failed_case(audio, kwargs.pop("prediction", "hello word"), correction, **kwargs)
 
@@ -383,6 +326,40 @@ def test_failed_run_may_restart_and_skipped_runs_do_not_cool_down(store):
     assert store.trigger_metrics(NOW + timedelta(hours=6), timedelta(hours=1), None).last_training_finished_at \
         == NOW + timedelta(hours=2)
     assert [r.run_id for r in store.training_runs()] == ["skip-1", "r1"]
+
+
+def test_fail_training_run_ends_only_a_running_run(store, wav_factory):
+    case = add(store, wav_factory("a.wav"))
+    with pytest.raises(NotFound, match="nope"):
+        store.fail_training_run("nope", "gone")
+    store.start_training_run("r1", at=NOW)
+    with pytest.raises(ValueError, match="reason"):
+        store.fail_training_run("r1", " ")
+    assert store.fail_training_run("r1", "worker lost", at=NOW + timedelta(hours=1))
+    failed = store.training_run("r1")
+    assert (failed.status, failed.finished_at, failed.summary["reason"]) == ("failed", NOW + timedelta(hours=1),
+                                                                             "worker lost")
+    assert store.trigger_metrics(NOW, timedelta(hours=1), None).running_training_run is None
+    assert store.get_case(case).state == "new"
+    store.finish_training_run("r2", "rejected", at=NOW)
+    assert not store.fail_training_run("r2", "too late")  # its report closed it first: left as it is
+    assert store.training_run("r2").status == "rejected"
+
+
+def test_a_claimed_run_is_started_by_its_own_first_step(store):
+    claim = {"dag_id": "finetune_on_errors", "run_id": "scheduled__1"}
+    claimed = store.start_training_run("on_errors__1", at=NOW, claimed_by=claim)
+    assert claimed.summary == {"started": False, "claimed_by": claim}
+    started = store.start_training_run("on_errors__1", at=NOW + timedelta(minutes=5))
+    assert started.summary == {"started": True, "claimed_by": claim} and started.started_at == NOW
+    # a claim failed before it started does not start the cooldown; one that started does
+    store.start_training_run("on_errors__2", at=NOW, claimed_by=claim)
+    store.fail_training_run("on_errors__2", "deleted before it started", at=NOW + timedelta(hours=2))
+    assert store.last_finished_training() is None
+    store.fail_training_run("on_errors__1", "worker lost", at=NOW + timedelta(hours=1))
+    assert store.last_finished_training().run_id == "on_errors__1"
+    # the same run id started again (cleared in Airflow): a new attempt, with its own deadline
+    assert store.start_training_run("on_errors__1", at=NOW + timedelta(hours=3)).started_at == NOW + timedelta(hours=3)
 
 
 # ------------------------------------------------------------------------------------------------- deployments

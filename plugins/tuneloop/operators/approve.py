@@ -20,9 +20,8 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Context
 
 from tuneloop.config import load_config
+from tuneloop.operators.base import APPROVAL_KEY as XCOM_KEY
 from tuneloop.pipeline import PipelineRun, RunParams
-
-XCOM_KEY = "approval"
 
 
 class _PolicyApprovalOperator(ApprovalOperator):

@@ -7,8 +7,11 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from tuneloop.config import load_config
+from tuneloop.history import RunActor
 from tuneloop.operators.links import MLFLOW_URL_KEY
 from tuneloop.pipeline import PipelineRun, RunParams
+
+APPROVAL_KEY = "approval"  # the XCom key under which the approve_* steps push their answer
 
 
 class PipelineStepOperator(BaseOperator):
@@ -19,6 +22,13 @@ class PipelineStepOperator(BaseOperator):
     def pipeline(self, context: Context) -> PipelineRun:
         params: dict[str, Any] = dict(context.get("params") or {})
         return PipelineRun(load_config(), context["run_id"], RunParams.from_mapping(params))
+
+    def actor(self, context: Context, approval_task: str | None = None) -> RunActor:
+        """Who answers for this step's registry move: the person who answered ``approval_task`` in Airflow, else
+        the user who triggered the run, else the DAG."""
+        approval = context["ti"].xcom_pull(task_ids=approval_task, key=APPROVAL_KEY) if approval_task else None
+        triggered_by = getattr(context.get("dag_run"), "triggering_user_name", None)
+        return RunActor.of_run(self.dag_id, triggered_by, approval)
 
     def upstream(self, context: Context, task_id: str, key: str = "return_value") -> Any:
         """The result an upstream step pushed; a missing one is an error, not a silent None."""

@@ -7,6 +7,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from tuneloop.config import load_config
+from tuneloop.history import RunActor
 from tuneloop.operators.base import PipelineStepOperator
 
 
@@ -15,8 +16,9 @@ class DeployOperator(PipelineStepOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         version = self.upstream(context, "register")["version"]
-        event = self.pipeline(context).deploy(version)
-        self.log.info("deployed version %s (was %s)", event["to_version"], event["from_version"])
+        event = self.pipeline(context).deploy(version, self.actor(context, "approve_deploy"))
+        self.log.info("deployed version %s (was %s) by %s", event["to_version"], event["from_version"],
+                      event["actor"])
         return event
 
 
@@ -25,7 +27,7 @@ class RejectOperator(PipelineStepOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         version = self.upstream(context, "register")["version"]
-        event = self.pipeline(context).reject(version)
+        event = self.pipeline(context).reject(version, self.actor(context, "approve_training"))
         self.log.info("rejected version %s; production stays %s", version, event["from_version"])
         return event
 
@@ -41,7 +43,7 @@ class RollbackOperator(PipelineStepOperator):
         deployed = context["ti"].xcom_pull(task_ids="deploy")
         check = context["ti"].xcom_pull(task_ids="post_deploy_check") or {}
         why = "; ".join(check.get("reasons", [])) or "post-deploy check failed"
-        return run.auto_rollback(deployed["to_version"] if deployed else None, why)
+        return run.auto_rollback(deployed["to_version"] if deployed else None, why, self.actor(context))
 
 
 class ManualRollbackOperator(BaseOperator):
@@ -54,8 +56,11 @@ class ManualRollbackOperator(BaseOperator):
         run = PipelineRun(load_config(), context["run_id"])
         from tuneloop.deployment import rollback
 
-        owner = context["dag_run"].conf.get("actor") if context["dag_run"].conf else None
+        dag_run = context["dag_run"]
+        owner = dag_run.conf.get("actor") if dag_run.conf else None
+        actor = RunActor.of_run(self.dag_id, owner or getattr(dag_run, "triggering_user_name", None))
         event = rollback(run.registry, run.store, to_version=params.get("target_version") or None,
-                         reason=params["reason"], actor=owner or "finetune_rollback", run_id=context["run_id"])
+                         reason=params["reason"], actor=actor.name, run_id=context["run_id"],
+                         details=actor.details())
         self.log.info("rolled back production %s -> %s", event.from_version, event.to_version)
         return event.to_dict()

@@ -16,7 +16,9 @@ class TriggerConditionsSensor(BaseSensorOperator):
 
     When they hold, the fine-tuning run it is about to start is recorded in the store as in progress, so that no
     other check starts a second one before that run's own first step; its run id (``on_errors__<this run id>``)
-    is returned for the DAG's TriggerDagRunOperator.
+    is returned for the DAG's TriggerDagRunOperator. The claim names this DAG run: if the fine-tuning run is never
+    created, or deleted before it starts, the next check fails the claim (:mod:`tuneloop.runs`) and may start
+    another.
 
     Deferrable by default: after one check in the worker, the wait moves to the triggerer. Poke interval and
     timeout default to ``schedule.sensor_poke_seconds`` / ``schedule.sensor_timeout_minutes``.
@@ -34,10 +36,12 @@ class TriggerConditionsSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def poke(self, context: Context) -> PokeReturnValue:
+        from tuneloop.operators.dag_runs import dag_run_state
         from tuneloop.pipeline import evaluate_trigger
 
         config = load_config()
-        result = evaluate_trigger(config, now=datetime.now(timezone.utc), force=False).to_dict()
+        result = evaluate_trigger(config, now=datetime.now(timezone.utc), force=False,
+                                  dag_run_state=dag_run_state).to_dict()
         if not result["should_trigger"]:
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(is_done=True, xcom_value=self._claim(config, context, result))
@@ -46,7 +50,9 @@ class TriggerConditionsSensor(BaseSensorOperator):
         from tuneloop.store import ErrorCaseStore
 
         run_id = f"on_errors__{context['run_id']}"
-        ErrorCaseStore.from_config(config).start_training_run(run_id, at=datetime.now(timezone.utc))
+        claimer = {"dag_id": context["ti"].dag_id, "run_id": context["run_id"]}
+        ErrorCaseStore.from_config(config).start_training_run(run_id, at=datetime.now(timezone.utc),
+                                                              claimed_by=claimer)
         return {"summary": "error cases: " + "; ".join(result["reasons"]), "result": result, "run_id": run_id}
 
     def execute(self, context: Context) -> Any:

@@ -32,10 +32,12 @@ class TriggerConditionsTrigger(BaseTrigger):
 
     def _check(self) -> dict[str, Any]:
         from tuneloop.config import TuneloopConfig
+        from tuneloop.operators.dag_runs import dag_run_state
         from tuneloop.pipeline import evaluate_trigger
 
         config = TuneloopConfig.model_validate(self.config)
-        return evaluate_trigger(config, now=datetime.now(timezone.utc), force=False).to_dict()
+        return evaluate_trigger(config, now=datetime.now(timezone.utc), force=False,
+                                dag_run_state=dag_run_state).to_dict()
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
