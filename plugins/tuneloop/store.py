@@ -12,6 +12,9 @@ One SQLAlchemy 2 database (SQLite file by default, PostgreSQL at scale) holds
 Every write is idempotent because Airflow retries tasks: a case is identified by its id, or by the hash of its
 audio content and its normalised text, so storing or ingesting the same case again returns the existing id.
 Times are stored as UTC; naive datetimes given to this module are taken to be UTC.
+
+What makes a row a valid case is :mod:`tuneloop.intake`; here each row is written in its own savepoint, so a row
+the database refuses costs only itself, and only an unusable database (unreachable, locked) fails a batch.
 """
 
 from __future__ import annotations
@@ -33,9 +36,7 @@ from sqlalchemy.pool import StaticPool
 
 from tuneloop.config import TuneloopConfig
 from tuneloop.history import DeploymentEvent
-from tuneloop.intake import (  # noqa: F401  (ROW_KEYS, CaseDraft: part of the store's API)
-    ROW_KEYS,
-    SNIPPET_CHARS,
+from tuneloop.intake import (
     CaseDraft,
     IngestLimits,
     InvalidCase,

@@ -131,7 +131,8 @@ def test_a_bucket_prefix_is_an_inbox_and_its_audio_is_exported(tmp_path, wav_fac
     for index in range(6):
         name = f"clip{index}.wav"
         (inbox / "audio" / name).write_bytes(wav_factory(name).read_bytes())
-        rows.append(json.dumps({"audio_path": f"audio/{name}", "prediction": "x", "correction": f"clip {'abcdef'[index]}",
+        rows.append(json.dumps({"audio_path": f"audio/{name}", "prediction": "x",
+                                "correction": f"clip {'abcdef'[index]}",
                                 "created_at": f"2025-05-0{index + 1}T00:00:00Z"}) + "\n")
     rows.append(json.dumps({"audio_path": "audio/gone.wav", "prediction": "x", "correction": "gone"}) + "\n")
     (inbox / "b1.jsonl").write_text("".join(rows))
