@@ -59,20 +59,17 @@ def local_audio_path(uri: str | Path) -> Path | None:
     return Path(text)
 
 
-def probe_audio(path: str | Path) -> AudioInfo:
+def probe_audio(path: str | Path, *, trainable: bool = True) -> AudioInfo:
     """Decode ``path`` fully (a readable header alone does not prove the samples are readable) and describe it.
 
     Audio that cannot train is refused here, where ingestion and export both look: no frames, NaN or infinite
-    samples (float WAVs can hold them; one poisons every gradient), or digital silence."""
+    samples (float WAVs can hold them; one poisons every gradient), or digital silence. ``trainable=False`` only
+    describes the file (a regression suite's item is hashed for the leakage guard, not trained on)."""
     data, sample_rate = _read(path)
     if data.shape[0] == 0:
         raise AudioError(path, "empty", "no audio frames")
-    finite = np.isfinite(data)
-    if not finite.all():
-        raise AudioError(path, "non-finite", f"{int(data.size - finite.sum())} NaN or infinite samples")
-    peak = float(np.abs(data).max())
-    if peak < SILENCE_PEAK:
-        raise AudioError(path, "silent", f"peak amplitude {peak:.2g} is below {SILENCE_PEAK:g} (-80 dBFS)")
+    if trainable:
+        _check_trainable(path, data)
     digest = hashlib.sha256(f"{sample_rate}:{data.shape[1]}:".encode())
     digest.update(np.ascontiguousarray(data).tobytes())
     return AudioInfo(
@@ -82,6 +79,15 @@ def probe_audio(path: str | Path) -> AudioInfo:
         duration_s=data.shape[0] / sample_rate,
         content_hash=digest.hexdigest(),
     )
+
+
+def _check_trainable(path: str | Path, data: np.ndarray) -> None:
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise AudioError(path, "non-finite", f"{int(data.size - finite.sum())} NaN or infinite samples")
+    peak = float(np.abs(data).max())
+    if peak < SILENCE_PEAK:
+        raise AudioError(path, "silent", f"peak amplitude {peak:.2g} is below {SILENCE_PEAK:g} (-80 dBFS)")
 
 
 def load_mono(path: str | Path, sample_rate: int) -> np.ndarray:

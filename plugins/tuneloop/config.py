@@ -293,7 +293,7 @@ class ScheduleConfig(_Section):
     sensor_timeout_minutes: float = Field(25, gt=0, description="how long one sensor run waits before skipping")
     retries: int = Field(2, ge=0, description="attempts after a failed task (a retried training resumes)")
     retry_delay_seconds: float = Field(60, ge=0, description="wait before a retry")
-    run_timeout_hours: float = Field(168, gt=0, description="a fine-tuning run with no result this long after it "
+    run_timeout_hours: float = Field(240, gt=0, description="a fine-tuning run with no result this long after it "
                                      "started is failed (its cases stay new), whatever Airflow says; keep it above "
                                      "the longest real run, approval waits included")
 
@@ -341,6 +341,20 @@ class TuneloopConfig(_Section):
     deployment: DeploymentConfig = DeploymentConfig()
     mlflow: MlflowConfig = MlflowConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _deadline_above_the_waits(self) -> "TuneloopConfig":
+        """A deadline shorter than a run may legitimately take would fail a live run and let a second one train
+        on the same cases: it must exceed both approval waits plus one training budget."""
+        floor = (self.trigger.approval_timeout_hours + self.deployment.approval_timeout_hours
+                 + self.training.timeout_minutes / 60)
+        if self.schedule.run_timeout_hours <= floor:
+            raise ValueError(
+                f"schedule.run_timeout_hours: {self.schedule.run_timeout_hours:g} h would fail runs still waiting or "
+                f"training: a run may wait trigger.approval_timeout_hours ({self.trigger.approval_timeout_hours:g}) "
+                f"+ deployment.approval_timeout_hours ({self.deployment.approval_timeout_hours:g}) and train "
+                f"training.timeout_minutes ({self.training.timeout_minutes:g}); set it above {floor:g} h")
+        return self
 
     @model_validator(mode="after")
     def _slices_are_exported(self) -> "TuneloopConfig":

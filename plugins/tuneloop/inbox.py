@@ -10,8 +10,9 @@ Each pass tries every batch, oldest name first, and no batch can block the ones 
 * ingested: moved to ``processed/`` with its ingest report beside it (accepted, duplicates and every rejected row
   with line, field and reason: bad rows never cost the good ones, see :mod:`tuneloop.intake`);
 * cannot be read (not a regular file, unreadable): moved to ``failed/`` with ``<name>.error.json`` saying why;
-* failed for a passing cause (the store is unreachable): left in place and retried on the next pass; the pass
-  raises :class:`InboxPassFailed` at the end, after the other batches, so the Airflow task retries.
+* failed for any other cause (the store unreachable, a network error of the bucket, an error nobody foresaw):
+  left in place and retried on the next pass; the pass raises :class:`InboxPassFailed` at the end, after the
+  other batches, so the Airflow task retries.
 
 Ingestion is idempotent, so a batch re-ingested after a crash between ingesting and moving adds nothing.
 """
@@ -60,17 +61,20 @@ def ingest_inbox(store: Any, inbox: StoragePath, *, settle_seconds: float = 0.0,
             report = _ingest(store, batch)
         except FileNotFoundError:
             log.info("inbox: %s disappeared before it was read", batch.name)
-        except _PASSING_ERRORS as error:
-            retry[batch.name] = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            log.warning("inbox: %s not ingested now (%s); it stays for the next pass", batch.name, retry[batch.name])
-        except OSError as error:
-            failed[batch.name] = f"cannot be read: {error}"
-            _fail(inbox, batch, failed[batch.name])
-        else:
-            files[batch.name] = {k: report[k] for k in ("accepted", "duplicates", "rejected")}
-            _finish(inbox, batch, report)
-            log.info("inbox: ingested %s: %d stored, %d duplicates, %d rejected", batch.name,
-                     len(report["accepted"]), len(report["duplicates"]), len(report["rejected"]))
+            continue
+        except Exception as error:  # noqa: BLE001 - whatever it is, it costs this batch at most
+            if _passing(batch, error):
+                retry[batch.name] = _one_line(error)
+                log.warning("inbox: %s not ingested now (%s); it stays for the next pass", batch.name,
+                            retry[batch.name], exc_info=not isinstance(error, _PASSING_ERRORS))
+            else:
+                failed[batch.name] = f"cannot be read: {_one_line(error)}"
+                _move_aside(_fail, inbox, batch, failed[batch.name], retry)
+            continue
+        files[batch.name] = {k: report[k] for k in ("accepted", "duplicates", "rejected")}
+        _move_aside(_finish, inbox, batch, report, retry)
+        log.info("inbox: ingested %s: %d stored, %d duplicates, %d rejected", batch.name,
+                 len(report["accepted"]), len(report["duplicates"]), len(report["rejected"]))
     if retry:
         raise InboxPassFailed(f"{len(retry)} inbox batch(es) stay for the next pass: "
                               + "; ".join(f"{name}: {why}" for name, why in retry.items()))
@@ -86,6 +90,33 @@ def _passing_errors() -> tuple[type[BaseException], ...]:
 
 
 _PASSING_ERRORS = _passing_errors()
+
+
+def _passing(batch: StoragePath, error: Exception) -> bool:
+    """Whether trying the batch again later may succeed. Only a batch that is itself unreadable goes to failed/:
+    a local file that is no regular file or cannot be opened, or a bucket object we may not read. Anything else
+    (the store unreachable, a network error or an HTTP 5xx of the bucket, an error we did not foresee) is retried
+    on the next pass: re-ingesting is idempotent, and moving a good batch aside would need a person."""
+    if isinstance(error, _PASSING_ERRORS):
+        return True
+    if is_local(batch):
+        return not isinstance(error, OSError)
+    return not isinstance(error, (IsADirectoryError, NotADirectoryError, PermissionError))
+
+
+def _move_aside(move: Callable[..., None], inbox: StoragePath, batch: StoragePath, detail: Any,
+                retry: dict[str, str]) -> None:
+    """Move a handled batch to processed/ or failed/; if that fails, the batch stays and the next pass takes it
+    again (its rows are already stored, so it only adds duplicates)."""
+    try:
+        move(inbox, batch, detail)
+    except Exception as error:  # noqa: BLE001 - a batch that cannot be moved must not stop the others
+        retry[batch.name] = f"handled but not moved: {_one_line(error)}"
+        log.warning("inbox: %s could not be moved aside (%s); the next pass takes it again", batch.name, error)
+
+
+def _one_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _batches(inbox: StoragePath) -> list[StoragePath]:

@@ -357,3 +357,178 @@ def mcnemar_exact(baseline_correct: ArrayLike, candidate_correct: ArrayLike) -> 
         p_value_two_sided=two_sided,
         n=int(base.size),
     )
+
+
+# --- Text tasks: graded per-example scores and win/loss counts -------------------------------------------------
+
+# A per-example score difference at most this large is a tie: F1 values computed along different paths can differ
+# in the last bit without either model being better on that example.
+TIE_TOLERANCE = 1e-12
+# Index resampling draws this many int64 indices per chunk at most (8 MiB); fixed, so results never depend on it.
+MEAN_CHUNK_CELLS = 2**20
+
+
+@dataclass(frozen=True)
+class SignTestResult:
+    """Sign test: does the candidate win on more examples than it loses? Ties carry no evidence and are dropped.
+
+    Under "no difference" ``wins ~ Binomial(wins + losses, 1/2)``; ``p_value`` is one-sided (more wins), the
+    exact binomial tail ``P(X >= wins)``. With no wins and no losses there is no evidence: p=1.
+    """
+
+    wins: int
+    losses: int
+    ties: int
+    n: int
+    p_value: float
+    alpha: float
+    test: str = "sign test (one-sided exact binomial on wins vs losses, ties dropped)"
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < self.alpha
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MeanBootstrapResult:
+    """Paired bootstrap of ``delta = candidate mean score - baseline mean score`` (positive: candidate better).
+
+    The same semantics as :class:`BootstrapResult`, for scores where higher is better (token F1, field match):
+    ``ci_low``/``ci_high`` the two-sided percentile interval at level ``1 - alpha``; ``p_value`` one-sided,
+    ``(1 + #{delta* <= 0}) / (resamples + 1)``; ``lower_bound`` the one-sided ``1 - alpha`` lower bound that goes
+    with it.
+    """
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    resamples: int
+    n: int
+    alpha: float
+    seed: int
+    baseline_mean: float
+    candidate_mean: float
+    lower_bound: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 1:
+        raise StatsError(f"alpha must be in (0, 1), got {alpha}")
+
+
+def sign_test_counts(wins: int, losses: int, ties: int = 0, *, alpha: float = 0.05) -> SignTestResult:
+    """The sign test from counts (e.g. a pairwise judge's wins and losses, inconsistent verdicts as ties)."""
+    from scipy.stats import binomtest
+
+    _check_alpha(alpha)
+    if min(wins, losses, ties) < 0:
+        raise StatsError(f"wins, losses and ties must be >= 0, got {wins}, {losses}, {ties}")
+    decided = wins + losses
+    p_value = float(binomtest(wins, decided, 0.5, alternative="greater").pvalue) if decided else 1.0
+    return SignTestResult(wins=wins, losses=losses, ties=ties, n=decided + ties, p_value=p_value, alpha=alpha)
+
+
+def sign_test(baseline: ArrayLike, candidate: ArrayLike, *, alpha: float = 0.05) -> SignTestResult:
+    """Sign test on paired per-example scores, higher is better: a win is ``candidate > baseline``.
+
+    It ignores by how much each example changed, so it is a robust second opinion next to the bootstrap of the
+    mean (a few large changes cannot carry it); differences within ``TIE_TOLERANCE`` are ties.
+    """
+    base, cand = _paired_floats(baseline, candidate)
+    diff = cand - base
+    wins = int(np.count_nonzero(diff > TIE_TOLERANCE))
+    losses = int(np.count_nonzero(diff < -TIE_TOLERANCE))
+    return sign_test_counts(wins, losses, base.size - wins - losses, alpha=alpha)
+
+
+def _paired_floats(baseline: ArrayLike, candidate: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    base = np.asarray(baseline, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if base.shape != cand.shape or base.ndim != 1:
+        raise StatsError(f"baseline and candidate must be 1-D of the same size, got {base.shape} and {cand.shape}")
+    if not (np.all(np.isfinite(base)) and np.all(np.isfinite(cand))):
+        raise StatsError("scores must be finite numbers")
+    return base, cand
+
+
+def paired_bootstrap_mean(
+    baseline: ArrayLike,
+    candidate: ArrayLike,
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> MeanBootstrapResult:
+    """Paired bootstrap over examples of the difference in mean per-example score (see :class:`MeanBootstrapResult`).
+
+    Examples are resampled as pairs, so each example's difficulty cancels out. Deterministic for a given seed and
+    data, and independent of the example order.
+    """
+    return _bootstrap_mean(baseline, candidate, resamples, seed, alpha)[1]
+
+
+def bootstrap_mean_deltas(
+    baseline: ArrayLike, candidate: ArrayLike, *, resamples: int = 10_000, seed: int = 0
+) -> np.ndarray:
+    """The resampled mean differences themselves (for plots and tests); same draws as :func:`paired_bootstrap_mean`."""
+    return _bootstrap_mean(baseline, candidate, resamples, seed, 0.05)[0]
+
+
+def _bootstrap_mean(
+    baseline: ArrayLike, candidate: ArrayLike, resamples: int, seed: int, alpha: float
+) -> tuple[np.ndarray, MeanBootstrapResult]:
+    base, cand = _paired_floats(baseline, candidate)
+    n = base.size
+    if n == 0:
+        raise StatsError("cannot bootstrap zero examples")
+    if resamples < 1:
+        raise StatsError(f"resamples must be >= 1, got {resamples}")
+    _check_alpha(alpha)
+    base_mean, cand_mean = math.fsum(base) / n, math.fsum(cand) / n
+    deltas = _resample_mean(cand - base, resamples, seed)
+    ci_low, ci_high, lower_bound = np.quantile(deltas, [alpha / 2, 1 - alpha / 2, alpha])
+    result = MeanBootstrapResult(
+        delta=math.fsum(np.concatenate([cand, -base])) / n,  # correctly rounded: exactly 0.0 when the sums tie
+        ci_low=float(ci_low),
+        ci_high=float(ci_high),
+        p_value=(1 + int(np.count_nonzero(deltas <= 0))) / (resamples + 1),
+        resamples=resamples,
+        n=n,
+        alpha=alpha,
+        seed=seed,
+        baseline_mean=base_mean,
+        candidate_mean=cand_mean,
+        lower_bound=float(lower_bound),
+    )
+    return deltas, result
+
+
+def _resample_mean(diff: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap means of ``diff``, by the cheaper of two exact schemes (as in :func:`_resample`'s docstring).
+
+    Few distinct differences (right/wrong metrics have at most 3, F1 on short answers a few dozen): multinomial
+    counts over the distinct values, K draws per resample. Otherwise: n uniform indices per resample, in
+    fixed-size chunks. The distinct values come out of ``np.unique`` sorted, so neither scheme depends on the
+    example order.
+    """
+    n = diff.size
+    rng = np.random.default_rng(seed)
+    values, counts = np.unique(diff, return_counts=True)
+    by_category = len(values) * 8 <= n  # a binomial draw costs several uniform indices
+    ordered = values if by_category else np.repeat(values, counts)  # sorted: order-independent indexing
+    deltas = np.empty(resamples, dtype=np.float64)
+    chunk = max(1, MEAN_CHUNK_CELLS // len(ordered))
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        if by_category:
+            deltas[start : start + size] = (rng.multinomial(n, counts / n, size=size) @ values) / n
+        else:
+            deltas[start : start + size] = ordered[rng.integers(0, n, size=(size, n))].mean(axis=1)
+    return deltas

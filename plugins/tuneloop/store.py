@@ -683,6 +683,8 @@ class ErrorCaseStore:
     def fail_training_run(self, run_id: str, reason: str, *, at: datetime | None = None) -> bool:
         """End a ``running`` run as ``failed`` with ``reason`` (reconciliation, or a person); its cases stay new.
 
+        Such a run ended without a result (``no_result`` in its summary): it does not start the cooldown, so the
+        cases it never judged are taken up by the next check instead of waiting another ``cooldown_hours``.
         Returns False, changing nothing, when the run is no longer running (its report closed it meanwhile: the
         check and the write are one statement). An unknown run is an error.
         """
@@ -690,7 +692,7 @@ class ErrorCaseStore:
             raise ValueError("reason: failing a training run needs a reason")
         run = self.training_run(run_id)
         now = as_utc(at) if at else self._clock()
-        summary = _json_value("summary", {**run.summary, "reason": reason})
+        summary = _json_value("summary", {**run.summary, "reason": reason, "no_result": True})
         t = runs_table
 
         def write(conn: Connection) -> int:
@@ -722,7 +724,8 @@ class ErrorCaseStore:
         """Record how ``run_id`` ended (creating the row for runs that never started, e.g. skipped).
 
         Idempotent: finishing again with the same status keeps the first finish time; fields given as None
-        keep their stored values.
+        keep their stored values, and ``summary`` is merged into the stored one (the bookkeeping of a claimed run,
+        ``started`` and ``claimed_by``, must survive its report).
         """
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status: must be one of {', '.join(FINISHED_STATUSES)}, got {status!r}")
@@ -739,6 +742,8 @@ class ErrorCaseStore:
                                 ("summary", summary_value)):
                 if value is not None:
                     changes[name] = value
+            if row is not None and summary_value is not None:
+                changes["summary"] = {**(row.summary or {}), **summary_value}
             if row is None:
                 conn.execute(sa.insert(t).values({"run_id": run_id, "started_at": now, "summary": {}} | changes))
             else:
@@ -764,13 +769,14 @@ class ErrorCaseStore:
 
     def last_finished_training(self) -> TrainingRun | None:
         """The run that finished last among those that trained (any finished status but skipped; not a claimed
-        run that failed before it started)."""
+        run that failed before it started, nor one ended without a result by :meth:`fail_training_run`)."""
         t = runs_table
         query = (sa.select(t).where(t.c.status.in_(TRAINED_STATUSES), t.c.finished_at.is_not(None))
                  .order_by(t.c.finished_at.desc(), t.c.run_id.desc()))
         with self._engine.connect() as conn:
             for row in conn.execute(query):
-                if (row.summary or {}).get("started", True):
+                summary = row.summary or {}
+                if summary.get("started", True) and not summary.get("no_result"):
                     return _run_from_row(row)
         return None
 

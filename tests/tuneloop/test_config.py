@@ -75,6 +75,21 @@ def test_slices_on_exported_fields_load(tmp_path, slices, slice_fields):
     assert _load(tmp_path, **env).validation.slices
 
 
+@pytest.mark.parametrize(("env", "loads"), [
+    ({}, True),                                                                         # 240 > 72 + 72 + 2
+    ({"TUNELOOP__SCHEDULE__RUN_TIMEOUT_HOURS": "100"}, False),                          # a run may wait 144 h
+    ({"TUNELOOP__SCHEDULE__RUN_TIMEOUT_HOURS": "100", "TUNELOOP__TRIGGER__APPROVAL_TIMEOUT_HOURS": "12",
+      "TUNELOOP__DEPLOYMENT__APPROVAL_TIMEOUT_HOURS": "12"}, True),
+])
+def test_the_run_deadline_is_above_what_a_live_run_may_take(tmp_path, env, loads):
+    """A deadline a live run can reach would fail it and let a second run train on the same cases."""
+    if loads:
+        assert _load(tmp_path, **env).schedule.run_timeout_hours > 0
+    else:
+        with pytest.raises(ConfigError, match=r"schedule\.run_timeout_hours: 100 h would fail runs .* above 146 h"):
+            _load(tmp_path, **env)
+
+
 def test_the_always_exported_fields_are_the_exports_own():
     from tuneloop.datasets import FIXED_ROW_KEYS
 

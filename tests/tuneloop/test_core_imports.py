@@ -15,7 +15,7 @@ CORE_MODULES = (
     "tuneloop.registry", "tuneloop.deployment", "tuneloop.pipeline", "tuneloop.report", "tuneloop.post_deploy",
     "tuneloop.tracking", "tuneloop.inbox", "tuneloop.backends", "tuneloop.cli", "tuneloop.churn", "tuneloop.slices",
     "tuneloop.regression", "tuneloop.plots", "tuneloop.storage", "tuneloop.backends.gce", "tuneloop.backends.pod",
-    "tuneloop.runs", "tuneloop.intake",
+    "tuneloop.runs", "tuneloop.intake", "tuneloop.text_metrics", "tuneloop.text_gate",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 

@@ -251,6 +251,17 @@ def test_regression_suite_items_in_the_error_cases_are_excluded_and_reported(sto
     assert json.loads((manifest.directory / "manifest.json").read_text())["counts"]["excluded"] == 2
 
 
+def test_a_suite_item_that_could_not_train_still_guards_against_leakage(wav_factory, tmp_path):
+    """The trainability rules are for training data: a suite may hold silence (the model must say nothing) and
+    its items are only hashed for the guard, so it must not make every export fail."""
+    silent = tmp_path / "silence.wav"
+    sf.write(silent, np.zeros(8000), 16000)
+    suite_file = tmp_path / "suite.jsonl"
+    suite_file.write_text(json.dumps({"id": "s1", "audio": str(silent), "text": "nothing at all"}) + "\n")
+    guard = leakage_guard([SuiteSpec(name="smoke", type="smoke", data_path=suite_file)])
+    assert guard.reason(probe_audio(silent, trainable=False).content_hash, "other words")
+
+
 def test_a_train_case_with_an_eval_cases_transcript_is_held_back(store, wav_factory, tmp_path):
     ids = add_cases(store, wav_factory, 9)
     twin = store.store_failed_case(wav_factory("twin.wav"), "x", "Case number eight", created_at=T0 - timedelta(1))

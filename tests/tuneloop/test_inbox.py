@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -152,3 +153,22 @@ def test_a_bucket_prefix_is_an_inbox_and_its_audio_is_exported(tmp_path, wav_fac
     assert len(manifest.train_ids) + len(manifest.eval_ids) == 6
     [missing] = manifest.quarantined
     assert "audio missing" in missing.reason and "gone.wav" in missing.reason
+
+
+def test_only_a_batch_that_is_itself_unreadable_goes_to_failed():
+    """The rule behind failed/: a person must act on what lands there, so only the batch's own fault sends it; a
+    network error reading a bucket, the store being down, or an error nobody foresaw leaves it for the next pass."""
+    import aiohttp
+    from airflow.sdk import ObjectStoragePath
+
+    from tuneloop.inbox import _passing
+    from tuneloop.store import StoreError
+
+    local, remote = Path("/inbox/a.jsonl"), ObjectStoragePath("gs://acme-tuneloop/inbox/a.jsonl")
+    assert not _passing(local, IsADirectoryError("a.jsonl")) and not _passing(local, PermissionError("denied"))
+    assert not _passing(remote, PermissionError("403")) and not _passing(remote, IsADirectoryError("a prefix"))
+    for error in (aiohttp.ClientOSError(104, "Connection reset by peer"), ConnectionResetError(),
+                  sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection")),
+                  StoreError("store unreachable"), RuntimeError("HTTP 503 after retries")):
+        assert _passing(remote, error), error
+    assert _passing(local, StoreError("store unreachable")) and _passing(local, ValueError("a bug of ours"))

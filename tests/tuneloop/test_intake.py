@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import hypothesis.strategies as st
@@ -235,3 +236,13 @@ def test_the_store_tables_hold_what_intake_lets_through(store):
     assert all(columns[name].type.length == 200 for name in ("source", "annotator", "model_version"))
     assert metadata.tables["tuneloop_ingest_rejections"].c.field.type.length == 100
     assert isinstance(Line(1, b"x", 1).snippet, str) and sa is not None
+
+
+def test_a_refused_row_is_recorded_once_however_late_it_is_ingested_again(store, clock, audio_dir):
+    """Reasons are a function of the row alone (no clock in them): re-ingesting a batch later records nothing new."""
+    batch = audio_dir / "batch.jsonl"
+    batch.write_text(OK + ', "created_at": "2999-01-01T00:00:00Z"}\n')
+    first = store.ingest_jsonl(batch)
+    clock.now += timedelta(hours=5)
+    again = store.ingest_jsonl(batch)
+    assert first.rejected == again.rejected and len(store.ingest_rejections()) == 1

@@ -305,7 +305,7 @@ def test_training_run_lifecycle(store, clock):
     clock.now = NOW + timedelta(hours=2)
     done = store.finish_training_run("r1", "deployed", dataset_id="ds-x", candidate_version="4", summary={"wer": 0.1})
     assert (done.status, done.finished_at, done.dataset_id) == ("deployed", clock.now, "ds-x")
-    assert (done.candidate_version, done.summary) == ("4", {"wer": 0.1})
+    assert done.candidate_version == "4" and done.summary["wer"] == 0.1
     clock.now = NOW + timedelta(hours=3)
     assert store.finish_training_run("r1", "deployed").finished_at == NOW + timedelta(hours=2)  # retry keeps time
     with pytest.raises(StoreError, match="already finished deployed"):
@@ -352,11 +352,19 @@ def test_a_claimed_run_is_started_by_its_own_first_step(store):
     assert claimed.summary == {"started": False, "claimed_by": claim}
     started = store.start_training_run("on_errors__1", at=NOW + timedelta(minutes=5))
     assert started.summary == {"started": True, "claimed_by": claim} and started.started_at == NOW
-    # a claim failed before it started does not start the cooldown; one that started does
+    # a claim failed before it started does not start the cooldown, even once its report closed it (the report's
+    # summary is merged, not replaced); a run ended without a result by fail_training_run does not either; a run
+    # that started and failed in its own report does
     store.start_training_run("on_errors__2", at=NOW, claimed_by=claim)
-    store.fail_training_run("on_errors__2", "deleted before it started", at=NOW + timedelta(hours=2))
+    store.finish_training_run("on_errors__2", "failed", summary={"lines": ["check_trigger failed"]},
+                              at=NOW + timedelta(hours=2))
+    assert store.training_run("on_errors__2").summary["started"] is False
     assert store.last_finished_training() is None
-    store.fail_training_run("on_errors__1", "worker lost", at=NOW + timedelta(hours=1))
+    store.start_training_run("manual__3", at=NOW)
+    store.fail_training_run("manual__3", "worker lost", at=NOW + timedelta(hours=2))
+    assert store.training_run("manual__3").summary["no_result"] is True
+    assert store.last_finished_training() is None
+    store.finish_training_run("on_errors__1", "failed", at=NOW + timedelta(hours=1))
     assert store.last_finished_training().run_id == "on_errors__1"
     # the same run id started again (cleared in Airflow): a new attempt, with its own deadline
     assert store.start_training_run("on_errors__1", at=NOW + timedelta(hours=3)).started_at == NOW + timedelta(hours=3)

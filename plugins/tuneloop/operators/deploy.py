@@ -27,7 +27,7 @@ class RejectOperator(PipelineStepOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         version = self.upstream(context, "register")["version"]
-        event = self.pipeline(context).reject(version, self.actor(context, "approve_training"))
+        event = self.pipeline(context).reject(version, self.actor(context))
         self.log.info("rejected version %s; production stays %s", version, event["from_version"])
         return event
 

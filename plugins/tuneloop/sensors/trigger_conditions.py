@@ -40,8 +40,8 @@ class TriggerConditionsSensor(BaseSensorOperator):
         from tuneloop.pipeline import evaluate_trigger
 
         config = load_config()
-        result = evaluate_trigger(config, now=datetime.now(timezone.utc), force=False,
-                                  dag_run_state=dag_run_state).to_dict()
+        result = evaluate_trigger(config, now=datetime.now(timezone.utc), force=False, dag_run_state=dag_run_state,
+                                  own_run_id=self._claim_id(context)).to_dict()
         if not result["should_trigger"]:
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(is_done=True, xcom_value=self._claim(config, context, result))
@@ -49,11 +49,16 @@ class TriggerConditionsSensor(BaseSensorOperator):
     def _claim(self, config: Any, context: Context, result: dict[str, Any]) -> dict[str, Any]:
         from tuneloop.store import ErrorCaseStore
 
-        run_id = f"on_errors__{context['run_id']}"
+        run_id = self._claim_id(context)
         claimer = {"dag_id": context["ti"].dag_id, "run_id": context["run_id"]}
         ErrorCaseStore.from_config(config).start_training_run(run_id, at=datetime.now(timezone.utc),
                                                               claimed_by=claimer)
         return {"summary": "error cases: " + "; ".join(result["reasons"]), "result": result, "run_id": run_id}
+
+    @staticmethod
+    def _claim_id(context: Context) -> str:
+        """The weekly run this sensor run claims: a retried sensor must not take its own claim for another run."""
+        return f"on_errors__{context['run_id']}"
 
     def execute(self, context: Context) -> Any:
         config = load_config()
@@ -73,6 +78,7 @@ class TriggerConditionsSensor(BaseSensorOperator):
                 config=config.model_dump(mode="json"),
                 poke_interval=self.poke_interval_s or config.schedule.sensor_poke_seconds,
                 deadline=time.time() + timeout_s,
+                own_run_id=self._claim_id(context),
             ),
             method_name="execute_complete",
         )

@@ -18,16 +18,19 @@ class TriggerConditionsTrigger(BaseTrigger):
     checks exactly what the task would have checked.
     """
 
-    def __init__(self, *, config: dict[str, Any], poke_interval: float, deadline: float) -> None:
+    def __init__(self, *, config: dict[str, Any], poke_interval: float, deadline: float,
+                 own_run_id: str | None = None) -> None:
         super().__init__()
         self.config = config
         self.poke_interval = poke_interval
         self.deadline = deadline
+        self.own_run_id = own_run_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             "tuneloop.triggers.trigger_conditions.TriggerConditionsTrigger",
-            {"config": self.config, "poke_interval": self.poke_interval, "deadline": self.deadline},
+            {"config": self.config, "poke_interval": self.poke_interval, "deadline": self.deadline,
+             "own_run_id": self.own_run_id},
         )
 
     def _check(self) -> dict[str, Any]:
@@ -36,8 +39,8 @@ class TriggerConditionsTrigger(BaseTrigger):
         from tuneloop.pipeline import evaluate_trigger
 
         config = TuneloopConfig.model_validate(self.config)
-        return evaluate_trigger(config, now=datetime.now(timezone.utc), force=False,
-                                dag_run_state=dag_run_state).to_dict()
+        return evaluate_trigger(config, now=datetime.now(timezone.utc), force=False, dag_run_state=dag_run_state,
+                                own_run_id=self.own_run_id).to_dict()
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
