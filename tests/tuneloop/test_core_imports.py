@@ -15,7 +15,9 @@ CORE_MODULES = (
     "tuneloop.registry", "tuneloop.deployment", "tuneloop.pipeline", "tuneloop.report", "tuneloop.post_deploy",
     "tuneloop.tracking", "tuneloop.inbox", "tuneloop.backends", "tuneloop.cli", "tuneloop.churn", "tuneloop.slices",
     "tuneloop.regression", "tuneloop.plots", "tuneloop.storage", "tuneloop.backends.gce", "tuneloop.backends.pod",
-    "tuneloop.runs", "tuneloop.intake", "tuneloop.text_metrics", "tuneloop.text_gate",
+    "tuneloop.runs", "tuneloop.intake", "tuneloop.text_metrics", "tuneloop.text_gate", "tuneloop.store.schema",
+    "tuneloop.store.database", "tuneloop.store.cases", "tuneloop.store.training_runs", "tuneloop.store.deployments",
+    "tuneloop.store.suites", "tuneloop.store.inferences",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 

@@ -1,0 +1,395 @@
+"""Error cases and their ingestion: storing, reading, quarantining and consuming cases, and the refused rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from tuneloop.intake import CaseDraft, InvalidCase, Line, decode_row, parse_case, read_lines, sha256, storable
+from tuneloop.store.database import NotFound, StoreBase, StoreError, _batched, _chunks, _grouped, _is_transient
+from tuneloop.store.schema import cases_table, inferences_table, rejections_table, runs_table
+from tuneloop.store.training_runs import CONSUMING_STATUSES, TrainingRun
+
+log = logging.getLogger(__name__)
+
+CaseState = Literal["new", "consumed", "quarantined"]
+CASE_STATES: tuple[CaseState, ...] = ("new", "consumed", "quarantined")
+INGEST_CHUNK_ROWS = 500  # rows parsed, then written, per transaction: memory follows the chunk, not the file
+
+
+@dataclass(frozen=True)
+class ErrorCase:
+    """One stored error case. ``audio_hash`` is None for remote audio not yet fetched (checked at export)."""
+
+    id: str
+    created_at: datetime
+    source: str
+    model_version: str | None
+    audio_uri: str
+    audio_hash: str | None
+    prediction: str
+    correction: str | None
+    error_types: tuple[str, ...]
+    error_score: float | None
+    annotator: str | None
+    metadata: dict[str, Any]
+    content_hash: str
+    state: CaseState
+    state_reason: str | None = None
+    consumed_by_run: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        data["error_types"] = list(self.error_types)
+        return data
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """A JSONL row that was refused: where it was, which field, why, and the start of the raw line."""
+
+    line: int
+    field: str
+    reason: str
+    snippet: str
+
+
+@dataclass(frozen=True)
+class DuplicateRow:
+    line: int
+    case_id: str
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """Outcome of one JSONL batch: ids newly stored, rows that were already stored, rows refused."""
+
+    batch: str
+    rows: int
+    accepted: tuple[str, ...]
+    duplicates: tuple[DuplicateRow, ...]
+    rejected: tuple[RejectedRow, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "rows": self.rows,
+            "accepted": list(self.accepted),
+            "duplicates": [asdict(d) for d in self.duplicates],
+            "rejected": [asdict(r) for r in self.rejected],
+        }
+
+
+@dataclass(frozen=True)
+class IngestRejection:
+    """A stored rejection (``ErrorCaseStore.ingest_rejections``)."""
+
+    batch: str
+    line: int
+    field: str
+    reason: str
+    snippet: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class StoreStatistics:
+    """Counts for ``tuneloop status`` and the seed's ``get_statistics``."""
+
+    total_cases: int
+    by_state: dict[str, int]
+    corrected_cases: int
+    new_corrected_cases: int
+    by_model_version: dict[str, int]
+    by_error_type: dict[str, int]
+    rejected_rows: int
+    inferences_total: int
+    inferences_by_model_version: dict[str, int]
+    training_runs_by_status: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CaseRecords(StoreBase):
+    """Store, ingest, read and change the state of error cases.
+
+    Needs :class:`~tuneloop.store.training_runs.RunRecords` beside it (``ErrorCaseStore`` combines both):
+    :meth:`mark_consumed` reads the run that consumed the cases.
+    """
+
+    if TYPE_CHECKING:  # provided by RunRecords
+
+        def training_run(self, run_id: str) -> TrainingRun: ...
+
+    # ------------------------------------------------------------------------------------------ writing cases
+
+    def store_failed_case(
+        self,
+        audio_path: str | Path,
+        original_transcript: str,
+        corrected_transcript: str | None,
+        error_types: list[str] | None = None,
+        error_score: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        source: str = "api",
+        model_version: str | None = None,
+        annotator: str | None = None,
+        created_at: datetime | str | None = None,
+        case_id: str | None = None,
+    ) -> str:
+        """Store one error case (the seed's call) and return its id; the same case again returns the same id.
+
+        Relative audio paths are taken from the current directory and stored absolute. Raises ``InvalidCase``.
+        """
+        row = {
+            "id": case_id,
+            "audio_path": os.fspath(audio_path) if isinstance(audio_path, os.PathLike) else audio_path,
+            "prediction": original_transcript,
+            "correction": corrected_transcript,
+            "error_types": error_types,
+            "error_score": error_score,
+            "metadata": metadata,
+            "source": source,
+            "model_version": model_version,
+            "annotator": annotator,
+            "created_at": created_at,
+        }
+        draft = parse_case(row, base_dir=Path.cwd(), default_source=source, now=self._clock(), limits=self._limits)
+        case_id, is_new = self._transaction(lambda conn: self._insert_isolated(conn, draft))
+        log.info("%s error case %s", "stored" if is_new else "already had", case_id)
+        return case_id
+
+    def ingest_jsonl(self, path: str | Path, *, source: str | None = None, batch_name: str | None = None,
+                     base_dir: Path | str | None = None) -> IngestReport:
+        """Store every valid row of a JSONL batch; refuse the others with line, field and reason.
+
+        No row can cost another: each is parsed on its own (bounded by the ``ingest`` limits) and written in its
+        own savepoint, so a row the database refuses is refused alone. Rows are written in chunks of
+        ``INGEST_CHUNK_ROWS``, one transaction each; a database that is unreachable raises (the whole batch can
+        be ingested again later: re-ingesting the same file stores nothing new, rows come back as duplicates and
+        rejections are not recorded twice). Relative audio paths are relative to the JSONL file, or to
+        ``base_dir`` (a folder, or a ``gs://`` prefix for a batch read from a bucket). ``source`` is the default
+        for rows without one (default ``"jsonl"``); ``batch_name`` is how the batch is recorded (default its
+        path).
+        """
+        file = Path(path).absolute()
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: JSONL batch does not exist")
+        batch = storable(batch_name or str(file))
+        base = file.parent if base_dir is None else base_dir
+        accepted: list[str] = []
+        duplicates: list[DuplicateRow] = []
+        refused: list[RejectedRow] = []
+        rows = 0
+        with file.open("rb") as handle:
+            for chunk in _batched(read_lines(handle, self._limits.max_line_bytes), INGEST_CHUNK_ROWS):
+                rows += len(chunk)
+                drafts, rejected = self._parse_lines(chunk, base, source or "jsonl")
+                stored, again, refused_here = self._transaction(
+                    lambda conn: self._write_rows(conn, batch, drafts, rejected))  # noqa: B023 (called at once)
+                accepted += stored
+                duplicates += again
+                refused += refused_here
+        report = IngestReport(batch, rows, tuple(accepted), tuple(duplicates), tuple(refused))
+        log.info("ingested %s: %d rows, %d stored, %d duplicates, %d rejected", batch, report.rows,
+                 len(report.accepted), len(report.duplicates), len(report.rejected))
+        for row in report.rejected:
+            log.warning("%s:%d rejected: %s: %s", batch, row.line, row.field, row.reason)
+        return report
+
+    def _parse_lines(self, lines: list[Line], base: Path | str,
+                     default_source: str) -> tuple[list[tuple[Line, CaseDraft]], list[RejectedRow]]:
+        """Decode and check each line (audio probing included) before any database work."""
+        drafts: list[tuple[Line, CaseDraft]] = []
+        rejected: list[RejectedRow] = []
+        now = self._clock()
+        for line in lines:
+            try:
+                row = decode_row(line, self._limits)
+                drafts.append((line, parse_case(row, base_dir=base, default_source=default_source, now=now,
+                                                limits=self._limits)))
+            except InvalidCase as error:
+                rejected.append(RejectedRow(line.number, error.field, error.reason, line.snippet))
+            except Exception as error:  # a rule we lack must still cost only this row; logged as the bug it is
+                log.exception("line %d: unexpected error while checking the row", line.number)
+                rejected.append(RejectedRow(line.number, "row", storable(
+                    f"could not be checked ({type(error).__name__}: {str(error)[:200]})"), line.snippet))
+        return drafts, rejected
+
+    def _write_rows(self, conn: Connection, batch: str, drafts: list[tuple[Line, CaseDraft]],
+                    rejected: list[RejectedRow]) -> tuple[list[str], list[DuplicateRow], list[RejectedRow]]:
+        accepted: list[str] = []
+        duplicates: list[DuplicateRow] = []
+        refused = list(rejected)
+        for line, draft in drafts:
+            try:
+                case_id, is_new = self._insert_isolated(conn, draft)
+            except InvalidCase as error:
+                refused.append(RejectedRow(line.number, error.field, error.reason, line.snippet))
+                continue
+            if is_new:
+                accepted.append(case_id)
+            else:
+                duplicates.append(DuplicateRow(line.number, case_id))
+        refused.sort(key=lambda r: r.line)
+        self._record_rejections(conn, batch, refused)
+        return accepted, duplicates, refused
+
+    def _insert_isolated(self, conn: Connection, draft: CaseDraft) -> tuple[str, bool]:
+        """Insert one case in a savepoint: a row the database refuses becomes ``InvalidCase`` and costs only
+        itself. A database that cannot be used at all (connection lost, locked) raises: that is no fault of the
+        row, and the batch is ingested again later."""
+        for attempt in (1, 2):
+            try:
+                with conn.begin_nested():
+                    return self._insert_case(conn, draft)
+            except DBAPIError as error:
+                if _is_transient(error):
+                    raise
+                if isinstance(error, IntegrityError) and attempt == 1:
+                    continue  # a concurrent writer stored the same case between our lookup and insert: look again
+                raise InvalidCase("row", f"the database refused it: {str(error.orig)[:300]}") from error
+        raise AssertionError("unreachable")
+
+    def _insert_case(self, conn: Connection, draft: CaseDraft) -> tuple[str, bool]:
+        """Insert unless the same id or the same content is stored; return (id, inserted)."""
+        t = cases_table
+        same = sa.or_(t.c.id == draft.id, t.c.content_hash == draft.content_hash)
+        existing = conn.execute(sa.select(t.c.id, t.c.content_hash).where(same)).all()
+        for row in existing:
+            if row.id == draft.id and row.content_hash != draft.content_hash:
+                raise InvalidCase("id", f"{draft.id!r} is already used by a case with different audio or text")
+        if existing:
+            return existing[0].id, False
+        conn.execute(sa.insert(t).values(**draft.values(), ingested_at=self._clock(), state="new"))
+        return draft.id, True
+
+    def _record_rejections(self, conn: Connection, batch: str, rows: Iterable[RejectedRow]) -> None:
+        """Record rejections once: a key over (batch, line, field, reason, snippet) makes re-ingestion silent."""
+        t = rejections_table
+        for row in rows:
+            key = sha256(json.dumps([batch, row.line, row.field, row.reason, row.snippet]))
+            if conn.execute(sa.select(t.c.id).where(t.c.rejection_key == key)).first() is None:
+                conn.execute(sa.insert(t).values(rejection_key=key, batch=batch, line=row.line, field=row.field,
+                                                 reason=row.reason, snippet=row.snippet, at=self._clock()))
+
+    # ------------------------------------------------------------------------------------------ reading cases
+
+    def get_case(self, case_id: str) -> ErrorCase:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(cases_table).where(cases_table.c.id == case_id)).first()
+        if row is None:
+            raise NotFound(f"error case {case_id!r} does not exist")
+        return _case_from_row(row)
+
+    def cases_for_export(self, limit: int | None = None) -> list[ErrorCase]:
+        """New cases that carry a correction, oldest first (ties by id, so the order is deterministic)."""
+        t = cases_table
+        query = (sa.select(t).where(t.c.state == "new", t.c.correction.is_not(None))
+                 .order_by(t.c.created_at, t.c.id).limit(limit))
+        with self._engine.connect() as conn:
+            return [_case_from_row(row) for row in conn.execute(query)]
+
+    def statistics(self) -> StoreStatistics:
+        """Totals by state, model version and error type, plus rejections, inferences and runs."""
+        c, i, r = cases_table.c, inferences_table.c, runs_table.c
+        with self._engine.connect() as conn:
+            by_state = {state: 0 for state in CASE_STATES} | _grouped(conn, c.state, sa.func.count())
+            corrected = conn.scalar(sa.select(sa.func.count()).where(c.correction.is_not(None))) or 0
+            new_corrected = conn.scalar(
+                sa.select(sa.func.count()).where(c.correction.is_not(None), c.state == "new")) or 0
+            by_version = {str(k or "unknown"): v for k, v in _grouped(conn, c.model_version, sa.func.count()).items()}
+            error_types: Counter[str] = Counter()
+            for types in conn.execute(sa.select(c.error_types)).scalars():
+                error_types.update(types or [])
+            rejected = conn.scalar(sa.select(sa.func.count()).select_from(rejections_table)) or 0
+            inferences = _grouped(conn, i.model_version, sa.func.sum(i.count))
+            runs = _grouped(conn, r.status, sa.func.count())
+        return StoreStatistics(
+            total_cases=sum(by_state.values()),
+            by_state=by_state,
+            corrected_cases=corrected,
+            new_corrected_cases=new_corrected,
+            by_model_version=by_version,
+            by_error_type=dict(error_types.most_common()),
+            rejected_rows=rejected,
+            inferences_total=int(sum(inferences.values())),
+            inferences_by_model_version={k: int(v) for k, v in inferences.items()},
+            training_runs_by_status=runs,
+        )
+
+    def ingest_rejections(self, limit: int = 100) -> list[IngestRejection]:
+        """Most recent first."""
+        t = rejections_table
+        query = sa.select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        with self._engine.connect() as conn:
+            return [IngestRejection(row.batch, row.line, row.field, row.reason, row.snippet, row.at)
+                    for row in conn.execute(query)]
+
+    # ------------------------------------------------------------------------------------------ case states
+
+    def quarantine(self, case_id: str, reason: str) -> None:
+        """Take a case out of training for good, with the reason (shown by status and the dataset manifest)."""
+        if not reason or not reason.strip():
+            raise ValueError("reason: a quarantine needs a reason")
+        t = cases_table
+
+        def write(conn: Connection) -> int:
+            return conn.execute(sa.update(t).where(t.c.id == case_id).values(
+                state="quarantined", state_reason=reason, state_changed_at=self._clock())).rowcount
+
+        if self._transaction(write) == 0:
+            raise NotFound(f"error case {case_id!r} does not exist")
+        log.info("quarantined error case %s: %s", case_id, reason)
+
+    def mark_consumed(self, case_ids: Iterable[str], run_id: str) -> int:
+        """Mark new cases as trained on by ``run_id``; return how many changed state.
+
+        Only a run that reached a verdict (deployed, rejected, held, rolled_back) consumes its cases; after a
+        ``failed`` or ``skipped`` run nothing changes and the cases stay new for the next run. Calling
+        this for an unknown run, or one still running, is an error: finish the run first. Cases that are not
+        new (already consumed, quarantined) are left as they are, so calling again is harmless.
+        """
+        ids = sorted(set(case_ids))
+        run = self.training_run(run_id)
+        if run.status == "running":
+            raise StoreError(f"training run {run_id!r} is still running; finish it before marking cases consumed")
+        if run.status not in CONSUMING_STATUSES:
+            log.info("training run %s finished %s: its %d cases stay new", run_id, run.status, len(ids))
+            return 0
+        t = cases_table
+
+        def write(conn: Connection) -> int:
+            changed = 0
+            for chunk in _chunks(ids, 500):
+                changed += conn.execute(sa.update(t).where(t.c.id.in_(chunk), t.c.state == "new").values(
+                    state="consumed", consumed_by_run=run_id, state_changed_at=self._clock())).rowcount
+            return changed
+
+        changed = self._transaction(write)
+        log.info("training run %s consumed %d of %d cases", run_id, changed, len(ids))
+        return changed
+
+
+def _case_from_row(row: sa.Row[Any]) -> ErrorCase:
+    return ErrorCase(
+        id=row.id, created_at=row.created_at, source=row.source, model_version=row.model_version,
+        audio_uri=row.audio_uri, audio_hash=row.audio_hash, prediction=row.prediction, correction=row.correction,
+        error_types=tuple(row.error_types or ()), error_score=row.error_score, annotator=row.annotator,
+        metadata=dict(row.meta or {}), content_hash=row.content_hash, state=row.state,
+        state_reason=row.state_reason, consumed_by_run=row.consumed_by_run,
+    )

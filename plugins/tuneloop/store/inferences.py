@@ -1,0 +1,37 @@
+"""Inference counts: requests served per model version and period (the error-rate denominator)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from tuneloop.intake import as_utc
+from tuneloop.store.database import StoreBase
+from tuneloop.store.schema import inferences_table
+
+
+class InferenceRecords(StoreBase):
+    """Record how many requests each model version served."""
+
+    def record_inferences(self, model_version: str, count: int, *, period_start: datetime | None = None) -> None:
+        """Record ``count`` requests served by ``model_version`` in the period starting at ``period_start``.
+
+        Recording the same (model_version, period_start) again replaces the count, so a retried report is
+        harmless; give ``period_start`` (e.g. the hour) for that. Without it the period starts now, so every
+        call adds a separate row.
+        """
+        if not isinstance(model_version, str) or not model_version.strip():
+            raise ValueError(f"model_version: must be a non-empty string, got {model_version!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"count: must be an integer >= 0, got {count!r}")
+        start = as_utc(period_start) if period_start else self._clock()
+        t = inferences_table
+
+        def write(conn: Connection) -> None:
+            match = (t.c.model_version == model_version) & (t.c.period_start == start)
+            if conn.execute(sa.update(t).where(match).values(count=count)).rowcount == 0:
+                conn.execute(sa.insert(t).values(model_version=model_version, period_start=start, count=count))
+
+        self._transaction(write)
