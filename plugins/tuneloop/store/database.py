@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
@@ -114,10 +116,21 @@ def _sqlite_engine(url: sa.URL) -> Engine:
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Per connection: the busy timeout first, then WAL. Switching a new database to WAL needs an exclusive lock,
+    and SQLite answers "database is locked" at once, without waiting, when that would deadlock with another
+    connection's transaction (several workers opening a new store together): so the switch is retried."""
     dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event below starts transactions, not pysqlite
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cursor.close()
 
 
