@@ -150,7 +150,7 @@ class GateResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists, non-finite floats become None."""
-        return _json_safe(self)
+        return json_safe(self)
 
 
 def gate(
@@ -290,7 +290,7 @@ def _check_size(n: int, config: ValidationConfig) -> GateCheck:
 
 def _check_improvement(m: MetricComparison, *, strict: bool) -> GateCheck:
     name, label = f"{m.metric}_improvement", m.metric.upper()
-    change = f"{m.baseline:.3f} → {m.candidate:.3f} ({_signed(-m.improvement)}{_relative(m)}{_ci(m.bootstrap)})"
+    change = f"{m.baseline:.3f} → {m.candidate:.3f} ({_signed(-m.improvement)}{_relative(m)}{format_ci(m.bootstrap)})"
     floor = f"min_{m.metric}_improvement {m.min_improvement:.3f}"
     if strict and m.improvement <= 0:
         worse = "got worse" if m.improvement < 0 else "did not change"
@@ -307,18 +307,18 @@ def _check_significance(m: MetricComparison, config: ValidationConfig) -> GateCh
     boot = m.bootstrap
     alpha = config.significance_alpha
     if not config.require_significance:
-        stats = f" (for the record: p={_p(boot.p_value)})" if boot else ""
+        stats = f" (for the record: p={format_p(boot.p_value)})" if boot else ""
         return GateCheck("significance", True, f"significance not required (require_significance=false){stats}")
     if boot is None:
         return GateCheck("significance", False, "WER improvement is not significant: no utterances to test")
-    test = (f"{1 - alpha:.0%} lower bound {boot.lower_bound:+.3f}, {_interval(boot)}; one-sided paired bootstrap, "
+    test = (f"{1 - alpha:.0%} lower bound {boot.lower_bound:+.3f}, {format_interval(boot)}; one-sided paired bootstrap, "
             f"{boot.resamples:,} resamples over n={boot.n}")
     if boot.p_value < alpha:
         return GateCheck(
-            "significance", True, f"WER improvement is significant: p={_p(boot.p_value)} < alpha {alpha:g} ({test})"
+            "significance", True, f"WER improvement is significant: p={format_p(boot.p_value)} < alpha {alpha:g} ({test})"
         )
     return GateCheck(
-        "significance", False, f"WER improvement is not significant: p={_p(boot.p_value)} >= alpha {alpha:g} ({test})"
+        "significance", False, f"WER improvement is not significant: p={format_p(boot.p_value)} >= alpha {alpha:g} ({test})"
     )
 
 
@@ -389,40 +389,43 @@ def _ceiling(metric: str, value: float, ceiling: float, prefix: str) -> GateChec
                                                   f"{ceiling:g}")
 
 
-def _sign(x: float) -> str:
+def sign(x: float) -> str:
     return "−" if x < 0 else "+" if x > 0 else "±"
 
 
 def _signed(x: float) -> str:
-    return f"{_sign(x)}{abs(x):.3f}"
+    return f"{sign(x)}{abs(x):.3f}"
 
 
 def _relative(m: MetricComparison) -> str:
     if m.relative_improvement is None:
         return ""
     change = -m.relative_improvement
-    return f", {_sign(change)}{abs(change):.1%} relative"
+    return f", {sign(change)}{abs(change):.1%} relative"
 
 
-def _interval(boot: BootstrapResult) -> str:
+# Formatting shared with the text gate (tuneloop.text_gate): any bootstrap result with alpha, ci_low and ci_high.
+
+
+def format_interval(boot: BootstrapResult) -> str:
     return f"{1 - boot.alpha:.0%} CI of the improvement [{boot.ci_low:.3f}, {boot.ci_high:.3f}]"
 
 
-def _ci(boot: BootstrapResult | None) -> str:
-    return f", {_interval(boot)}" if boot else ""
+def format_ci(boot: BootstrapResult | None) -> str:
+    return f", {format_interval(boot)}" if boot else ""
 
 
-def _p(p: float) -> str:
+def format_p(p: float) -> str:
     return f"{p:.4g}"
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _json_safe(getattr(value, f.name)) for f in fields(value)}
+        return {f.name: json_safe(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -12,7 +12,6 @@ Libraries that only take local files (matplotlib, MLflow's artifact logging, aud
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -198,26 +197,17 @@ def publish_split(jsonl: Path, target: StoragePath) -> StoragePath:
 
 
 def audio_fetcher(conn_id: str | None, folder: Path) -> Callable[[str], Path]:
-    """For the export: maps an error case's remote audio URI (``gs://...``) to a local copy in ``folder``, read
-    through Airflow's ObjectStoragePath with connection ``conn_id``. An object that does not exist is
-    ``AudioError("missing")`` (the export quarantines that case); other errors (network) propagate, so the
-    task retries."""
+    """For the export: maps an error case's remote audio URI (``gs://...``) to a local copy in ``folder`` (see
+    :func:`fetch`), read with connection ``conn_id``. An object that does not exist is ``AudioError("missing")``
+    (the export quarantines that case); other errors (network) propagate, so the task retries."""
     from tuneloop.audio import AudioError
 
     def fetch_audio(audio_uri: str) -> Path:
-        from airflow.sdk import ObjectStoragePath
-
         folder.mkdir(parents=True, exist_ok=True)
-        local = folder / f"{hashlib.sha256(audio_uri.encode()).hexdigest()[:24]}{Path(audio_uri).suffix[:8]}"
-        if not local.exists():
-            try:
-                data = ObjectStoragePath(audio_uri, conn_id=conn_id).read_bytes()
-            except FileNotFoundError as error:
-                raise AudioError(audio_uri, "missing", "no such object") from error
-            partial = local.with_name(local.name + ".part")
-            partial.write_bytes(data)
-            partial.replace(local)
-        return local
+        try:
+            return fetch(storage_root(audio_uri, folder, conn_id), folder)
+        except FileNotFoundError as error:
+            raise AudioError(audio_uri, "missing", "no such object") from error
 
     return fetch_audio
 

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuneloop.gate import GateCheck, Verdict
+from tuneloop.gate import GateCheck, Verdict, format_ci, format_interval, format_p, json_safe, sign
 from tuneloop.stats import (
     McNemarResult,
     MeanBootstrapResult,
@@ -176,7 +176,7 @@ class TextGateResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists, non-finite floats become None."""
-        return _json_safe(self)
+        return json_safe(self)
 
 
 def text_gate(pairs: Sequence[TextPair] | PairedScores, config: TextGateConfig) -> TextGateResult:
@@ -274,7 +274,7 @@ def _check_improvement(
     config: TextGateConfig,
 ) -> GateCheck:
     name = f"{metric}_improvement"
-    change = f"{baseline:.3f} → {candidate:.3f} ({_signed(improvement)}{_ci(boot)})"
+    change = f"{baseline:.3f} → {candidate:.3f} ({_signed(improvement)}{format_ci(boot)})"
     floor = f"min_improvement {config.min_improvement:.3f}"
     if improvement <= 0:
         worse = "got worse" if improvement < 0 else "did not change"
@@ -295,19 +295,19 @@ def _check_significance(
     if boot is None or signs is None:
         return GateCheck("significance", False, f"{metric} improvement is not significant: no examples to test")
     second = (f"; second opinion, sign test: {signs.wins} wins vs {signs.losses} losses, {signs.ties} ties, "
-              f"p={_p(signs.p_value)}")
+              f"p={format_p(signs.p_value)}")
     if mcnemar is not None:
         p_value = mcnemar.p_value
         test = (f"one-sided McNemar exact test: {mcnemar.fixed} fixed vs {mcnemar.broken} broken of "
                 f"{mcnemar.fixed + mcnemar.broken} examples the models disagree on, n={mcnemar.n}")
     else:
         p_value = boot.p_value
-        test = (f"{1 - alpha:.0%} lower bound {boot.lower_bound:+.3f}, {_interval(boot)}; one-sided paired "
+        test = (f"{1 - alpha:.0%} lower bound {boot.lower_bound:+.3f}, {format_interval(boot)}; one-sided paired "
                 f"bootstrap, {boot.resamples:,} resamples over n={boot.n}")
     if p_value < alpha:
-        return GateCheck("significance", True, f"{metric} improvement is significant: p={_p(p_value)} < alpha "
+        return GateCheck("significance", True, f"{metric} improvement is significant: p={format_p(p_value)} < alpha "
                                                f"{alpha:g} ({test}){second}")
-    return GateCheck("significance", False, f"{metric} improvement is not significant: p={_p(p_value)} >= alpha "
+    return GateCheck("significance", False, f"{metric} improvement is not significant: p={format_p(p_value)} >= alpha "
                                             f"{alpha:g} ({test}){second}")
 
 
@@ -325,30 +325,4 @@ def _check_newly_broken(count: int, fixed: int, n: int, ids: tuple[str, ...], co
 
 
 def _signed(x: float) -> str:
-    return f"{'−' if x < 0 else '+' if x > 0 else '±'}{abs(x):.3f}"
-
-
-def _interval(boot: MeanBootstrapResult) -> str:
-    return f"{1 - boot.alpha:.0%} CI of the improvement [{boot.ci_low:.3f}, {boot.ci_high:.3f}]"
-
-
-def _ci(boot: MeanBootstrapResult | None) -> str:
-    return f", {_interval(boot)}" if boot else ""
-
-
-def _p(p: float) -> str:
-    return f"{p:.4g}"
-
-
-def _json_safe(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _json_safe(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return f"{sign(x)}{abs(x):.3f}"
