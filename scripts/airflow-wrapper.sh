@@ -27,13 +27,14 @@ fi
 # Ctrl-C signals the terminal's whole process group: every component then gets SIGINT from the terminal and
 # SIGTERM from standalone at once, and about every other time the scheduler hangs with its workers (Airflow
 # 3.3.2). So standalone runs in a process group of its own (job control) and only it gets the signal, which it
-# passes on to each component once.
+# passes on to each component once. Standalone stops its components only on SIGINT (KeyboardInterrupt); SIGTERM
+# or SIGHUP (`kill`, a closed terminal) would end it alone and leave every component running, so those become
+# SIGINT too.
 if [[ "${1:-}" == standalone ]]; then
     set -m
     "$python" -m airflow "$@" < /dev/null &
     pid=$!
-    trap 'kill -INT "$pid" 2>/dev/null' INT
-    trap 'kill -TERM "$pid" 2>/dev/null' TERM HUP
+    trap 'kill -INT "$pid" 2>/dev/null' INT TERM HUP
     while :; do
         wait "$pid"
         status=$?

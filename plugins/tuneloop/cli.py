@@ -157,7 +157,9 @@ def cmd_status(config: TuneloopConfig, args: argparse.Namespace) -> int:
     for key in sorted(k for k in model["production_tags"] if k.endswith(("wer", "cer")) or k == "dataset_id"):
         print(f"  {key} = {model['production_tags'][key]}")
     print("regression suites:")
-    for suite in status["regression_suites"] or [{"name": "(none registered)", "history": []}]:
+    if not status["regression_suites"]:
+        print("  (none registered)")
+    for suite in status["regression_suites"]:
         latest = suite["history"][:3]
         shown = "; ".join(f"{version_label(h['model_version'])} WER {h['wer']:.3f} {'pass' if h['passed'] else 'FAIL'}"
                           for h in latest) or "no results yet"

@@ -88,10 +88,17 @@ def _wait_for(what: str, probe: Callable[[], Any], server: subprocess.Popen, log
     pytest.fail(f"no {what} within {STARTUP_S} s of `{COMMAND}`:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture
-def standalone(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen, Path]]:
+STOPS = {  # how people stop it: Ctrl-C signals the terminal's process group; `kill` (or a closed terminal) the command
+    "ctrl-c": lambda pid: os.killpg(pid, signal.SIGINT),
+    "kill": lambda pid: os.kill(pid, signal.SIGTERM),
+}
+
+
+@pytest.fixture(params=sorted(STOPS))
+def standalone(request, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen, Path]]:
     """Starts the README's command as a terminal would (a process group of its own) and stops it with Ctrl-C (SIGINT
-    to that group); asserts that nothing it started is left (anything left is killed, so no failure leaks)."""
+    to that group) or `kill` (SIGTERM to the command: Airflow's standalone alone would leave every component
+    running); asserts that nothing it started is left (anything left is killed, so no failure leaks)."""
     env = _fresh_shell_env(tmp_path)
     log = tmp_path / "standalone.log"
     with log.open("wb") as out:
@@ -101,7 +108,7 @@ def standalone(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess
         yield f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}", env, server, log
     finally:
         groups = _groups(server.pid) if server.poll() is None else {server.pid}
-        os.killpg(server.pid, signal.SIGINT)
+        STOPS[request.param](server.pid)
         try:
             server.wait(timeout=STOP_S)
         except subprocess.TimeoutExpired:
@@ -117,7 +124,7 @@ def standalone(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess
             except psutil.NoSuchProcess:
                 continue
         assert server.returncode is not None and not left, (
-            f"{STOP_S} s after Ctrl-C: `{COMMAND}` exit status {server.returncode}, still running: {described}")
+            f"{STOP_S} s after {request.param}: `{COMMAND}` exit status {server.returncode}, still running: {described}")
 
 
 @pytest.mark.slow

@@ -119,6 +119,7 @@ def test_status_without_a_production_model_says_none(home, capsys):
     out = capsys.readouterr().out
     assert "model speech-to-text: production none (previous none)" in out
     assert "vNone" not in out
+    assert "regression suites:\n  (none registered)\n" in out
 
 
 def test_no_text_prints_a_version_without_version_label():
