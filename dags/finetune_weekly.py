@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, TriggerRule
 
+from tuneloop.config import TuneloopConfig
 from tuneloop.operators.approve import ApproveDeployOperator, ApproveTrainingOperator
 from tuneloop.operators.check_trigger import CheckTriggerOperator
 from tuneloop.operators.decide import DecideOperator
@@ -41,18 +42,28 @@ from tuneloop.operators.regression_suite import RegressionSuiteOperator
 from tuneloop.operators.report import ReportOperator
 from tuneloop.operators.trainer_step import trainer_step
 from tuneloop.operators.validate import ValidateOperator
-from tuneloop.schedule import approval_timeout, cron, task_defaults
+from tuneloop.schedule import approval_timeout, cron, models, task_defaults
 
-with DAG(
-    dag_id="finetune_weekly",
-    doc_md=__doc__,
-    schedule=cron("weekly_cron"),
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    tags=["tuneloop", "speech-to-text"],
-    default_args=task_defaults(),
-    params={
+
+def build(model: TuneloopConfig) -> DAG:
+    """The loop for one model: ``finetune_weekly``, or ``finetune_weekly_<name>`` for each model of several."""
+    with DAG(
+        dag_id=model.dag_id("finetune_weekly"),
+        doc_md=__doc__,
+        schedule=cron("weekly_cron", model),
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["tuneloop", model.task.replace("_", "-"), f"model:{model.name}"],
+        default_args=task_defaults(model),
+        params=_params(),
+    ) as dag:
+        _wire(model)
+    return dag
+
+
+def _params() -> dict[str, Param]:
+    return {
         "force_trigger": Param(False, type="boolean", description="Train even if trigger conditions are unmet."),
         "auto_deploy": Param(True, type="boolean",
                              description="Promote a candidate that passes the gate; untick to approve it by hand."),
@@ -67,14 +78,16 @@ with DAG(
             description="shuffle: train on shuffled transcripts — a deliberately bad candidate, to test the gate.",
         ),
         "reason": Param("scheduled", type="string", description="Why this run started (shown in history)."),
-    },
-) as dag:
+    }
+
+
+def _wire(model: TuneloopConfig) -> None:
     check_trigger = CheckTriggerOperator(task_id="check_trigger")
     approve_training = ApproveTrainingOperator(
         task_id="approve_training",
         subject="Start fine-tuning the production model? ({{ run_id }})",
         body="{{ ti.xcom_pull(task_ids='check_trigger')['summary_md'] }}",
-        response_timeout=approval_timeout("trigger"),
+        response_timeout=approval_timeout("trigger", model),
         retries=0,
     )
     export_dataset = ExportDatasetOperator(task_id="export_dataset")
@@ -88,7 +101,7 @@ with DAG(
         task_id="approve_deploy",
         subject="Deploy version {{ ti.xcom_pull(task_ids='register')['version'] }} to production? ({{ run_id }})",
         body="{{ ti.xcom_pull(task_ids='decide', key='summary') }}",
-        response_timeout=approval_timeout("deployment"),
+        response_timeout=approval_timeout("deployment", model),
         retries=0,
     )
     deploy = DeployOperator(task_id="deploy")
@@ -101,3 +114,7 @@ with DAG(
     regression_suite >> register >> decide >> [approve_deploy, reject]
     approve_deploy >> deploy >> post_deploy_check >> rollback
     [post_deploy_check, rollback, reject] >> report
+
+
+for _model in models():
+    globals()[_model.dag_id("finetune_weekly")] = build(_model)

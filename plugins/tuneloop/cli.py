@@ -1,6 +1,7 @@
 """``tuneloop`` — the command line: ingest error cases, see the loop's state, roll back, run the demo.
 
     tuneloop ingest FILE.jsonl          store error cases (bad rows reported with reasons, valid rows kept)
+    (with several models configured, every command but status takes --model NAME; status shows them all)
     tuneloop status [--json]            cases, trigger conditions, production model, last decisions
     tuneloop history [--limit N]        deployment history: who, when, action, from -> to, why
     tuneloop runs [--limit N] [--json]  fine-tuning runs, their state, and a running one's deadline
@@ -30,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = _model_config(load_config(args.config), args)
         return args.handler(config, args)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"tuneloop {args.command}: error: {e}", file=sys.stderr)
@@ -42,46 +43,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+ALL_MODELS_COMMANDS = ("status", "demo")  # these work on the whole installation when no --model is given
+
+
+def _model_config(config: TuneloopConfig, args: argparse.Namespace) -> TuneloopConfig:
+    """The configuration the command works on: the named model's, the only model's, or (status) the whole."""
+    if args.model:
+        return config.for_model(args.model)
+    if not config.several_models or args.command in ALL_MODELS_COMMANDS:
+        return config
+    raise ConfigError(f"several models are configured ({', '.join(config.model_names)}): name one with --model")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneloop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="tuneloop.yaml (default: $TUNELOOP_CONFIG or include/config/tuneloop.yaml)")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", help="which configured model (models: in the config); needed when there are "
+                       "several, except for status")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ingest = sub.add_parser("ingest", help="store error cases from a JSONL file")
+    ingest = sub.add_parser("ingest", parents=[model], help="store error cases from a JSONL file")
     ingest.add_argument("file", type=Path)
     ingest.add_argument("--source", help="source label for these cases (default: the file name)")
     ingest.set_defaults(handler=cmd_ingest)
 
-    status = sub.add_parser("status", help="cases, trigger conditions, production model, last decisions")
+    status = sub.add_parser("status", parents=[model],
+                            help="cases, trigger conditions, production model, last decisions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=cmd_status)
 
-    history = sub.add_parser("history", help="deployment history")
+    history = sub.add_parser("history", parents=[model], help="deployment history")
     history.add_argument("--limit", type=int, default=20)
     history.add_argument("--json", action="store_true")
     history.set_defaults(handler=cmd_history)
 
-    runs = sub.add_parser("runs", help="fine-tuning runs and their state; --fail ends a stuck one by hand")
+    runs = sub.add_parser("runs", parents=[model],
+                          help="fine-tuning runs and their state; --fail ends a stuck one by hand")
     runs.add_argument("--limit", type=int, default=20)
     runs.add_argument("--json", action="store_true")
     runs.add_argument("--fail", metavar="RUN_ID", help="end this running run as failed (needs --reason)")
     runs.add_argument("--reason", help="why the run is ended by hand (kept in the run and the history)")
     runs.set_defaults(handler=cmd_runs)
 
-    rollback = sub.add_parser("rollback", help="put a previous model version back into production")
+    rollback = sub.add_parser("rollback", parents=[model], help="put a previous model version back into production")
     rollback.add_argument("--to", dest="to_version", help="version to restore (default: the 'previous' alias)")
     rollback.add_argument("--reason", default="manual rollback from the CLI")
     rollback.set_defaults(handler=cmd_rollback)
 
-    bootstrap = sub.add_parser("bootstrap", help="register an existing HF model dir as the first production model")
+    bootstrap = sub.add_parser("bootstrap", parents=[model],
+                               help="register an existing HF model dir as the first production model")
     bootstrap.add_argument("model_dir", type=Path)
     bootstrap.add_argument("--reason", default="initial production model")
     bootstrap.set_defaults(handler=cmd_bootstrap)
 
     suite = sub.add_parser("suite", help="regression suites: register one, list them with their latest results")
     suite_sub = suite.add_subparsers(dest="suite_command", required=True)
-    add = suite_sub.add_parser("add", help="register (or replace) a regression suite")
+    add = suite_sub.add_parser("add", parents=[model], help="register (or replace) a regression suite")
     add.add_argument("name")
     add.add_argument("data_path", type=Path, help="JSONL rows {id, audio, text, ...}; audio relative to the file")
     add.add_argument("--type", default="benchmark", choices=["benchmark", "critical", "smoke"])
@@ -90,11 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--baseline-version")
     add.add_argument("--max-wer-degradation", type=float, default=0.05)
     add.set_defaults(handler=cmd_suite_add)
-    listing = suite_sub.add_parser("list", help="suites and their result history")
+    listing = suite_sub.add_parser("list", parents=[model], help="suites and their result history")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_suite_list)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo (speech data, baseline, Airflow run)")
+    demo.set_defaults(model=None)
     demo.add_argument("--bad-candidate", action="store_true",
                       help="train on shuffled transcripts: the gate must reject it and production stay put")
     demo.add_argument("--workdir", type=Path, help="demo state folder (default: <repo>/.demo)")
@@ -138,10 +158,24 @@ def collect_status(config: TuneloopConfig) -> dict[str, Any]:
 
 
 def cmd_status(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    if config.several_models:
+        statuses = {model.name: collect_status(model) for model in config.each_model()}
+        if args.json:
+            print(json.dumps({"models": statuses}, indent=2, default=str))
+            return 0
+        for name, status in statuses.items():
+            print(f"== model {name} ({config.for_model(name).task})")
+            _print_status(status)
+        return 0
     status = collect_status(config)
     if args.json:
         print(json.dumps(status, indent=2, default=str))
         return 0
+    _print_status(status)
+    return 0
+
+
+def _print_status(status: dict[str, Any]) -> None:
     cases = status["cases"]
     print(f"error cases: {cases['total_cases']} total, by state {cases['by_state']}, "
           f"corrected {cases['corrected_cases']} ({cases['new_corrected_cases']} new); "
@@ -167,7 +201,6 @@ def cmd_status(config: TuneloopConfig, args: argparse.Namespace) -> int:
     print("last runs:")
     for run in status["last_runs"] or [{"run_id": "(none yet)"}]:
         print(f"  {run.get('run_id')}  {run.get('status', '')}  {run.get('finished_at') or ''}")
-    return 0
 
 
 def suite_status(config: TuneloopConfig, store: Any) -> list[dict[str, Any]]:

@@ -45,6 +45,24 @@ class FinetuningConfig(_Section):
     approval_timeout_hours: float = Field(72, gt=0, description="an unanswered training approval is a reject")
 
 
+class ChatDatasetConfig(_Section):
+    """What a chat export keeps and writes (``dataset.chat``; see :mod:`tuneloop.tasks.chat`)."""
+
+    formats: tuple[Literal["openai", "alpaca", "chatml", "raw"], ...] = Field(
+        ("openai",), description="extra files written beside train.jsonl/eval.jsonl, e.g. train.alpaca.jsonl")
+    min_rating: int = Field(4, ge=1, le=5, description="a case without an ideal response trains on the model's own "
+                            "output when a person rated it at least this (1-5)")
+    domains: tuple[str, ...] = Field((), description="only cases of these domains (empty: all)")
+    task_types: tuple[str, ...] = Field((), description="only cases of these task types (empty: all)")
+    metadata_min: dict[str, float] = Field(default_factory=dict, description="metadata field -> minimum: a case is "
+                                           "kept only if metadata[field] is a number at least this")
+    max_age_days: float | None = Field(None, gt=0, description="only cases created within this many days before "
+                                       "the export (None: any age)")
+    min_prompt_chars: int = Field(10, ge=0, description="a shorter last user turn (stripped) is quarantined")
+    min_response_chars: int = Field(20, ge=0, description="a shorter training target (stripped) is quarantined")
+    system_prompt: str | None = Field(None, description="system message of rows whose case has none")
+
+
 class DatasetConfig(_Section):
     """How error cases become a training/eval dataset."""
 
@@ -64,6 +82,7 @@ class DatasetConfig(_Section):
         50.0, gt=0, description="transcript characters one second of audio can carry: a wav2vec2-style CTC model "
         "emits 50 frames per second and needs one per character, so a longer transcript cannot be aligned "
         "(people rarely speak over ~20 characters per second)")
+    chat: ChatDatasetConfig = Field(ChatDatasetConfig(), description="chat exports (task chat) only")
 
     @model_validator(mode="after")
     def _durations(self) -> "DatasetConfig":
@@ -162,6 +181,8 @@ class TrainingConfig(_Section):
 # Fields every exported eval row carries whatever dataset.slice_fields says (tuneloop.datasets writes them); with
 # dataset.slice_fields they are all a slice can split on.
 EXPORTED_ROW_FIELDS = ("duration_s", "sample_rate", "created_at", "model_version", "source")
+CHAT_EXPORTED_ROW_FIELDS = ("created_at", "model_version", "source", "domain", "task_type", "rating")
+EXPORTED_ROW_FIELDS_BY_TASK = {"speech_to_text": EXPORTED_ROW_FIELDS, "chat": CHAT_EXPORTED_ROW_FIELDS}
 
 
 class SliceSpec(_Section):
@@ -321,10 +342,47 @@ class IngestConfig(_Section):
                                   "written and waits for the next pass")
 
 
+DEFAULT_MODEL = "default"
+TaskName = Literal["speech_to_text", "chat"]
+MODEL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"  # part of DAG ids, run folders and MLflow tags
+# Sections a model of ``models:`` may override; everything else (home, store, storage, mlflow server) is shared.
+MODEL_SECTIONS = ("trigger", "ingest", "dataset", "training", "validation", "regression", "deployment", "schedule")
+
+
+class ModelSpec(_Section):
+    """One model of an installation with several (``models:``): its name, task, registered model and overrides.
+
+    Each override is a partial section merged over the top-level one (nested mappings merged key by key), so
+    what the models share is written once, e.g. ``training: {base_model: /models/support-v1, epochs: 2}``.
+    """
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="suffix of the model's DAG ids, e.g. "
+                      "finetune_weekly_support; lower case letters, digits and _")
+    task: TaskName = Field(description="what kind of model: speech_to_text or chat")
+    model_name: str = Field(min_length=1, description="its registered model in MLflow")
+    trigger: dict[str, Any] = Field(default_factory=dict)
+    ingest: dict[str, Any] = Field(default_factory=dict)
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    validation: dict[str, Any] = Field(default_factory=dict)
+    regression: dict[str, Any] = Field(default_factory=dict)
+    deployment: dict[str, Any] = Field(default_factory=dict)
+    schedule: dict[str, Any] = Field(default_factory=dict)
+
+
 class TuneloopConfig(_Section):
-    """The whole configuration. Paths default under ``home``."""
+    """The whole configuration. Paths default under ``home``.
+
+    One model (the default): the sections below configure it, ``task`` says what it is. Several: ``models:``
+    lists them; :meth:`for_model` gives each one's own configuration (top-level sections with its overrides).
+    """
 
     home: Path = Field(default_factory=lambda: _default_home())
+    name: str = Field(DEFAULT_MODEL, pattern=MODEL_NAME_PATTERN, description="the model's name in the store "
+                      "(set from models: for each model; a one-model configuration leaves it 'default')")
+    task: TaskName = Field("speech_to_text", description="what kind of model a one-model configuration trains")
+    models: tuple[ModelSpec, ...] = Field((), description="several models in one installation, each with its "
+                                          "own DAGs, cases, runs, aliases and history")
     store_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/store.db")
     storage_root: str | None = Field(None, description="datasets, models and run files: a folder, or "
                                      "gs://bucket/prefix shared with pods and VMs; default <home>/storage")
@@ -360,7 +418,7 @@ class TuneloopConfig(_Section):
     def _slices_are_exported(self) -> "TuneloopConfig":
         """A slice on a field the export drops puts every row in ``(missing)``: the slice gate would silently
         re-judge the whole eval set instead of a slice of it. Refuse it at load time."""
-        exported = {*EXPORTED_ROW_FIELDS, *self.dataset.slice_fields}
+        exported = {*EXPORTED_ROW_FIELDS_BY_TASK[self.task], *self.dataset.slice_fields}
         for index, spec in enumerate(self.validation.slices):
             if spec.field not in exported:
                 raise ValueError(
@@ -368,6 +426,81 @@ class TuneloopConfig(_Section):
                     f"every row would be '(missing)'; add it to dataset.slice_fields (case metadata kept per row) "
                     f"or use one of {sorted(exported)}")
         return self
+
+    @model_validator(mode="after")
+    def _models_are_distinct(self) -> "TuneloopConfig":
+        """Two models sharing a name would share DAG ids and cases; sharing a registered model, its aliases."""
+        for field_name in ("name", "model_name"):
+            seen: set[str] = set()
+            for index, spec in enumerate(self.models):
+                value = getattr(spec, field_name)
+                if value in seen:
+                    raise ValueError(f"models[{index}].{field_name}: {value!r} is already used by another model")
+                seen.add(value)
+        for index, spec in enumerate(self.models):  # refuse a bad override now, not when its DAG first runs
+            try:
+                self.for_model(spec.name)
+            except ConfigError as error:
+                raise ValueError(f"models[{index}] ({spec.name}): {error}") from None
+        return self
+
+    @property
+    def several_models(self) -> bool:
+        return bool(self.models)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The configured models' names: those of ``models:``, or the one model's (``default``)."""
+        return tuple(spec.name for spec in self.models) or (self.name,)
+
+    def for_model(self, name: str) -> "TuneloopConfig":
+        """The configuration of one model: the top-level sections with its overrides, ``name``, ``task`` and
+        ``mlflow.model_name`` set, and no ``models``. A one-model configuration returns itself for its name."""
+        if not self.models:
+            if name != self.name:
+                raise ConfigError(f"model {name!r} is not configured (this installation has one model, "
+                                  f"{self.name!r}; list several under models:)")
+            return self
+        spec = next((m for m in self.models if m.name == name), None)
+        if spec is None:
+            raise ConfigError(f"model {name!r} is not configured; models: {', '.join(self.model_names)}")
+        data = self.model_dump(exclude={"models"})
+        for section in MODEL_SECTIONS:
+            data[section] = _deep_merge(data[section], getattr(spec, section))
+        data.update(name=spec.name, task=spec.task)
+        data["mlflow"] = {**data["mlflow"], "model_name": spec.model_name,  # one experiment per model: its runs
+                          "experiment_name": f"{self.mlflow.experiment_name}-{spec.name}"}  # get the same run ids
+        try:
+            return TuneloopConfig.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError("; ".join(_field_errors(error))) from error
+
+    def each_model(self) -> list["TuneloopConfig"]:
+        """Every configured model's own configuration, in the order of ``models:``."""
+        return [self.for_model(name) for name in self.model_names]
+
+    def for_dag(self, dag_id: str) -> "TuneloopConfig":
+        """The configuration of the model a DAG belongs to: the model whose name ends the DAG id
+        (``finetune_weekly_support`` -> ``support``; the longest such name wins), or, with one model, that one."""
+        if not self.models:
+            return self
+        owners = [name for name in self.model_names if dag_id.endswith(f"_{name}")]
+        if not owners and DEFAULT_MODEL in self.model_names:
+            owners = [DEFAULT_MODEL]  # a model named 'default' keeps today's DAG ids
+        if not owners:
+            raise ConfigError(f"DAG {dag_id!r} belongs to none of the configured models ({', '.join(self.model_names)}): "
+                              f"a model's DAG ids end with _<model name>")
+        return self.for_model(max(owners, key=len))
+
+    @property
+    def model_key(self) -> str:
+        """The store's key for this configuration's model (``name``)."""
+        return self.name
+
+    def dag_id(self, base: str) -> str:
+        """``finetune_weekly`` for a one-model installation (today's ids), ``finetune_weekly_<name>`` for each
+        model of several."""
+        return base if self.name == DEFAULT_MODEL else f"{base}_{self.name}"
 
     @property
     def resolved_store_url(self) -> str:
@@ -382,10 +515,12 @@ class TuneloopConfig(_Section):
 
     @property
     def resolved_inbox(self):
-        """A local ``Path`` or, for ``gs://...``, Airflow's ``ObjectStoragePath`` with ``storage_conn_id``."""
+        """A local ``Path`` or, for ``gs://...``, Airflow's ``ObjectStoragePath`` with ``storage_conn_id``; each
+        model of several has its own folder in it (``<inbox>/<name>``): a batch belongs to one model's task."""
         from tuneloop.storage import storage_root
 
-        return storage_root(self.inbox, self.home / "inbox", self.storage_conn_id)
+        root = storage_root(self.inbox, self.home / "inbox", self.storage_conn_id)
+        return root if self.name == DEFAULT_MODEL else root / self.name
 
     @property
     def tracking_uri(self) -> str:
@@ -398,6 +533,21 @@ class TuneloopConfig(_Section):
     @property
     def artifact_location(self) -> str:
         return self.mlflow.artifact_location or (self.home / "mlartifacts").as_uri()
+
+
+def load_model_config(dag_id: str) -> TuneloopConfig:
+    """The configuration of the model whose DAG ``dag_id`` is (operators call this in ``execute``)."""
+    return load_config().for_dag(dag_id)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _default_home() -> Path:
@@ -460,11 +610,18 @@ def _parse_env_value(raw: str) -> Any:
 
 def _describe(error: ValidationError, file: Path) -> str:
     lines = [f"invalid tuneloop configuration ({file} and TUNELOOP__ variables):"]
+    lines += [f"  {line}" for line in _field_errors(error)]
+    return "\n".join(lines)
+
+
+def _field_errors(error: ValidationError) -> list[str]:
+    """One line per error: the field's dotted path, the reason and the value given."""
+    lines = []
     for item in error.errors():
         message = item["msg"].removeprefix("Value error, ")
         if not item["loc"]:  # a rule over the whole configuration: its message names the fields, the input is all
-            lines.append(f"  {message}")
+            lines.append(message)
             continue
         field = ".".join(str(p) for p in item["loc"])
-        lines.append(f"  {field}: {message} (got {item.get('input')!r})")
-    return "\n".join(lines)
+        lines.append(f"{field}: {message} (got {item.get('input')!r})")
+    return lines

@@ -1,6 +1,8 @@
 """Dataset export: turn the store's new, corrected error cases into an immutable, content-addressed dataset.
 
-Layout under ``<root>/datasets/<dataset_id>/``::
+The steps here are the same for every kind of model; what depends on it (checking a case, its row, the files it
+needs, deduplication keys) comes from the model's task (:mod:`tuneloop.tasks`). Speech's layout under
+``<root>/datasets/<dataset_id>/``::
 
     audio/<content_hash>.wav   16 kHz (config.sample_rate) mono PCM16 copies: the dataset never depends on the
                                original files staying where they were
@@ -8,18 +10,22 @@ Layout under ``<root>/datasets/<dataset_id>/``::
                                 "created_at", "model_version", "source", <config.slice_fields from metadata>}
     manifest.json              DatasetManifest.to_dict()
 
-Steps, in order: validate each case (bad ones are quarantined in the store with the reason), deduplicate by
-audio content (the most recent case of a recording wins; older ones with the same text are duplicates, with a
-different text superseded), drop cases the leakage guard names (the audio or the transcript of a regression-suite
-item: those must never be trained on), keep the ``max_cases`` most recent, and hold out the most recent
-``eval_fraction`` (at least ``min_eval_cases``) for evaluation: a time split, so eval looks like the errors
-production makes next. A train case with the same transcript as an eval case is held back (left new for a later
+(chat: train.jsonl and eval.jsonl in OpenAI's chat fine-tuning format, plus the other formats asked for in
+``dataset.chat.formats``, e.g. ``train.alpaca.jsonl``; see :mod:`tuneloop.tasks.chat`.)
+
+Steps, in order: the task screens each case (bad ones are quarantined in the store with the reason; ones its
+filters leave out stay new), deduplicate by the task's key (speech: audio content; the most recent case of a
+recording wins; older ones with the same text are duplicates, with a different text superseded), drop cases the
+leakage guard names (the audio or the transcript of a regression-suite item: those must never be trained on),
+keep the ``max_cases`` most recent, and hold out the most recent ``eval_fraction`` (at least
+``min_eval_cases``) for evaluation: a time split, so eval looks like the errors production makes next. A train
+case with the same text (speech: transcript; chat: prompt) as an eval case is held back (left new for a later
 run), so the eval split never measures a sentence the candidate was just trained on.
 
 Replay (``replay_path``): known-good older examples mixed into the train split (a seeded draw of ``replay_size``
 rows, ids prefixed ``replay:``), so fine-tuning on new mistakes does not erode what the model already does well.
-They pass the same audio checks and the leakage guard; a bad one is left out with its reason
-(``replay_dropped``), never failing the export. They are not store cases, so nothing consumes them.
+They pass the same checks and the leakage guard; a bad one is left out with its reason (``replay_dropped``),
+never failing the export. They are not store cases, so nothing consumes them.
 
 ``dataset_id`` hashes the rows, the split and the dataset config — never times or run ids — so the same input
 gives the same id, and an existing complete dataset is reused untouched. A dataset is written to a staging
@@ -37,28 +43,24 @@ import random
 import shutil
 import tempfile
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloop.audio import AudioError, AudioInfo, load_mono, local_audio_path, probe_audio, write_wav16
-from tuneloop.intake import transcript_too_long
 from tuneloop.config import DatasetConfig
-from tuneloop.regression import LeakageGuard, SuiteError, read_examples
+from tuneloop.regression import LeakageGuard
 from tuneloop.storage import StoragePath, as_path, is_local
-from tuneloop.store import ErrorCase, ErrorCaseStore
-from tuneloop.text import normalize_transcript
+from tuneloop.store import ErrorCaseStore
+from tuneloop.tasks import ExportItem, Note, Task, task_for
+from tuneloop.tasks.speech_to_text import FIXED_ROW_KEYS  # noqa: F401 (re-exported: config tests compare with it)
 
 log = logging.getLogger(__name__)
 
 DATASET_FORMAT = 1
 MANIFEST_FILE = "manifest.json"
 SPLIT_FILES = {"train": "train.jsonl", "eval": "eval.jsonl"}
-# Row keys set from the case itself; a slice field with one of these names never overrides them.
-FIXED_ROW_KEYS = ("id", "audio", "text", "duration_s", "sample_rate", "created_at", "model_version", "source")
 
 AudioFetcher = Callable[[str], Path]
 REPLAY_PREFIX = "replay:"
@@ -118,7 +120,9 @@ class DatasetManifest:
     stats: dict[str, Any]
     held_back: tuple[CaseNote, ...] = ()
     replay_dropped: tuple[CaseNote, ...] = ()
+    filtered: tuple[CaseNote, ...] = ()  # left new: the task's filters (e.g. dataset.chat.domains) left them out
     files: dict[str, str] = field(default_factory=lambda: dict(SPLIT_FILES))
+    task: str = "speech_to_text"
     format_version: int = DATASET_FORMAT
     directory: Path | None = field(default=None, compare=False)
     reused: bool = field(default=False, compare=False)
@@ -164,7 +168,8 @@ class DatasetManifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, directory: Path | None = None, reused: bool = False) -> DatasetManifest:
         notes = {name: tuple(CaseNote(**note) for note in data.get(name, ()))
-                 for name in ("quarantined", "superseded", "duplicates", "skipped", "held_back", "replay_dropped")}
+                 for name in ("quarantined", "superseded", "duplicates", "skipped", "held_back", "replay_dropped",
+                              "filtered")}
         return cls(
             dataset_id=data["dataset_id"],
             created_at=datetime.fromisoformat(data["created_at"]),
@@ -176,6 +181,7 @@ class DatasetManifest:
             stats=dict(data["stats"]),
             files=dict(data.get("files", SPLIT_FILES)),
             format_version=int(data.get("format_version", DATASET_FORMAT)),
+            task=str(data.get("task", "speech_to_text")),
             directory=directory,
             reused=reused,
             **notes,
@@ -200,16 +206,6 @@ def load_manifest(path: str | Path | StoragePath) -> DatasetManifest:
 # --------------------------------------------------------------------------------------------------- export
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    """A case that passed validation, with its decoded audio's description and local path."""
-
-    case: ErrorCase
-    text: str
-    info: AudioInfo
-    path: Path
-
-
 def export_dataset(
     store: ErrorCaseStore,
     root: Path,
@@ -220,32 +216,37 @@ def export_dataset(
     exclude_hashes: frozenset[str] = frozenset(),
     guard: LeakageGuard | None = None,
     fetch_audio: AudioFetcher | None = None,
+    task: Task | None = None,
 ) -> DatasetManifest:
-    """Export the store's new corrected cases as a dataset under ``root/datasets`` and return its manifest.
+    """Export the store's new cases as a dataset under ``root/datasets`` and return its manifest.
 
-    :param exclude_hashes: audio content hashes (``probe_audio(...).content_hash``) that must not appear, e.g.
-        every regression-suite item; how many cases they removed is in ``counts["excluded"]``.
-    :param guard: audio hashes and transcripts of regression-suite items (``regression.leakage_guard``); cases
-        matching either are excluded, counted in ``counts["excluded_suite_audio"]`` / ``["excluded_suite_text"]``.
-    :param fetch_audio: maps a remote audio URI (gs://...) to a local file. Without it, remote cases are
+    :param exclude_hashes: guard keys (speech: audio content hashes, ``probe_audio(...).content_hash``) that must
+        not appear, e.g. every regression-suite item; how many cases they removed is in ``counts["excluded"]``.
+    :param guard: guard keys and texts of regression-suite items (``regression.leakage_guard``); cases matching
+        either are excluded, counted in ``counts["excluded_suite_audio"]`` / ``["excluded_suite_text"]``.
+    :param fetch_audio: maps a remote input URI (gs://...) to a local file. Without it, remote cases are
         skipped (left new, listed in ``skipped``). Raising ``AudioError`` from it quarantines the case; any
         other error fails the export (it may be transient).
+    :param task: what kind of model the dataset is for (default speech to text): it checks and filters cases
+        and writes their rows; everything else here is the same for every task.
     :raises DatasetTooSmall: too few usable cases for train plus ``min_eval_cases``.
     """
+    task = task or task_for("speech_to_text")
     now = now or datetime.now(UTC)
-    cases = store.cases_for_export()
-    candidates, quarantined, skipped = _validate(cases, config, fetch_audio)
-    for note in quarantined:
+    cases = store.cases_for_export(corrected_only=task.needs_correction)
+    screened = task.screen(cases, config, fetch_audio, now)
+    for note in screened.quarantined:
         store.quarantine(note.id, note.reason)
-    kept, duplicates, superseded = _deduplicate(candidates)
+    kept, duplicates, superseded = _deduplicate(task, screened.items)
     guard = (guard or LeakageGuard()) | LeakageGuard(hashes=frozenset(exclude_hashes))
-    reasons = {c.case.id: guard.reason(c.info.content_hash, c.text) for c in kept}
+    reasons = {item.case.id: guard.reason(item.guard_key, item.text) for item in kept}
     excluded = [case_id for case_id, reason in reasons.items() if reason]
-    kept = [c for c in kept if not reasons[c.case.id]]
+    kept = [item for item in kept if not reasons[item.case.id]]
     capped = kept[-config.max_cases:] if config.max_cases else kept
     counts = {
-        "candidates": len(cases), "quarantined": len(quarantined), "skipped": len(skipped),
-        "duplicates": len(duplicates), "superseded": len(superseded), "excluded": len(excluded),
+        "candidates": len(cases), "quarantined": len(screened.quarantined), "skipped": len(screened.skipped),
+        "filtered": len(screened.filtered), "duplicates": len(duplicates), "superseded": len(superseded),
+        "excluded": len(excluded),
         "excluded_suite_audio": sum(1 for r in reasons.values() if r and "audio" in r),
         "excluded_suite_text": sum(1 for r in reasons.values() if r and "transcript" in r),
         "dropped_by_max_cases": len(kept) - len(capped), "usable": len(capped),
@@ -254,180 +255,100 @@ def export_dataset(
         log.info("leakage guard: excluded %d case(s) matching regression-suite items (%d by audio, %d by text)",
                  len(excluded), counts["excluded_suite_audio"], counts["excluded_suite_text"])
     train, evaluation = _time_split(capped, config, counts)
-    eval_texts = {c.text for c in evaluation}
-    held_back = [CaseNote(c.case.id, "same transcript as an eval case") for c in train if c.text in eval_texts]
-    train = [c for c in train if c.text not in eval_texts]
+    eval_texts = {item.text for item in evaluation}
+    held_back = [CaseNote(item.case.id, f"same {task.text_noun} as an eval case")
+                 for item in train if item.text in eval_texts]
+    train = [item for item in train if item.text not in eval_texts]
     if not train:
         raise DatasetTooSmall(len(capped) - len(held_back), config.min_eval_cases + 1, counts)
     counts["held_back_same_text_as_eval"] = len(held_back)
-    taken = {c.info.content_hash for c in [*train, *evaluation]}
-    replay, replay_dropped = _replay(config, guard, taken, eval_texts)
-    rows = {"train": [_row(c, config) for c in [*train, *replay]], "eval": [_row(c, config) for c in evaluation]}
+    taken = {item.key for item in [*train, *evaluation]}
+    replay, replay_dropped = _replay(task, config, guard, taken, eval_texts)
+    rows = {"train": [item.row for item in [*train, *replay]], "eval": [item.row for item in evaluation]}
     counts |= {"train": len(train), "eval": len(evaluation), "replay": len(replay),
                "replay_dropped": len(replay_dropped)}
-    dataset_id = _dataset_id(rows, config)
+    extra = task.extra_files(rows, config)
+    dataset_id = _dataset_id({**rows, **extra}, config)
     manifest = DatasetManifest(
         dataset_id=dataset_id, created_at=now, run_id=run_id,
-        case_ids={"train": tuple(c.case.id for c in train), "eval": tuple(c.case.id for c in evaluation),
-                  "replay": tuple(c.case.id for c in replay)},
-        counts=counts, quarantined=tuple(quarantined), superseded=tuple(superseded), duplicates=tuple(duplicates),
-        excluded_ids=tuple(excluded), skipped=tuple(skipped), config=config.model_dump(mode="json"),
-        stats={split: _split_stats(split_rows, config) for split, split_rows in rows.items()},
-        held_back=tuple(held_back), replay_dropped=tuple(replay_dropped),
+        case_ids={"train": tuple(i.case.id for i in train), "eval": tuple(i.case.id for i in evaluation),
+                  "replay": tuple(i.case.id for i in replay)},
+        counts=counts, quarantined=_notes(screened.quarantined), superseded=tuple(superseded),
+        duplicates=tuple(duplicates), excluded_ids=tuple(excluded), skipped=_notes(screened.skipped),
+        config=config.model_dump(mode="json"),
+        stats={split: task.split_stats(split_rows, config) for split, split_rows in rows.items()},
+        held_back=tuple(held_back), replay_dropped=tuple(replay_dropped), filtered=_notes(screened.filtered),
+        files={**SPLIT_FILES, **{name: f"{name}.jsonl" for name in extra}}, task=task.name,
     )
-    return _write_once(as_path(root) / "datasets", manifest, rows, [*train, *evaluation, *replay], config)
+    contents = {**rows, **extra}
+    return _write_once(as_path(root) / "datasets", manifest, contents, [*train, *evaluation, *replay])
 
 
-def _validate(
-    cases: Iterable[ErrorCase], config: DatasetConfig, fetch_audio: AudioFetcher | None
-) -> tuple[list[_Candidate], list[CaseNote], list[CaseNote]]:
-    """Split cases into usable candidates, cases to quarantine (with reasons) and remote cases to skip."""
-    candidates: list[_Candidate] = []
-    quarantined: list[CaseNote] = []
-    skipped: list[CaseNote] = []
-    for case in cases:
-        text = normalize_transcript(case.correction or "")
-        if not text:
-            quarantined.append(CaseNote(case.id, f"correction is empty after normalisation: {case.correction!r}"))
-            continue
-        try:
-            path = _local_file(case.audio_uri, fetch_audio)
-            if path is None:
-                skipped.append(CaseNote(case.id, f"remote audio {case.audio_uri} and no fetch_audio given"))
-                continue
-            info = probe_audio(path)
-        except AudioError as error:
-            detail = f" ({error.detail})" if error.detail else ""
-            quarantined.append(CaseNote(case.id, f"audio {error.reason}: {case.audio_uri}{detail}"))
-            continue
-        problem = _audio_problem(case, info, config)
-        if problem:
-            quarantined.append(CaseNote(case.id, problem))
-            continue
-        candidates.append(_Candidate(case, text, info, path))
-    return candidates, quarantined, skipped
+def _notes(notes: Iterable[Note]) -> tuple[CaseNote, ...]:
+    return tuple(CaseNote(n.id, n.reason, n.kept_id) for n in notes)
 
 
 def _replay(
-    config: DatasetConfig, guard: LeakageGuard, taken: set[str], eval_texts: set[str]
-) -> tuple[list[_Candidate], list[CaseNote]]:
-    """The replay rows for this export: a seeded draw from ``replay_path``, checked like cases, never a suite
-    item, a recording already in the dataset, or an eval transcript."""
-    if config.replay_path is None:
-        return [], []
-    try:
-        rows = read_examples(Path(config.replay_path), "replay", "dataset.replay_path")
-    except SuiteError as error:
-        raise DatasetError(str(error)) from error
-    random.Random(config.replay_seed).shuffle(rows)
-    kept: list[_Candidate] = []
-    dropped: list[CaseNote] = []
-    for row in rows[: config.replay_size]:
-        case_id = f"{REPLAY_PREFIX}{row['id']}"
-        text = normalize_transcript(row["text"])
-        try:
-            info = probe_audio(row["audio"])
-        except AudioError as error:
-            dropped.append(CaseNote(case_id, f"audio {error.reason}: {row['audio']}"))
-            continue
-        case = ErrorCase(id=case_id, created_at=REPLAY_CREATED_AT, source="replay", model_version=None,
-                         audio_uri=row["audio"], audio_hash=info.content_hash, prediction=text, correction=text,
-                         error_types=(), error_score=None, annotator=None, content_hash=info.content_hash,
-                         metadata={k: v for k, v in row.items() if k not in ("id", "audio", "text")},
-                         state="consumed")
-        problem = (_audio_problem(case, info, config) or guard.reason(info.content_hash, text)
-                   or _replay_overlap(text, info.content_hash, taken, eval_texts))
+    task: Task, config: DatasetConfig, guard: LeakageGuard, taken: set[str], eval_texts: set[str]
+) -> tuple[list[ExportItem], list[CaseNote]]:
+    """The replay rows for this export: the task's draw from ``replay_path``, never a suite item, an example
+    already in the dataset, or an eval text."""
+    items, dropped = task.replay(config)
+    kept: list[ExportItem] = []
+    notes = list(_notes(dropped))
+    for item in items:
+        problem = guard.reason(item.guard_key, item.text) or _replay_overlap(task, item, taken, eval_texts)
         if problem:
-            dropped.append(CaseNote(case_id, problem))
+            notes.append(CaseNote(item.case.id, problem))
             continue
-        kept.append(_Candidate(case, text, info, Path(row["audio"])))
-    kept.sort(key=lambda c: c.case.id)  # the draw decides which rows, not their order in the file
-    return kept, dropped
+        kept.append(item)
+    kept.sort(key=lambda item: item.case.id)  # the draw decides which rows, not their order in the file
+    return kept, notes
 
 
-def _replay_overlap(text: str, content_hash: str, taken: set[str], eval_texts: set[str]) -> str | None:
-    if not text:
-        return "transcript is empty after normalisation"
-    if content_hash in taken:
-        return "same audio as a case in this dataset"
-    if text in eval_texts:
-        return "same transcript as an eval case"
+def _replay_overlap(task: Task, item: ExportItem, taken: set[str], eval_texts: set[str]) -> str | None:
+    if item.key in taken:
+        return f"same {task.example_noun} as a case in this dataset"
+    if item.text in eval_texts:
+        return f"same {task.text_noun} as an eval case"
     return None
 
 
-def _local_file(uri: str, fetch_audio: AudioFetcher | None) -> Path | None:
-    """The local file for ``uri``: the path itself, a fetched copy of a remote URI, or None if unfetchable."""
-    path = local_audio_path(uri)
-    if path is None and fetch_audio is not None:
-        return fetch_audio(uri)
-    return path
+def _deduplicate(task: Task, items: list[ExportItem]) -> tuple[list[ExportItem], list[CaseNote], list[CaseNote]]:
+    """One item per key (speech: per recording): the most recent wins (its correction is the latest word).
 
-
-def _audio_problem(case: ErrorCase, info: AudioInfo, config: DatasetConfig) -> str | None:
-    too_long = transcript_too_long(case.correction, info.duration_s, config.max_chars_per_second)
-    if too_long:
-        return f"correction too long for its audio: {too_long}"
-    if case.audio_hash is not None and case.audio_hash != info.content_hash:
-        return f"audio changed since ingestion: {case.audio_uri} no longer matches the stored content hash"
-    if info.duration_s < config.min_duration_s:
-        return f"audio too short: {info.duration_s:.3f} s < min_duration_s {config.min_duration_s:g}"
-    if info.duration_s > config.max_duration_s:
-        return f"audio too long: {info.duration_s:.3f} s > max_duration_s {config.max_duration_s:g}"
-    return None
-
-
-def _deduplicate(candidates: list[_Candidate]) -> tuple[list[_Candidate], list[CaseNote], list[CaseNote]]:
-    """One case per recording: the most recent wins (its correction is the latest word on that audio).
-
-    Returns the kept cases oldest first, then duplicates (same text as the kept one) and superseded cases.
+    Returns the kept items oldest first, then duplicates (same text as the kept one) and superseded items.
     """
-    latest: dict[str, _Candidate] = {}
-    for candidate in sorted(candidates, key=_age):
-        latest[candidate.info.content_hash] = candidate
+    latest: dict[str, ExportItem] = {}
+    for item in sorted(items, key=_age):
+        latest[item.key] = item
     duplicates: list[CaseNote] = []
     superseded: list[CaseNote] = []
-    for candidate in candidates:
-        kept = latest[candidate.info.content_hash]
-        if kept is candidate:
+    for item in items:
+        kept = latest[item.key]
+        if kept is item:
             continue
-        if kept.text == candidate.text:
-            duplicates.append(CaseNote(candidate.case.id, "same audio and text as a newer case", kept.case.id))
-        else:
-            superseded.append(CaseNote(candidate.case.id, "a newer case corrects the same audio differently",
+        if kept.text == item.text:
+            duplicates.append(CaseNote(item.case.id, f"same {task.example_noun} and text as a newer case",
                                        kept.case.id))
+        else:
+            superseded.append(CaseNote(item.case.id, f"a newer case corrects the same {task.example_noun} "
+                                                     "differently", kept.case.id))
     return sorted(latest.values(), key=_age), duplicates, superseded
 
 
-def _age(candidate: _Candidate) -> tuple[datetime, str]:
-    return candidate.case.created_at, candidate.case.id
+def _age(item: ExportItem) -> tuple[datetime, str]:
+    return item.case.created_at, item.case.id
 
 
 def _time_split(
-    cases: list[_Candidate], config: DatasetConfig, counts: dict[str, int]
-) -> tuple[list[_Candidate], list[_Candidate]]:
+    items: list[ExportItem], config: DatasetConfig, counts: dict[str, int]
+) -> tuple[list[ExportItem], list[ExportItem]]:
     """Oldest cases train, the most recent ``eval_fraction`` (rounded half up, at least min_eval_cases) evaluate."""
-    eval_size = max(config.min_eval_cases, math.floor(len(cases) * config.eval_fraction + 0.5))
-    if len(cases) - eval_size < 1:
-        raise DatasetTooSmall(len(cases), config.min_eval_cases + 1, counts)
-    return cases[:-eval_size], cases[-eval_size:]
-
-
-def _row(candidate: _Candidate, config: DatasetConfig) -> dict[str, Any]:
-    case = candidate.case
-    row: dict[str, Any] = {
-        "id": case.id,
-        "audio": f"audio/{candidate.info.content_hash}.wav",
-        "text": candidate.text,
-        "duration_s": round(candidate.info.duration_s, 3),
-        "sample_rate": config.sample_rate,
-        "created_at": case.created_at.isoformat(),
-        "model_version": case.model_version,
-        "source": case.source,
-    }
-    for name in config.slice_fields:
-        if name not in FIXED_ROW_KEYS and name in case.metadata:
-            row[name] = case.metadata[name]
-    return row
+    eval_size = max(config.min_eval_cases, math.floor(len(items) * config.eval_fraction + 0.5))
+    if len(items) - eval_size < 1:
+        raise DatasetTooSmall(len(items), config.min_eval_cases + 1, counts)
+    return items[:-eval_size], items[-eval_size:]
 
 
 def _dataset_id(rows: dict[str, list[dict[str, Any]]], config: DatasetConfig) -> str:
@@ -437,28 +358,11 @@ def _dataset_id(rows: dict[str, list[dict[str, Any]]], config: DatasetConfig) ->
     return "ds-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def _split_stats(rows: list[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
-    durations = [row["duration_s"] for row in rows]
-    slices = {name: dict(sorted(Counter(str(row[name]) for row in rows if row.get(name) is not None).items()))
-              for name in (*config.slice_fields, "model_version")}
-    return {
-        "cases": len(rows),
-        "duration_s": {
-            "total": round(sum(durations), 3),
-            "min": min(durations, default=0.0),
-            "max": max(durations, default=0.0),
-            "mean": round(sum(durations) / len(durations), 3) if durations else 0.0,
-        },
-        "slices": slices,
-    }
-
-
 # ---------------------------------------------------------------------------------------------------- write
 
 
 def _write_once(
-    datasets: Path, manifest: DatasetManifest, rows: dict[str, list[dict[str, Any]]],
-    cases: list[_Candidate], config: DatasetConfig,
+    datasets: Path, manifest: DatasetManifest, rows: dict[str, list[dict[str, Any]]], items: list[ExportItem],
 ) -> DatasetManifest:
     """Reuse a complete dataset with this id; otherwise write into staging and rename into place."""
     final = datasets / manifest.dataset_id
@@ -467,12 +371,12 @@ def _write_once(
         log.info("dataset %s already exists at %s: reused", manifest.dataset_id, final)
         return existing
     if not is_local(datasets):
-        return _upload(final, manifest, rows, cases, config)
+        return _upload(final, manifest, rows, items)
     datasets.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{manifest.dataset_id}-", dir=datasets))
     staging.chmod(0o755)  # mkdtemp makes it private; trainers may run as another user
     try:
-        _write_contents(staging, manifest, rows, cases, config)
+        _write_contents(staging, manifest, rows, items)
         if final.exists():
             aside = datasets / f".incomplete-{manifest.dataset_id}-{uuid.uuid4().hex[:8]}"
             log.warning("dataset folder %s has no complete manifest; moving it to %s", final, aside)
@@ -492,15 +396,14 @@ def _write_once(
 
 
 def _upload(
-    final: StoragePath, manifest: DatasetManifest, rows: dict[str, list[dict[str, Any]]],
-    cases: list[_Candidate], config: DatasetConfig,
+    final: StoragePath, manifest: DatasetManifest, rows: dict[str, list[dict[str, Any]]], items: list[ExportItem],
 ) -> DatasetManifest:
     """Object storage has no atomic folder rename: write the files locally, upload them, the manifest last (its
     presence is what "complete" means, and one object upload is atomic). Two exports of the same content upload
     the same bytes, so a race is harmless."""
     with tempfile.TemporaryDirectory(prefix=f"tuneloop-{manifest.dataset_id}-") as tmp:
         local = Path(tmp)
-        _write_contents(local, manifest, rows, cases, config)
+        _write_contents(local, manifest, rows, items)
         files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
         for file in files:
             (final / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
@@ -511,12 +414,11 @@ def _upload(
 
 
 def _write_contents(
-    folder: Path, manifest: DatasetManifest, rows: dict[str, list[dict[str, Any]]],
-    cases: list[_Candidate], config: DatasetConfig,
+    folder: Path, manifest: DatasetManifest, rows: dict[str, list[dict[str, Any]]], items: list[ExportItem],
 ) -> None:
-    for candidate in cases:
-        target = folder / "audio" / f"{candidate.info.content_hash}.wav"
-        write_wav16(target, load_mono(candidate.path, config.sample_rate), config.sample_rate)
+    for item in items:
+        if item.write is not None:
+            item.write(folder)
     for split, split_rows in rows.items():
         lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in split_rows)
         (folder / manifest.files[split]).write_text(lines, encoding="utf-8")

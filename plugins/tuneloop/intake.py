@@ -80,7 +80,7 @@ class CaseDraft:
     created_at: datetime
     source: str
     model_version: str | None
-    audio_uri: str
+    audio_uri: str | None
     audio_hash: str | None
     prediction: str
     correction: str | None
@@ -89,6 +89,7 @@ class CaseDraft:
     annotator: str | None
     metadata: dict[str, Any]
     content_hash: str
+    payload: dict[str, Any] | None = None  # what a task stores beside the common fields (a chat's messages, ...)
 
     def values(self) -> dict[str, Any]:
         data = asdict(self)
@@ -228,8 +229,9 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "prediction": ("prediction", "original_transcript"),
     "correction": ("correction", "corrected_transcript"),
 }
-_PLAIN_KEYS = ("id", "error_types", "error_score", "model_version", "created_at", "annotator", "source", "metadata")
-ROW_KEYS = frozenset(_PLAIN_KEYS).union(*_ALIASES.values())
+COMMON_KEYS = frozenset(("id", "error_types", "error_score", "model_version", "created_at", "annotator", "source",
+                         "metadata"))
+ROW_KEYS = COMMON_KEYS.union(*_ALIASES.values())
 
 
 def parse_case(row: Mapping[str, Any], *, base_dir: Path | str, default_source: str, now: datetime,
@@ -241,9 +243,7 @@ def parse_case(row: Mapping[str, Any], *, base_dir: Path | str, default_source: 
     """
     limits = limits or IngestLimits()
     check_values(row, limits)
-    unknown = sorted(set(row) - ROW_KEYS)
-    if unknown:
-        raise InvalidCase(unknown[0], "unknown field (put extra information under metadata)")
+    refuse_unknown(row, ROW_KEYS)
     audio_key, audio = _aliased(row, "audio")
     if audio is None or (isinstance(audio, str) and not audio.strip()):
         raise InvalidCase("audio_path", "missing: give audio_path (or audio_uri)")
@@ -253,7 +253,28 @@ def parse_case(row: Mapping[str, Any], *, base_dir: Path | str, default_source: 
         raise InvalidCase(audio_key, f"{len(audio)} characters, longer than {MAX_AUDIO_URI_CHARS}")
     prediction, correction = _transcripts(row, limits)
     text = correction if correction is not None else prediction
-    fields = {
+    fields = common_fields(row, default_source=default_source, now=now, limits=limits)
+    case_id = fields.pop("id")
+    audio_uri, audio_hash = _check_audio(audio_key, audio, base_dir, correction, limits)
+    audio_identity = f"sha256:{audio_hash}" if audio_hash else f"uri:{audio_uri}"
+    content_hash = sha256(f"{audio_identity}\n{normalize_transcript(text)}")
+    return CaseDraft(id=case_id or content_hash[:32], audio_uri=audio_uri, audio_hash=audio_hash,
+                     prediction=prediction, correction=correction, content_hash=content_hash, **fields)
+
+
+def refuse_unknown(row: Mapping[str, Any], known: frozenset[str]) -> None:
+    """A field the task does not know is refused, not dropped: a typo must not lose a correction."""
+    unknown = sorted(set(row) - known)
+    if unknown:
+        raise InvalidCase(unknown[0], "unknown field (put extra information under metadata)")
+
+
+def common_fields(row: Mapping[str, Any], *, default_source: str, now: datetime,
+                  limits: IngestLimits) -> dict[str, Any]:
+    """The fields every task's case has (``COMMON_KEYS``), checked: id (None: derive it from the content),
+    error types and score, model version, annotator, source, metadata and created_at."""
+    return {
+        "id": _case_id(row.get("id")),
         "error_types": _error_types(row.get("error_types"), limits),
         "error_score": _error_score(row.get("error_score")),
         "model_version": _model_version(row.get("model_version")),
@@ -262,12 +283,6 @@ def parse_case(row: Mapping[str, Any], *, base_dir: Path | str, default_source: 
         "metadata": _metadata(row.get("metadata"), limits),
         "created_at": _created_at(row.get("created_at"), now),
     }
-    case_id = _case_id(row.get("id"))
-    audio_uri, audio_hash = _check_audio(audio_key, audio, base_dir, correction, limits)
-    audio_identity = f"sha256:{audio_hash}" if audio_hash else f"uri:{audio_uri}"
-    content_hash = sha256(f"{audio_identity}\n{normalize_transcript(text)}")
-    return CaseDraft(id=case_id or content_hash[:32], audio_uri=audio_uri, audio_hash=audio_hash,
-                     prediction=prediction, correction=correction, content_hash=content_hash, **fields)
 
 
 def _aliased(row: Mapping[str, Any], name: str) -> tuple[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from tuneloop import storage
-from tuneloop.config import TuneloopConfig
+from tuneloop.config import DEFAULT_MODEL, TuneloopConfig
 from tuneloop.history import RunActor
 from tuneloop.storage import StoragePath
 
@@ -120,6 +120,12 @@ def run_key(run_id: str) -> str:
     return f"{safe}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
 
 
+def run_folder(model: str, key: str) -> str:
+    """The run's folder under storage_root: ``runs/<run key>``, or ``runs/<model>/<run key>`` for a model of
+    several (their DAGs get the same run ids; a run key always has a '-', a model name never)."""
+    return f"runs/{key}" if model == DEFAULT_MODEL else f"runs/{model}/{key}"
+
+
 class PipelineRun:
     """The steps of one ``finetune_weekly`` run. Construct per task; cheap (clients are created lazily)."""
 
@@ -128,7 +134,7 @@ class PipelineRun:
         self.config = config
         self.run_id = run_id
         self.params = params or RunParams()
-        self.paths = RunPaths(config.resolved_storage_root / "runs" / run_key(run_id))
+        self.paths = RunPaths(config.resolved_storage_root / run_folder(config.name, run_key(run_id)))
         self._now = now
         self._store = None
         self._registry = None
@@ -150,6 +156,13 @@ class PipelineRun:
             self._registry = ModelRegistry(self.config.tracking_uri, self.config.registry_uri,
                                            self.config.mlflow.model_name)
         return self._registry
+
+    @property
+    def task(self):
+        """What differs for this kind of model (:mod:`tuneloop.tasks`)."""
+        from tuneloop.tasks import task_for
+
+        return task_for(self.config.task)
 
     def mlflow_run_id(self) -> str:
         from tuneloop import tracking
@@ -182,7 +195,7 @@ class PipelineRun:
         guard = leakage_guard(suites, match_texts=self.config.regression.exclude_suite_texts) if suites else None
         with tempfile.TemporaryDirectory(prefix="tuneloop-audio-") as scratch:  # error-case audio from buckets
             manifest = export_dataset(self.store, self.config.resolved_storage_root, self.config.dataset,
-                                      run_id=self.run_id, now=self._now(), guard=guard,
+                                      run_id=self.run_id, now=self._now(), guard=guard, task=self.task,
                                       fetch_audio=storage.audio_fetcher(self.config.storage_conn_id, Path(scratch)))
         if manifest.counts.get("excluded"):
             log.info("export excluded %d case(s) that match regression-suite items (%d by audio, %d by text)",
@@ -249,7 +262,7 @@ class PipelineRun:
         t = self.config.training
         use_lora = t.use_lora if self.params.use_lora is None else self.params.use_lora
         return {
-            "task": "speech-to-text",
+            "task": self.task.trainer_task,
             "base_model_uri": storage.uri(base_model),
             "dataset_uri": storage.uri(dataset_dir),
             "output_uri": storage.uri(self.paths.training),

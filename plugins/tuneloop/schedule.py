@@ -28,27 +28,33 @@ def clear_cache() -> None:
     _config.cache_clear()
 
 
-def cron(key: str) -> str:
-    """``schedule.<key>`` (e.g. ``weekly_cron``); raises ConfigError when the configuration is invalid."""
+def models() -> list[TuneloopConfig]:
+    """Each configured model's own configuration: the DAG files build one set of DAGs per model."""
+    return _config().each_model()
+
+
+def cron(key: str, model: TuneloopConfig | None = None) -> str:
+    """``schedule.<key>`` (e.g. ``weekly_cron``) of ``model`` (default: the one-model configuration); raises
+    ConfigError when the configuration is invalid."""
     from tuneloop.config import ConfigError
 
-    value = getattr(_config().schedule, key, None)
+    value = getattr((model or _config()).schedule, key, None)
     if not isinstance(value, str):
         raise ConfigError(f"schedule.{key}: no such cron setting")
     return value
 
 
-def approval_timeout(section: str) -> timedelta:
+def approval_timeout(section: str, model: TuneloopConfig | None = None) -> timedelta:
     """How long an approval waits (``<section>.approval_timeout_hours``) before it counts as a reject."""
     from tuneloop.config import ConfigError
 
-    hours = getattr(getattr(_config(), section, None), "approval_timeout_hours", None)
+    hours = getattr(getattr(model or _config(), section, None), "approval_timeout_hours", None)
     if hours is None:
         raise ConfigError(f"{section}.approval_timeout_hours: no such setting")
     return timedelta(hours=hours)
 
 
-def task_defaults() -> dict[str, object]:
+def task_defaults(model: TuneloopConfig | None = None) -> dict[str, object]:
     """The DAGs' ``default_args``: ``schedule.retries`` and ``schedule.retry_delay_seconds``."""
-    schedule = _config().schedule
+    schedule = (model or _config()).schedule
     return {"retries": schedule.retries, "retry_delay": timedelta(seconds=schedule.retry_delay_seconds)}

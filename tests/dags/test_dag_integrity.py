@@ -47,6 +47,46 @@ def test_an_invalid_config_is_an_import_error_naming_the_field(airflow_env, monk
         assert "invalid tuneloop configuration" in text and "trigger.approval_timeout_hours" in text
 
 
+TWO_MODELS = """
+models:
+  - name: asr
+    task: speech_to_text
+    model_name: speech-to-text
+  - name: support
+    task: chat
+    model_name: support-assistant
+    schedule: {weekly_cron: "0 3 * * 1"}
+    deployment: {approval_timeout_hours: 24}
+"""
+
+
+def test_several_models_get_their_own_dags(airflow_env, monkeypatch, tmp_path):
+    """models: gives each model its three DAGs, ids suffixed with its name, each with its own overrides, and the
+    sensor DAG starts its own model's loop."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tuneloop import schedule
+
+    config = tmp_path / "tuneloop.yaml"
+    config.write_text(TWO_MODELS)
+    monkeypatch.setenv("TUNELOOP_CONFIG", str(config))
+    schedule.clear_cache()
+    try:
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+    finally:
+        schedule.clear_cache()
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {f"{base}_{model}" for base in ("finetune_weekly", "finetune_on_errors",
+                                                                 "finetune_rollback") for model in ("asr", "support")}
+    support = bag.dags["finetune_weekly_support"]
+    assert "chat" in support.tags and "model:support" in support.tags
+    assert support.timetable.expression == "0 3 * * 1"
+    assert bag.dags["finetune_weekly_asr"].get_task("approve_deploy").response_timeout.total_seconds() == 72 * 3600
+    assert support.get_task("approve_deploy").response_timeout.total_seconds() == 24 * 3600
+    assert bag.dags["finetune_on_errors_support"].get_task("start_finetune").trigger_dag_id == \
+        "finetune_weekly_support"
+
+
 @pytest.mark.parametrize("dag_id", ["finetune_weekly", "finetune_on_errors", "finetune_rollback"])
 def test_house_rules(dagbag, dag_id):
     dag = dagbag.dags[dag_id]

@@ -200,3 +200,34 @@ def _out(capsys, argv: list[str]) -> str:
     capsys.readouterr()
     assert main(argv) == 0
     return capsys.readouterr().out
+
+
+TWO_MODELS = """
+models:
+  - {name: asr, task: speech_to_text, model_name: speech-to-text}
+  - {name: support, task: chat, model_name: support-assistant}
+"""
+
+
+def test_several_models_each_command_names_one_and_status_shows_all(home, wav_factory, capsys):
+    """With models: configured, cases go to the named model only; status lists every model; a command that works
+    on one model without --model is refused naming the choices."""
+    config = home / "tuneloop.yaml"
+    config.write_text(TWO_MODELS)
+    batch = home / "cases.jsonl"
+    batch.write_text(json.dumps({"audio_path": str(wav_factory("a.wav")), "prediction": "helo",
+                                 "correction": "hello"}) + "\n")
+
+    assert main(["--config", str(config), "ingest", str(batch)]) == 2
+    assert "several models are configured (asr, support): name one with --model" in capsys.readouterr().err
+    assert main(["--config", str(config), "ingest", "--model", "asr", str(batch)]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    models = json.loads(capsys.readouterr().out)["models"]
+    assert {name: s["cases"]["total_cases"] for name, s in models.items()} == {"asr": 1, "support": 0}
+    assert models["support"]["model"]["name"] == "support-assistant"
+    assert main(["--config", str(config), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "== model asr (speech_to_text)" in out and "== model support (chat)" in out
+    assert main(["--config", str(config), "history", "--model", "nope"]) == 2
+    assert "model 'nope' is not configured; models: asr, support" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from tuneloop.config import (DEFAULT_CONFIG_FILE, EXPORTED_ROW_FIELDS, REPO_ROOT, ConfigError, TuneloopConfig,
                              load_config)
@@ -90,10 +91,22 @@ def test_the_run_deadline_is_above_what_a_live_run_may_take(tmp_path, env, loads
             _load(tmp_path, **env)
 
 
-def test_the_always_exported_fields_are_the_exports_own():
-    from tuneloop.datasets import FIXED_ROW_KEYS
+def test_the_always_exported_fields_are_each_tasks_own():
+    from tuneloop.config import EXPORTED_ROW_FIELDS_BY_TASK
+    from tuneloop.tasks import TASK_MODULES
 
-    assert set(EXPORTED_ROW_FIELDS) == set(FIXED_ROW_KEYS) - {"id", "audio", "text"}
+    assert set(EXPORTED_ROW_FIELDS_BY_TASK) == set(TASK_MODULES)
+    from tuneloop.tasks import chat, speech_to_text
+
+    assert set(EXPORTED_ROW_FIELDS) == set(speech_to_text.FIXED_ROW_KEYS) - {"id", "audio", "text"}
+    assert set(EXPORTED_ROW_FIELDS_BY_TASK["chat"]) == set(chat.FIXED_ROW_KEYS) - {"id", "messages"}
+
+
+def test_a_chat_model_may_slice_on_its_own_row_fields():
+    config = TuneloopConfig.model_validate({"task": "chat", "validation": {"slices": [{"field": "domain"}]}})
+    assert config.validation.slices[0].field == "domain"
+    with pytest.raises(ValueError, match="not a field of the exported eval rows"):
+        TuneloopConfig.model_validate({"validation": {"slices": [{"field": "domain"}]}})
 
 
 @pytest.mark.parametrize("strategy", ["canary", "blue_green"])
@@ -118,3 +131,62 @@ def test_the_shipped_yaml_states_the_code_defaults(tmp_path):
 @pytest.mark.parametrize("config_file", [DEFAULT_CONFIG_FILE, REPO_ROOT / "include" / "demo" / "tuneloop-demo.yaml"])
 def test_the_bundled_configs_load(tmp_path, config_file):
     assert load_config(config_file, env={"TUNELOOP_HOME": str(tmp_path)}).validation.slices
+
+
+# -------------------------------------------------------------------------------------------- several models
+
+
+def _two_models(**support: object) -> dict[str, object]:
+    return {"training": {"epochs": 5, "batch_size": 4},
+            "models": [{"name": "asr", "task": "speech_to_text", "model_name": "speech-to-text"},
+                       {"name": "support", "task": "chat", "model_name": "support-assistant", **support}]}
+
+
+def test_each_model_gets_the_shared_sections_with_its_own_overrides_merged_in():
+    config = TuneloopConfig.model_validate(_two_models(training={"epochs": 2, "pod": {"gpus": 2}},
+                                                       dataset={"eval_fraction": 0.5}))
+    asr, support = config.each_model()
+    assert (asr.name, asr.task, asr.mlflow.model_name) == ("asr", "speech_to_text", "speech-to-text")
+    assert (support.name, support.task, support.mlflow.model_name) == ("support", "chat", "support-assistant")
+    assert (asr.training.epochs, support.training.epochs) == (5, 2)
+    assert support.training.batch_size == 4  # shared, not overridden
+    assert support.training.pod.gpus == 2 and support.training.pod.namespace == "tuneloop"  # merged key by key
+    assert (asr.dataset.eval_fraction, support.dataset.eval_fraction) == (0.3, 0.5)
+    assert asr.mlflow.experiment_name != support.mlflow.experiment_name  # their runs get the same run ids
+    assert support.models == () and support.for_model("support") is support
+
+
+def test_dag_ids_keep_todays_names_for_one_model_and_are_suffixed_for_several():
+    assert TuneloopConfig().dag_id("finetune_weekly") == "finetune_weekly"
+    config = TuneloopConfig.model_validate(_two_models())
+    assert [m.dag_id("finetune_weekly") for m in config.each_model()] == ["finetune_weekly_asr",
+                                                                          "finetune_weekly_support"]
+    assert config.for_dag("finetune_on_errors_support").name == "support"
+    assert config.for_dag("my_own_dag_asr").name == "asr"
+    with pytest.raises(ConfigError, match="belongs to none of the configured models"):
+        config.for_dag("finetune_weekly")
+
+
+@pytest.mark.parametrize(("models", "message"), [
+    ([{"name": "a", "task": "chat", "model_name": "m"}, {"name": "a", "task": "chat", "model_name": "n"}],
+     "models[1].name: 'a' is already used"),
+    ([{"name": "a", "task": "chat", "model_name": "m"}, {"name": "b", "task": "chat", "model_name": "m"}],
+     "models[1].model_name: 'm' is already used"),
+    ([{"name": "a", "task": "chat", "model_name": "m", "training": {"epochs": 0}}],
+     "models[0] (a): training.epochs"),
+    ([{"name": "a", "task": "chat", "model_name": "m", "training": {"epoch": 3}}],
+     "models[0] (a): training.epoch: Extra inputs are not permitted"),
+    ([{"name": "Support-Bot", "task": "chat", "model_name": "m"}], "models.0.name"),
+    ([{"name": "a", "task": "translation", "model_name": "m"}], "models.0.task"),
+], ids=["same-name", "same-registered-model", "bad-override", "unknown-override-key", "bad-name", "unknown-task"])
+def test_a_bad_model_entry_is_refused_at_load_naming_it(tmp_path, models, message):
+    file = tmp_path / "tuneloop.yaml"
+    file.write_text(yaml.safe_dump({"models": models}))
+    with pytest.raises(ConfigError) as error:
+        load_config(file, env={})
+    assert message in str(error.value)
+
+
+def test_a_one_model_config_has_no_other_model():
+    with pytest.raises(ConfigError, match="model 'support' is not configured"):
+        TuneloopConfig().for_model("support")

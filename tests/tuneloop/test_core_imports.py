@@ -17,7 +17,8 @@ CORE_MODULES = (
     "tuneloop.regression", "tuneloop.plots", "tuneloop.storage", "tuneloop.backends.gce", "tuneloop.backends.pod",
     "tuneloop.runs", "tuneloop.intake", "tuneloop.text_metrics", "tuneloop.text_gate", "tuneloop.store.schema",
     "tuneloop.store.database", "tuneloop.store.cases", "tuneloop.store.training_runs", "tuneloop.store.deployments",
-    "tuneloop.store.suites", "tuneloop.store.inferences",
+    "tuneloop.store.suites", "tuneloop.store.inferences", "tuneloop.store.migrations", "tuneloop.tasks", "tuneloop.tasks.speech_to_text",
+    "tuneloop.tasks.chat",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 

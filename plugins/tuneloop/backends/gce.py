@@ -20,7 +20,8 @@ from typing import Any
 
 from tuneloop.backends.base import TrainerFailed
 from tuneloop.backends.command import ENTRYPOINT
-from tuneloop.config import GceConfig
+from tuneloop.config import DEFAULT_MODEL, GceConfig
+from tuneloop.pipeline import run_folder
 
 # Uploads the marker from a machine that has no gcloud: Google's own CLI image, pinned.
 CLOUD_SDK_IMAGE = "gcr.io/google.com/cloudsdktool/google-cloud-cli:545.0.0-slim"
@@ -51,19 +52,21 @@ class Marker:
         return self.exit_code == 0
 
 
-def instance_name(run_id: str, step: str) -> str:
-    """A valid GCE instance name (RFC 1035, at most 63 characters), unique per run id and step."""
-    digest = hashlib.sha256(f"{run_id}/{step}".encode()).hexdigest()[:10]
-    readable = _NOT_NAME.sub("-", f"tuneloop-{step}-{run_id}".lower()).strip("-")[:50].rstrip("-")
+def instance_name(run_id: str, step: str, model: str = DEFAULT_MODEL) -> str:
+    """A valid GCE instance name (RFC 1035, at most 63 characters), unique per model, run id and step (two
+    models' DAGs get the same run ids)."""
+    scoped = run_id if model == DEFAULT_MODEL else f"{model}/{run_id}"
+    digest = hashlib.sha256(f"{scoped}/{step}".encode()).hexdigest()[:10]
+    readable = _NOT_NAME.sub("-", f"tuneloop-{step}-{scoped}".lower()).strip("-")[:50].rstrip("-")
     return f"{readable}-{digest}"
 
 
-def marker_uri(storage_root: str, run_key: str, step: str) -> str:
-    """Where the VM of ``step`` writes its marker: ``<storage_root>/runs/<run key>/markers/<step>.json``, in the
-    run's folder (``pipeline.RunPaths.marker``); the VM can only reach object storage."""
+def marker_uri(storage_root: str, run_key: str, step: str, model: str = DEFAULT_MODEL) -> str:
+    """Where the VM of ``step`` writes its marker: ``<run folder>/markers/<step>.json``, in the run's folder
+    (``pipeline.RunPaths.marker``, ``pipeline.run_folder``); the VM can only reach object storage."""
     if not storage_root.startswith("gs://"):
         raise ValueError(f"storage_root: the gce backend needs a gs:// URI, got {storage_root!r}")
-    return f"{storage_root.rstrip('/')}/runs/{run_key}/markers/{step}.json"
+    return f"{storage_root.rstrip('/')}/{run_folder(model, run_key)}/markers/{step}.json"
 
 
 def startup_script(config: GceConfig, *, image: str, args: list[str], marker: str,

@@ -19,7 +19,7 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Context
 
-from tuneloop.config import load_config
+from tuneloop.config import load_model_config
 from tuneloop.operators.base import APPROVAL_KEY as XCOM_KEY
 from tuneloop.pipeline import PipelineRun, RunParams
 
@@ -35,7 +35,7 @@ class _PolicyApprovalOperator(ApprovalOperator):
                          **kwargs)
 
     def pipeline(self, context: Context) -> PipelineRun:
-        return PipelineRun(load_config(), context["run_id"], RunParams.from_mapping(dict(context["params"])))
+        return PipelineRun(load_model_config(self.dag_id), context["run_id"], RunParams.from_mapping(dict(context["params"])))
 
     def approval_reason(self, context: Context, run: PipelineRun) -> str | None:
         raise NotImplementedError

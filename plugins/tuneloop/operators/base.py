@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
-from tuneloop.config import load_config
+from tuneloop.config import load_model_config
 from tuneloop.history import RunActor
 from tuneloop.operators.links import MLFLOW_URL_KEY
 from tuneloop.pipeline import PipelineRun, RunParams
@@ -21,7 +21,7 @@ class PipelineStepOperator(BaseOperator):
 
     def pipeline(self, context: Context) -> PipelineRun:
         params: dict[str, Any] = dict(context.get("params") or {})
-        return PipelineRun(load_config(), context["run_id"], RunParams.from_mapping(params))
+        return PipelineRun(load_model_config(self.dag_id), context["run_id"], RunParams.from_mapping(params))
 
     def actor(self, context: Context, approval_task: str | None = None) -> RunActor:
         """Who answers for this step's registry move: the person who answered ``approval_task`` in Airflow, else

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from airflow.sdk import BaseBranchOperator, Context
 
-from tuneloop.config import load_config
+from tuneloop.config import load_model_config
 from tuneloop.pipeline import PipelineRun, RunParams
 
 
@@ -13,7 +13,7 @@ class DecideOperator(BaseBranchOperator):
     """
 
     def choose_branch(self, context: Context) -> str:
-        run = PipelineRun(load_config(), context["run_id"], RunParams.from_mapping(dict(context["params"])))
+        run = PipelineRun(load_model_config(self.dag_id), context["run_id"], RunParams.from_mapping(dict(context["params"])))
         outcome = run.decide()
         if outcome == "approve_deploy":
             version = context["ti"].xcom_pull(task_ids="register")["version"]

@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
-from tuneloop.config import load_config
+from tuneloop.config import load_model_config
 from tuneloop.history import RunActor
 from tuneloop.operators.base import PipelineStepOperator
 
@@ -53,7 +53,7 @@ class ManualRollbackOperator(BaseOperator):
         from tuneloop.pipeline import PipelineRun
 
         params = context["params"]
-        run = PipelineRun(load_config(), context["run_id"])
+        run = PipelineRun(load_model_config(self.dag_id), context["run_id"])
         from tuneloop.deployment import rollback
 
         dag_run = context["dag_run"]

@@ -4,7 +4,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
-from tuneloop.config import load_config
+from tuneloop.config import load_model_config
 
 
 class IngestInboxOperator(BaseOperator):
@@ -20,7 +20,7 @@ class IngestInboxOperator(BaseOperator):
         from tuneloop.inbox import ingest_inbox
         from tuneloop.store import ErrorCaseStore
 
-        config = load_config()
+        config = load_model_config(self.dag_id)
         summary = ingest_inbox(ErrorCaseStore.from_config(config), config.resolved_inbox,
                                settle_seconds=config.ingest.settle_seconds)
         self.log.info("inbox: %s", summary)

@@ -51,11 +51,12 @@ class CreateTrainerVmOperator(PipelineStepOperator):
 
         run, prepared = self.pipeline(context), _prepared(self, context)
         gce, marker = run.config.training.gce, run.paths.marker(self.step)
-        uri = marker_uri(storage.uri(run.config.resolved_storage_root), run_key(context["run_id"]), self.step)
+        uri = marker_uri(storage.uri(run.config.resolved_storage_root), run_key(context["run_id"]), self.step,
+                         run.config.name)
         client = _compute(run.config)
         if marker.exists():
             marker.unlink()
-        name = instance_name(context["run_id"], self.step)
+        name = instance_name(context["run_id"], self.step, run.config.name)
         script = startup_script(gce, image=run.config.training.pod.image, args=prepared["args"],
                                 marker=uri, env=dict(run.config.training.pod.env))
         body = instance_body(gce, name=name, script=script, labels={"tuneloop-step": self.step})
@@ -78,10 +79,10 @@ class TrainerVmSensor(GceMarkerSensor):
         self.step = step
 
     def execute(self, context: Context) -> None:
-        from tuneloop.config import load_config
+        from tuneloop.config import load_model_config
         from tuneloop.operators.trainer_step import sibling
 
-        gce = load_config().training.gce
+        gce = load_model_config(self.dag_id).training.gce
         created = context["ti"].xcom_pull(task_ids=sibling(self, "create_vm"))
         self.marker_uri, self.gcp_conn_id = created["marker_uri"], gce.gcp_conn_id
         self.poll_seconds, self.timeout_hours = gce.poll_seconds, gce.timeout_hours
@@ -107,6 +108,6 @@ class DeleteTrainerVmOperator(PipelineStepOperator):
         if not prepared or prepared["backend"] != "gce":
             raise AirflowSkipException("this run's trainer did not run on a GCE VM")
         run = self.pipeline(context)
-        gce, name = run.config.training.gce, instance_name(context["run_id"], self.step)
+        gce, name = run.config.training.gce, instance_name(context["run_id"], self.step, run.config.name)
         deleted = delete_vm(_compute(run.config), project=gce.project_id, zone=gce.zone, name=name)
         self.log.info("trainer VM %s %s", name, "deleted" if deleted else "was already gone")

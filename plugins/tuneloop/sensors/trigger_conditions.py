@@ -7,7 +7,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout, AirflowSkipException
 
-from tuneloop.config import load_config
+from tuneloop.config import load_model_config
 from tuneloop.triggers.trigger_conditions import TriggerConditionsTrigger
 
 
@@ -39,7 +39,7 @@ class TriggerConditionsSensor(BaseSensorOperator):
         from tuneloop.operators.dag_runs import dag_run_state
         from tuneloop.pipeline import evaluate_trigger
 
-        config = load_config()
+        config = load_model_config(self.dag_id)
         result = evaluate_trigger(config, now=datetime.now(timezone.utc), force=False, dag_run_state=dag_run_state,
                                   own_run_id=self._claim_id(context)).to_dict()
         if not result["should_trigger"]:
@@ -61,7 +61,7 @@ class TriggerConditionsSensor(BaseSensorOperator):
         return f"on_errors__{context['run_id']}"
 
     def execute(self, context: Context) -> Any:
-        config = load_config()
+        config = load_model_config(self.dag_id)
         if not self.deferrable:
             self.poke_interval = self.poke_interval_s or config.schedule.sensor_poke_seconds
             self.timeout = 60 * (self.timeout_minutes or config.schedule.sensor_timeout_minutes)
@@ -85,7 +85,7 @@ class TriggerConditionsSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         if event["status"] == "success":
-            return self._claim(load_config(), context, event["result"])
+            return self._claim(load_model_config(self.dag_id), context, event["result"])
         if event["status"] == "timeout":
             raise AirflowSkipException("trigger conditions unmet: " + "; ".join(event["result"]["reasons"]))
         raise AirflowException(f"checking the trigger conditions failed: {event.get('message')}")

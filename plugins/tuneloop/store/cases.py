@@ -1,4 +1,9 @@
-"""Error cases and their ingestion: storing, reading, quarantining and consuming cases, and the refused rows."""
+"""Error cases and their ingestion: storing, reading, quarantining and consuming cases, and the refused rows.
+
+What makes a row a valid case depends on the kind of model: the store's task (``tuneloop.tasks``) parses every row;
+what is stored is the same for every task (a chat case keeps its conversation in ``payload`` and has no audio).
+Cases are the store's model's: ids and content hashes are unique per model, not across models.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,10 +21,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from tuneloop.intake import CaseDraft, InvalidCase, Line, decode_row, parse_case, read_lines, sha256, storable
+from tuneloop.intake import CaseDraft, InvalidCase, Line, decode_row, read_lines, sha256, storable
 from tuneloop.store.database import NotFound, StoreBase, StoreError, _batched, _chunks, _grouped, _is_transient
 from tuneloop.store.schema import cases_table, inferences_table, rejections_table, runs_table
 from tuneloop.store.training_runs import CONSUMING_STATUSES, TrainingRun
+
+if TYPE_CHECKING:
+    from tuneloop.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +38,15 @@ INGEST_CHUNK_ROWS = 500  # rows parsed, then written, per transaction: memory fo
 
 @dataclass(frozen=True)
 class ErrorCase:
-    """One stored error case. ``audio_hash`` is None for remote audio not yet fetched (checked at export)."""
+    """One stored error case. ``audio_uri`` is None for cases without audio (chat); ``audio_hash`` is None for
+    those and for remote audio not yet fetched (checked at export). ``payload`` is what the task keeps beside the
+    common fields (a chat's messages, ...)."""
 
     id: str
     created_at: datetime
     source: str
     model_version: str | None
-    audio_uri: str
+    audio_uri: str | None
     audio_hash: str | None
     prediction: str
     correction: str | None
@@ -48,6 +58,7 @@ class ErrorCase:
     state: CaseState
     state_reason: str | None = None
     consumed_by_run: str | None = None
+    payload: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -106,8 +117,9 @@ class IngestRejection:
 
 @dataclass(frozen=True)
 class StoreStatistics:
-    """Counts for ``tuneloop status`` and the seed's ``get_statistics``."""
+    """Counts for ``tuneloop status`` and the seed's ``get_statistics``, of one model."""
 
+    model: str
     total_cases: int
     by_state: dict[str, int]
     corrected_cases: int
@@ -124,7 +136,7 @@ class StoreStatistics:
 
 
 class CaseRecords(StoreBase):
-    """Store, ingest, read and change the state of error cases.
+    """Store, ingest, read and change the state of the store's model's error cases.
 
     Needs :class:`~tuneloop.store.training_runs.RunRecords` beside it (``ErrorCaseStore`` combines both):
     :meth:`mark_consumed` reads the run that consumed the cases.
@@ -151,10 +163,15 @@ class CaseRecords(StoreBase):
         created_at: datetime | str | None = None,
         case_id: str | None = None,
     ) -> str:
-        """Store one error case (the seed's call) and return its id; the same case again returns the same id.
+        """Store one speech error case (the seed's call) and return its id; the same case again returns the same id.
 
-        Relative audio paths are taken from the current directory and stored absolute. Raises ``InvalidCase``.
+        Relative audio paths are taken from the current directory and stored absolute. Raises ``InvalidCase``;
+        ``StoreError`` when the store's model is not a speech model (use :meth:`store_case`).
         """
+        task_name = self._task if isinstance(self._task, str) else self._task.name
+        if task_name != "speech_to_text":
+            raise StoreError(f"store_failed_case stores speech cases, and model {self._model!r} is a {task_name} "
+                             "model: use store_case(row)")
         row = {
             "id": case_id,
             "audio_path": os.fspath(audio_path) if isinstance(audio_path, os.PathLike) else audio_path,
@@ -168,10 +185,28 @@ class CaseRecords(StoreBase):
             "annotator": annotator,
             "created_at": created_at,
         }
-        draft = parse_case(row, base_dir=Path.cwd(), default_source=source, now=self._clock(), limits=self._limits)
+        return self._store_row(row, source)
+
+    def store_case(self, row: Mapping[str, Any]) -> str:
+        """Store one error case given as the fields of a JSONL row, checked by the store's task (the Python API of
+        every task: a chat case's messages, output and ideal response, ...); return its id. The same case again
+        returns the same id. Relative paths are taken from the current directory. Raises ``InvalidCase``."""
+        return self._store_row(row, "api")
+
+    def _store_row(self, row: Mapping[str, Any], default_source: str) -> str:
+        draft = self._case_task().parse_case(row, base_dir=Path.cwd(), default_source=default_source,
+                                             now=self._clock(), limits=self._limits)
         case_id, is_new = self._transaction(lambda conn: self._insert_isolated(conn, draft))
-        log.info("%s error case %s", "stored" if is_new else "already had", case_id)
+        log.info("%s: %s error case %s", self._model, "stored" if is_new else "already had", case_id)
         return case_id
+
+    def _case_task(self) -> Task:
+        """The store's task, imported when first needed."""
+        if isinstance(self._task, str):
+            from tuneloop.tasks import task_for
+
+            self._task = task_for(self._task)
+        return self._task
 
     def ingest_jsonl(self, path: str | Path, *, source: str | None = None, batch_name: str | None = None,
                      base_dir: Path | str | None = None) -> IngestReport:
@@ -195,23 +230,24 @@ class CaseRecords(StoreBase):
         duplicates: list[DuplicateRow] = []
         refused: list[RejectedRow] = []
         rows = 0
+        task = self._case_task()
         with file.open("rb") as handle:
             for chunk in _batched(read_lines(handle, self._limits.max_line_bytes), INGEST_CHUNK_ROWS):
                 rows += len(chunk)
-                drafts, rejected = self._parse_lines(chunk, base, source or "jsonl")
+                drafts, rejected = self._parse_lines(task, chunk, base, source or "jsonl")
                 stored, again, refused_here = self._transaction(
                     lambda conn: self._write_rows(conn, batch, drafts, rejected))  # noqa: B023 (called at once)
                 accepted += stored
                 duplicates += again
                 refused += refused_here
         report = IngestReport(batch, rows, tuple(accepted), tuple(duplicates), tuple(refused))
-        log.info("ingested %s: %d rows, %d stored, %d duplicates, %d rejected", batch, report.rows,
+        log.info("%s: ingested %s: %d rows, %d stored, %d duplicates, %d rejected", self._model, batch, report.rows,
                  len(report.accepted), len(report.duplicates), len(report.rejected))
         for row in report.rejected:
             log.warning("%s:%d rejected: %s: %s", batch, row.line, row.field, row.reason)
         return report
 
-    def _parse_lines(self, lines: list[Line], base: Path | str,
+    def _parse_lines(self, task: Task, lines: list[Line], base: Path | str,
                      default_source: str) -> tuple[list[tuple[Line, CaseDraft]], list[RejectedRow]]:
         """Decode and check each line (audio probing included) before any database work."""
         drafts: list[tuple[Line, CaseDraft]] = []
@@ -220,8 +256,8 @@ class CaseRecords(StoreBase):
         for line in lines:
             try:
                 row = decode_row(line, self._limits)
-                drafts.append((line, parse_case(row, base_dir=base, default_source=default_source, now=now,
-                                                limits=self._limits)))
+                drafts.append((line, task.parse_case(row, base_dir=base, default_source=default_source, now=now,
+                                                     limits=self._limits)))
             except InvalidCase as error:
                 rejected.append(RejectedRow(line.number, error.field, error.reason, line.snippet))
             except Exception as error:  # a rule we lack must still cost only this row; logged as the bug it is
@@ -266,60 +302,71 @@ class CaseRecords(StoreBase):
         raise AssertionError("unreachable")
 
     def _insert_case(self, conn: Connection, draft: CaseDraft) -> tuple[str, bool]:
-        """Insert unless the same id or the same content is stored; return (id, inserted)."""
+        """Insert unless the same id or the same content is stored for this model; return (id, inserted)."""
         t = cases_table
         same = sa.or_(t.c.id == draft.id, t.c.content_hash == draft.content_hash)
-        existing = conn.execute(sa.select(t.c.id, t.c.content_hash).where(same)).all()
+        existing = conn.execute(sa.select(t.c.id, t.c.content_hash).where(t.c.model == self._model, same)).all()
         for row in existing:
             if row.id == draft.id and row.content_hash != draft.content_hash:
-                raise InvalidCase("id", f"{draft.id!r} is already used by a case with different audio or text")
+                raise InvalidCase("id", f"{draft.id!r} is already used by a case with different content")
         if existing:
             return existing[0].id, False
-        conn.execute(sa.insert(t).values(**draft.values(), ingested_at=self._clock(), state="new"))
+        conn.execute(sa.insert(t).values(**draft.values(), model=self._model, ingested_at=self._clock(), state="new"))
         return draft.id, True
 
     def _record_rejections(self, conn: Connection, batch: str, rows: Iterable[RejectedRow]) -> None:
-        """Record rejections once: a key over (batch, line, field, reason, snippet) makes re-ingestion silent."""
+        """Record rejections once per model: a key over (batch, line, field, reason, snippet), unique with the
+        model, makes re-ingestion silent; the same bad line sent to two models is recorded for each."""
         t = rejections_table
         for row in rows:
             key = sha256(json.dumps([batch, row.line, row.field, row.reason, row.snippet]))
-            if conn.execute(sa.select(t.c.id).where(t.c.rejection_key == key)).first() is None:
-                conn.execute(sa.insert(t).values(rejection_key=key, batch=batch, line=row.line, field=row.field,
-                                                 reason=row.reason, snippet=row.snippet, at=self._clock()))
+            if conn.execute(sa.select(t.c.id).where(t.c.model == self._model, t.c.rejection_key == key)).first() \
+                    is None:
+                conn.execute(sa.insert(t).values(model=self._model, rejection_key=key, batch=batch, line=row.line,
+                                                 field=row.field, reason=row.reason, snippet=row.snippet,
+                                                 at=self._clock()))
 
     # ------------------------------------------------------------------------------------------ reading cases
 
     def get_case(self, case_id: str) -> ErrorCase:
+        t = cases_table
         with self._engine.connect() as conn:
-            row = conn.execute(sa.select(cases_table).where(cases_table.c.id == case_id)).first()
+            row = conn.execute(sa.select(t).where(t.c.model == self._model, t.c.id == case_id)).first()
         if row is None:
-            raise NotFound(f"error case {case_id!r} does not exist")
+            raise NotFound(self._no_case(case_id))
         return _case_from_row(row)
 
-    def cases_for_export(self, limit: int | None = None) -> list[ErrorCase]:
-        """New cases that carry a correction, oldest first (ties by id, so the order is deterministic)."""
+    def cases_for_export(self, limit: int | None = None, *, corrected_only: bool = True) -> list[ErrorCase]:
+        """New cases, oldest first (ties by id, so the order is deterministic): those that carry a correction, or
+        with ``corrected_only=False`` every new case (chat exports rated cases without a correction too)."""
         t = cases_table
-        query = (sa.select(t).where(t.c.state == "new", t.c.correction.is_not(None))
-                 .order_by(t.c.created_at, t.c.id).limit(limit))
+        where = [t.c.model == self._model, t.c.state == "new"]
+        if corrected_only:
+            where.append(t.c.correction.is_not(None))
+        query = sa.select(t).where(*where).order_by(t.c.created_at, t.c.id).limit(limit)
         with self._engine.connect() as conn:
             return [_case_from_row(row) for row in conn.execute(query)]
 
     def statistics(self) -> StoreStatistics:
-        """Totals by state, model version and error type, plus rejections, inferences and runs."""
+        """The model's totals by state, model version and error type, plus rejections, inferences and runs."""
         c, i, r = cases_table.c, inferences_table.c, runs_table.c
+        mine = c.model == self._model
         with self._engine.connect() as conn:
-            by_state = {state: 0 for state in CASE_STATES} | _grouped(conn, c.state, sa.func.count())
-            corrected = conn.scalar(sa.select(sa.func.count()).where(c.correction.is_not(None))) or 0
+            by_state = {state: 0 for state in CASE_STATES} | _grouped(conn, c.state, sa.func.count(), mine)
+            corrected = conn.scalar(sa.select(sa.func.count()).where(mine, c.correction.is_not(None))) or 0
             new_corrected = conn.scalar(
-                sa.select(sa.func.count()).where(c.correction.is_not(None), c.state == "new")) or 0
-            by_version = {str(k or "unknown"): v for k, v in _grouped(conn, c.model_version, sa.func.count()).items()}
+                sa.select(sa.func.count()).where(mine, c.correction.is_not(None), c.state == "new")) or 0
+            by_version = {str(k or "unknown"): v
+                          for k, v in _grouped(conn, c.model_version, sa.func.count(), mine).items()}
             error_types: Counter[str] = Counter()
-            for types in conn.execute(sa.select(c.error_types)).scalars():
+            for types in conn.execute(sa.select(c.error_types).where(mine)).scalars():
                 error_types.update(types or [])
-            rejected = conn.scalar(sa.select(sa.func.count()).select_from(rejections_table)) or 0
-            inferences = _grouped(conn, i.model_version, sa.func.sum(i.count))
-            runs = _grouped(conn, r.status, sa.func.count())
+            rejected = conn.scalar(sa.select(sa.func.count()).select_from(rejections_table)
+                                   .where(rejections_table.c.model == self._model)) or 0
+            inferences = _grouped(conn, i.model_version, sa.func.sum(i.count), i.model == self._model)
+            runs = _grouped(conn, r.status, sa.func.count(), r.model == self._model)
         return StoreStatistics(
+            model=self._model,
             total_cases=sum(by_state.values()),
             by_state=by_state,
             corrected_cases=corrected,
@@ -335,7 +382,7 @@ class CaseRecords(StoreBase):
     def ingest_rejections(self, limit: int = 100) -> list[IngestRejection]:
         """Most recent first."""
         t = rejections_table
-        query = sa.select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        query = sa.select(t).where(t.c.model == self._model).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
         with self._engine.connect() as conn:
             return [IngestRejection(row.batch, row.line, row.field, row.reason, row.snippet, row.at)
                     for row in conn.execute(query)]
@@ -349,12 +396,12 @@ class CaseRecords(StoreBase):
         t = cases_table
 
         def write(conn: Connection) -> int:
-            return conn.execute(sa.update(t).where(t.c.id == case_id).values(
+            return conn.execute(sa.update(t).where(t.c.model == self._model, t.c.id == case_id).values(
                 state="quarantined", state_reason=reason, state_changed_at=self._clock())).rowcount
 
         if self._transaction(write) == 0:
-            raise NotFound(f"error case {case_id!r} does not exist")
-        log.info("quarantined error case %s: %s", case_id, reason)
+            raise NotFound(self._no_case(case_id))
+        log.info("%s: quarantined error case %s: %s", self._model, case_id, reason)
 
     def mark_consumed(self, case_ids: Iterable[str], run_id: str) -> int:
         """Mark new cases as trained on by ``run_id``; return how many changed state.
@@ -376,13 +423,17 @@ class CaseRecords(StoreBase):
         def write(conn: Connection) -> int:
             changed = 0
             for chunk in _chunks(ids, 500):
-                changed += conn.execute(sa.update(t).where(t.c.id.in_(chunk), t.c.state == "new").values(
+                changed += conn.execute(sa.update(t).where(
+                    t.c.model == self._model, t.c.id.in_(chunk), t.c.state == "new").values(
                     state="consumed", consumed_by_run=run_id, state_changed_at=self._clock())).rowcount
             return changed
 
         changed = self._transaction(write)
-        log.info("training run %s consumed %d of %d cases", run_id, changed, len(ids))
+        log.info("%s: training run %s consumed %d of %d cases", self._model, run_id, changed, len(ids))
         return changed
+
+    def _no_case(self, case_id: str) -> str:
+        return f"error case {case_id!r} does not exist (model {self._model!r})"
 
 
 def _case_from_row(row: sa.Row[Any]) -> ErrorCase:
@@ -392,4 +443,5 @@ def _case_from_row(row: sa.Row[Any]) -> ErrorCase:
         error_types=tuple(row.error_types or ()), error_score=row.error_score, annotator=row.annotator,
         metadata=dict(row.meta or {}), content_hash=row.content_hash, state=row.state,
         state_reason=row.state_reason, consumed_by_run=row.consumed_by_run,
+        payload=dict(row.payload) if row.payload is not None else None,
     )

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -17,7 +17,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from tuneloop.intake import IngestLimits
-from tuneloop.store.schema import metadata
+
+if TYPE_CHECKING:
+    from tuneloop.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +32,18 @@ class StoreError(RuntimeError):
 
 
 class NotFound(StoreError, LookupError):
-    """A case or training run named by id does not exist."""
+    """A case or training run named by id does not exist (for the store's model)."""
 
 
 class StoreBase:
-    """What every part of the store shares: the engine, a writer for write transactions, the clock and the
-    ingest limits (set by ``ErrorCaseStore``'s constructor), and :meth:`_transaction`."""
+    """What every part of the store shares: the engine, a writer for write transactions, the model it is scoped
+    to and that model's task, the clock and the ingest limits (set by ``ErrorCaseStore``'s constructor), and
+    :meth:`_transaction`. Every read and write of a part filters by, or writes, ``_model``."""
 
     _engine: Engine
     _writer: Engine
+    _model: str
+    _task: Task | str  # a task name until first needed: importing a task module is left to the first case
     _clock: Callable[[], datetime]
     _limits: IngestLimits
 
@@ -82,8 +87,9 @@ def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
         yield items[start : start + size]
 
 
-def _grouped(conn: Connection, key: sa.ColumnElement[Any], aggregate: sa.ColumnElement[Any]) -> dict[Any, Any]:
-    return {k: v for k, v in conn.execute(sa.select(key, aggregate).group_by(key)).tuples()}
+def _grouped(conn: Connection, key: sa.ColumnElement[Any], aggregate: sa.ColumnElement[Any],
+             where: sa.ColumnElement[bool]) -> dict[Any, Any]:
+    return {k: v for k, v in conn.execute(sa.select(key, aggregate).where(where).group_by(key)).tuples()}
 
 
 def _make_engine(url: str) -> Engine:
@@ -136,25 +142,3 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE_OPTION) else "BEGIN")
-
-
-def _create_tables(engine: Engine) -> None:
-    """Create missing tables; fail fast when the database cannot be reached.
-
-    Processes starting together race (one sees "table already exists" for a table another just created); each
-    retry finds at least one more table in place, so one attempt per table always ends the race.
-    """
-    url = engine.url.render_as_string(hide_password=True)
-    try:
-        with engine.connect():
-            pass
-    except DBAPIError as error:
-        raise StoreError(f"store {url} is not reachable: {error.orig}") from error
-    for _ in range(len(metadata.tables) + 1):
-        try:
-            metadata.create_all(engine.execution_options(**{_WRITE_OPTION: True}))
-            return
-        except DBAPIError as error:
-            last = error
-            log.info("creating the store's tables raced with another process (%s); retrying", error.orig)
-    raise StoreError(f"store {url}: cannot create its tables: {last.orig}") from last

@@ -16,13 +16,17 @@ PRODUCTION_ACTIONS = ("bootstrap", "deploy", "rollback")
 
 
 class DeploymentRecords(StoreBase):
-    """Append registry moves and read them back (``tuneloop.deployment.DeploymentHistory``)."""
+    """Append the store's model's registry moves and read them back (``tuneloop.deployment.DeploymentHistory``).
+
+    ``model_name`` is the registered model (MLflow); the store's model is the configured one. Each is filtered by:
+    two configured models never see each other's history, even if they share a registered model."""
 
     def record_deployment(self, event: DeploymentEvent) -> bool:
         """Append a registry move; return False when it was already recorded.
 
-        An event with a run id is recorded once per (action, model, from, to, run id), so a retried task does not
-        write it twice even though its ``at`` differs; without a run id the time is part of the identity.
+        An event with a run id is recorded once per (action, model, from, to, run id) and configured model, so a
+        retried task does not write it twice even though its ``at`` differs; without a run id the time is part of
+        the identity.
         """
         identity = [event.action, event.model_name, event.from_version, event.to_version, event.run_id]
         if event.run_id is None:
@@ -32,12 +36,12 @@ class DeploymentRecords(StoreBase):
         t = deployments_table
 
         def write(conn: Connection) -> bool:
-            if conn.execute(sa.select(t.c.id).where(t.c.event_key == key)).first() is not None:
+            if conn.execute(sa.select(t.c.id).where(t.c.model == self._model, t.c.event_key == key)).first():
                 return False
             conn.execute(sa.insert(t).values(
-                event_key=key, action=event.action, model_name=event.model_name, from_version=event.from_version,
-                to_version=event.to_version, reason=event.reason, actor=event.actor, run_id=event.run_id,
-                at=event.at, details=details))
+                model=self._model, event_key=key, action=event.action, model_name=event.model_name,
+                from_version=event.from_version, to_version=event.to_version, reason=event.reason, actor=event.actor,
+                run_id=event.run_id, at=event.at, details=details))
             return True
 
         return self._transaction(write)
@@ -45,7 +49,7 @@ class DeploymentRecords(StoreBase):
     def deployment_history(self, model_name: str | None = None, limit: int = 50) -> list[DeploymentEvent]:
         """Newest first."""
         t = deployments_table
-        query = sa.select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        query = sa.select(t).where(t.c.model == self._model).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
         if model_name is not None:
             query = query.where(t.c.model_name == model_name)
         with self._engine.connect() as conn:
@@ -63,7 +67,8 @@ class DeploymentRecords(StoreBase):
         """
         t = deployments_table
         query = (sa.select(t.c.to_version)
-                 .where(t.c.model_name == model_name, t.c.action.in_(PRODUCTION_ACTIONS), t.c.to_version.is_not(None))
+                 .where(t.c.model == self._model, t.c.model_name == model_name, t.c.action.in_(PRODUCTION_ACTIONS),
+                        t.c.to_version.is_not(None))
                  .order_by(t.c.at.desc(), t.c.id.desc()))
         with self._engine.connect() as conn:
             return list(dict.fromkeys(conn.execute(query).scalars()))

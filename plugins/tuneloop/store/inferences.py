@@ -1,4 +1,5 @@
-"""Inference counts: requests served per model version and period (the error-rate denominator)."""
+"""Inference counts: requests served per model version and period (the error-rate denominator), per model: version
+"3" of two registered models are different things."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tuneloop.store.schema import inferences_table
 
 
 class InferenceRecords(StoreBase):
-    """Record how many requests each model version served."""
+    """Record how many requests each version of the store's model served."""
 
     def record_inferences(self, model_version: str, count: int, *, period_start: datetime | None = None) -> None:
         """Record ``count`` requests served by ``model_version`` in the period starting at ``period_start``.
@@ -30,8 +31,9 @@ class InferenceRecords(StoreBase):
         t = inferences_table
 
         def write(conn: Connection) -> None:
-            match = (t.c.model_version == model_version) & (t.c.period_start == start)
+            match = (t.c.model == self._model) & (t.c.model_version == model_version) & (t.c.period_start == start)
             if conn.execute(sa.update(t).where(match).values(count=count)).rowcount == 0:
-                conn.execute(sa.insert(t).values(model_version=model_version, period_start=start, count=count))
+                conn.execute(sa.insert(t).values(model=self._model, model_version=model_version, period_start=start,
+                                                 count=count))
 
         self._transaction(write)

@@ -1,4 +1,14 @@
-"""The store's tables (``metadata``) and the column type that keeps every time in UTC."""
+"""The store's tables (``metadata``), the schema version they make up, and the column type that keeps every time
+in UTC.
+
+Every table that holds something of one model has a ``model`` column (the configured model's name, ``"default"``
+for a single-model installation) at the front of its identity: two models' DAGs get the same Airflow run ids
+(``scheduled__<same date>``), the same registry version numbers and may send the same case ids, and each must see
+only its own. The column has a server default of ``"default"``: rows of a version-1 store are the default model's,
+and so are rows written by a worker still running the previous release while an installation is upgraded.
+
+Changing a table here means a new ``SCHEMA_VERSION`` and a migration in :mod:`tuneloop.store.migrations`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,10 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from tuneloop.intake import as_utc
+
+SCHEMA_VERSION = 2  # the version these tables are; version 1 had no ``model`` columns (one model per store)
+DEFAULT_MODEL = "default"
+MAX_MODEL_CHARS = 200
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -22,17 +36,23 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+def model_column() -> sa.Column[str]:
+    """The configured model a row belongs to."""
+    return sa.Column("model", sa.String(MAX_MODEL_CHARS), nullable=False, server_default=DEFAULT_MODEL)
+
+
 metadata = sa.MetaData()
 
 cases_table = sa.Table(
     "tuneloop_error_cases",
     metadata,
-    sa.Column("id", sa.String(128), primary_key=True),
+    model_column(),
+    sa.Column("id", sa.String(128), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False, index=True),
     sa.Column("ingested_at", UTCDateTime, nullable=False),
     sa.Column("source", sa.String(200), nullable=False),
     sa.Column("model_version", sa.String(200), index=True),
-    sa.Column("audio_uri", sa.Text, nullable=False),
+    sa.Column("audio_uri", sa.Text),  # None for cases without audio (chat)
     sa.Column("audio_hash", sa.String(64), index=True),
     sa.Column("prediction", sa.Text, nullable=False),
     sa.Column("correction", sa.Text),
@@ -40,53 +60,64 @@ cases_table = sa.Table(
     sa.Column("error_score", sa.Float),
     sa.Column("annotator", sa.String(200)),
     sa.Column("metadata", sa.JSON, nullable=False, key="meta"),
-    sa.Column("content_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("state", sa.String(16), nullable=False, index=True),
     sa.Column("state_reason", sa.Text),
     sa.Column("state_changed_at", UTCDateTime),
     sa.Column("consumed_by_run", sa.String(250)),
+    sa.Column("payload", sa.JSON),  # what a task keeps beside the common fields (a chat's messages, ...)
+    sa.PrimaryKeyConstraint("model", "id", name="pk_tuneloop_error_cases"),
+    sa.UniqueConstraint("model", "content_hash", name="uq_tuneloop_error_cases_model_content_hash"),
+    sa.Index("ix_tuneloop_error_cases_model_state_created_at", "model", "state", "created_at"),  # export, trigger
 )
 
 rejections_table = sa.Table(
     "tuneloop_ingest_rejections",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("rejection_key", sa.String(64), nullable=False, unique=True),
+    model_column(),
+    sa.Column("rejection_key", sa.String(64), nullable=False),
     sa.Column("batch", sa.Text, nullable=False),
     sa.Column("line", sa.Integer, nullable=False),
     sa.Column("field", sa.String(100), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("snippet", sa.Text, nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("model", "rejection_key", name="uq_tuneloop_ingest_rejections_model_rejection_key"),
 )
 
 inferences_table = sa.Table(
     "tuneloop_inference_counts",
     metadata,
-    sa.Column("model_version", sa.String(200), primary_key=True),
-    sa.Column("period_start", UTCDateTime, primary_key=True),
+    model_column(),
+    sa.Column("model_version", sa.String(200), nullable=False),
+    sa.Column("period_start", UTCDateTime, nullable=False),
     sa.Column("count", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("model", "model_version", "period_start", name="pk_tuneloop_inference_counts"),
 )
 
 runs_table = sa.Table(
     "tuneloop_training_runs",
     metadata,
-    sa.Column("run_id", sa.String(250), primary_key=True),
+    model_column(),
+    sa.Column("run_id", sa.String(250), nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime, index=True),
     sa.Column("status", sa.String(16), nullable=False, index=True),
     sa.Column("dataset_id", sa.String(100)),
     sa.Column("candidate_version", sa.String(200)),
     sa.Column("summary", sa.JSON, nullable=False),
+    sa.PrimaryKeyConstraint("model", "run_id", name="pk_tuneloop_training_runs"),
 )
 
 deployments_table = sa.Table(
     "tuneloop_deployment_events",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("event_key", sa.String(64), nullable=False, unique=True),
+    model_column(),
+    sa.Column("event_key", sa.String(64), nullable=False),
     sa.Column("action", sa.String(32), nullable=False),
-    sa.Column("model_name", sa.String(200), nullable=False, index=True),
+    sa.Column("model_name", sa.String(200), nullable=False, index=True),  # the registered model
     sa.Column("from_version", sa.String(200)),
     sa.Column("to_version", sa.String(200)),
     sa.Column("reason", sa.Text, nullable=False),
@@ -94,20 +125,24 @@ deployments_table = sa.Table(
     sa.Column("run_id", sa.String(250)),
     sa.Column("at", UTCDateTime, nullable=False, index=True),
     sa.Column("details", sa.JSON, nullable=False),
+    sa.UniqueConstraint("model", "event_key", name="uq_tuneloop_deployment_events_model_event_key"),
 )
 
 suites_table = sa.Table(
     "tuneloop_regression_suites",
     metadata,
-    sa.Column("name", sa.String(200), primary_key=True),
+    model_column(),
+    sa.Column("name", sa.String(200), nullable=False),
     sa.Column("spec", sa.JSON, nullable=False),
     sa.Column("registered_at", UTCDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("model", "name", name="pk_tuneloop_regression_suites"),
 )
 
 suite_results_table = sa.Table(
     "tuneloop_suite_results",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    model_column(),
     sa.Column("suite", sa.String(200), nullable=False, index=True),
     sa.Column("model_version", sa.String(200)),
     sa.Column("run_id", sa.String(250), nullable=False),
@@ -117,5 +152,16 @@ suite_results_table = sa.Table(
     sa.Column("n", sa.Integer, nullable=False),
     sa.Column("passed", sa.Boolean, nullable=False),
     sa.Column("result", sa.JSON, nullable=False),
-    sa.UniqueConstraint("suite", "run_id", name="uq_tuneloop_suite_results_suite_run"),
+    sa.UniqueConstraint("model", "suite", "run_id", name="uq_tuneloop_suite_results_model_suite_run_id"),
+)
+
+MODEL_TABLES = (cases_table, rejections_table, inferences_table, runs_table, deployments_table, suites_table,
+                suite_results_table)
+
+# The schema version, one row. Not part of ``metadata`` on purpose: emptying the store's tables (a reset, the
+# tests' TRUNCATE) must not make a current store look like an unversioned version-1 store.
+version_table = sa.Table(
+    "tuneloop_schema_version",
+    sa.MetaData(),
+    sa.Column("version", sa.Integer, nullable=False),
 )

@@ -15,7 +15,7 @@ from tuneloop.store.schema import suite_results_table, suites_table
 
 
 class SuiteRecords(StoreBase):
-    """Register regression suites and keep their results."""
+    """Register the store's model's regression suites and keep their results."""
 
     def register_suite(self, spec: Any) -> None:
         """Register (or replace) a regression suite by name: the API twin of ``regression.suites`` in config."""
@@ -26,8 +26,9 @@ class SuiteRecords(StoreBase):
         t = suites_table
 
         def write(conn: Connection) -> None:
-            conn.execute(sa.delete(t).where(t.c.name == spec.name))
-            conn.execute(sa.insert(t).values(name=spec.name, spec=value, registered_at=self._clock()))
+            conn.execute(sa.delete(t).where(t.c.model == self._model, t.c.name == spec.name))
+            conn.execute(sa.insert(t).values(model=self._model, name=spec.name, spec=value,
+                                             registered_at=self._clock()))
 
         self._transaction(write)
 
@@ -36,7 +37,8 @@ class SuiteRecords(StoreBase):
         from tuneloop.config import SuiteSpec
 
         with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(suites_table).order_by(suites_table.c.name))
+            rows = conn.execute(sa.select(suites_table).where(suites_table.c.model == self._model)
+                                .order_by(suites_table.c.name))
             return [SuiteSpec.model_validate(row.spec) for row in rows]
 
     def record_suite_result(self, run_id: str, result: Mapping[str, Any], *, at: datetime | None = None) -> bool:
@@ -45,10 +47,11 @@ class SuiteRecords(StoreBase):
         value = _json_value("result", dict(result))
 
         def write(conn: Connection) -> bool:
-            if conn.execute(sa.select(t.c.id).where(t.c.suite == result["name"], t.c.run_id == run_id)).first():
+            if conn.execute(sa.select(t.c.id).where(t.c.model == self._model, t.c.suite == result["name"],
+                                                     t.c.run_id == run_id)).first():
                 return False
             conn.execute(sa.insert(t).values(
-                suite=result["name"], model_version=result.get("model_version"), run_id=run_id,
+                model=self._model, suite=result["name"], model_version=result.get("model_version"), run_id=run_id,
                 at=as_utc(at) if at else self._clock(), wer=result["wer"], cer=result["cer"], n=result["n"],
                 passed=bool(result["passed"]), result=value))
             return True
@@ -58,7 +61,7 @@ class SuiteRecords(StoreBase):
     def suite_history(self, suite: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Suite results, newest first: {suite, model_version, run_id, at, wer, cer, n, passed, result}."""
         t = suite_results_table
-        query = sa.select(t).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        query = sa.select(t).where(t.c.model == self._model).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
         if suite is not None:
             query = query.where(t.c.suite == suite)
         with self._engine.connect() as conn:

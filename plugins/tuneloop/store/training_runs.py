@@ -1,4 +1,8 @@
-"""Training runs: one row per pipeline run (the cooldown and "in progress" come from here)."""
+"""Training runs: one row per pipeline run (the cooldown and "in progress" come from here).
+
+A run is identified by its model and its Airflow run id: two models' DAGs get the same run ids
+(``scheduled__<same date>``), and each model has its own cooldown.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +51,10 @@ class TrainingRun:
 
 
 class RunRecords(StoreBase):
-    """Start, fail and finish training runs, and read them back."""
+    """Start, fail and finish the store's model's training runs, and read them back."""
+
+    def _run(self, run_id: str) -> sa.ColumnElement[bool]:
+        return (runs_table.c.model == self._model) & (runs_table.c.run_id == run_id)
 
     def start_training_run(self, run_id: str, *, at: datetime | None = None,
                            claimed_by: Mapping[str, str] | None = None) -> TrainingRun:
@@ -66,18 +73,19 @@ class RunRecords(StoreBase):
             summary["claimed_by"] = dict(claimed_by)
 
         def write(conn: Connection) -> None:
-            row = conn.execute(sa.select(t).where(t.c.run_id == run_id)).first()
+            row = conn.execute(sa.select(t).where(self._run(run_id))).first()
             if row is None:
-                conn.execute(sa.insert(t).values(run_id=run_id, started_at=now, status="running", summary=summary))
+                conn.execute(sa.insert(t).values(model=self._model, run_id=run_id, started_at=now, status="running",
+                                                 summary=summary))
             elif row.status in CONSUMING_STATUSES:
                 raise StoreError(f"training run {run_id!r} already finished {row.status}; use a new run id")
             elif row.status != "running":
-                log.info("training run %s restarts after %s", run_id, row.status)
-                conn.execute(sa.update(t).where(t.c.run_id == run_id).values(
+                log.info("%s: training run %s restarts after %s", self._model, run_id, row.status)
+                conn.execute(sa.update(t).where(self._run(run_id)).values(
                     status="running", started_at=now, finished_at=None, summary=summary))
             elif claimed_by is None and not (row.summary or {}).get("started", True):
-                log.info("claimed training run %s started", run_id)
-                conn.execute(sa.update(t).where(t.c.run_id == run_id).values(
+                log.info("%s: claimed training run %s started", self._model, run_id)
+                conn.execute(sa.update(t).where(self._run(run_id)).values(
                     summary={**row.summary, "started": True}))
 
         self._transaction(write)
@@ -99,18 +107,19 @@ class RunRecords(StoreBase):
         t = runs_table
 
         def write(conn: Connection) -> int:
-            return conn.execute(sa.update(t).where(t.c.run_id == run_id, t.c.status == "running").values(
+            return conn.execute(sa.update(t).where(self._run(run_id), t.c.status == "running").values(
                 status="failed", finished_at=now, summary=summary)).rowcount
 
         changed = self._transaction(write) > 0
         if changed:
-            log.info("training run %s failed: %s", run_id, reason)
+            log.info("%s: training run %s failed: %s", self._model, run_id, reason)
         return changed
 
     def running_training_runs(self) -> list[TrainingRun]:
         """Rows still marked ``running``, oldest first (reconciled by :mod:`tuneloop.runs`)."""
         t = runs_table
-        query = sa.select(t).where(t.c.status == "running").order_by(t.c.started_at, t.c.run_id)
+        query = (sa.select(t).where(t.c.model == self._model, t.c.status == "running")
+                 .order_by(t.c.started_at, t.c.run_id))
         with self._engine.connect() as conn:
             return [_run_from_row(row) for row in conn.execute(query)]
 
@@ -137,7 +146,7 @@ class RunRecords(StoreBase):
         t = runs_table
 
         def write(conn: Connection) -> None:
-            row = conn.execute(sa.select(t).where(t.c.run_id == run_id)).first()
+            row = conn.execute(sa.select(t).where(self._run(run_id))).first()
             changes: dict[str, Any] = {"status": status}
             if row is None or row.status != status or row.finished_at is None:
                 changes["finished_at"] = now
@@ -148,25 +157,27 @@ class RunRecords(StoreBase):
             if row is not None and summary_value is not None:
                 changes["summary"] = {**(row.summary or {}), **summary_value}
             if row is None:
-                conn.execute(sa.insert(t).values({"run_id": run_id, "started_at": now, "summary": {}} | changes))
+                conn.execute(sa.insert(t).values(
+                    {"model": self._model, "run_id": run_id, "started_at": now, "summary": {}} | changes))
             else:
-                conn.execute(sa.update(t).where(t.c.run_id == run_id).values(changes))
+                conn.execute(sa.update(t).where(self._run(run_id)).values(changes))
 
         self._transaction(write)
-        log.info("training run %s finished: %s", run_id, status)
+        log.info("%s: training run %s finished: %s", self._model, run_id, status)
         return self.training_run(run_id)
 
     def training_run(self, run_id: str) -> TrainingRun:
         with self._engine.connect() as conn:
-            row = conn.execute(sa.select(runs_table).where(runs_table.c.run_id == run_id)).first()
+            row = conn.execute(sa.select(runs_table).where(self._run(run_id))).first()
         if row is None:
-            raise NotFound(f"training run {run_id!r} does not exist")
+            raise NotFound(f"training run {run_id!r} does not exist (model {self._model!r})")
         return _run_from_row(row)
 
     def training_runs(self, limit: int = 20) -> list[TrainingRun]:
         """Most recent first."""
         t = runs_table
-        query = sa.select(t).order_by(t.c.started_at.desc(), t.c.run_id.desc()).limit(limit)
+        query = (sa.select(t).where(t.c.model == self._model)
+                 .order_by(t.c.started_at.desc(), t.c.run_id.desc()).limit(limit))
         with self._engine.connect() as conn:
             return [_run_from_row(row) for row in conn.execute(query)]
 
@@ -174,7 +185,8 @@ class RunRecords(StoreBase):
         """The run that finished last among those that trained (any finished status but skipped; not a claimed
         run that failed before it started, nor one ended without a result by :meth:`fail_training_run`)."""
         t = runs_table
-        query = (sa.select(t).where(t.c.status.in_(TRAINED_STATUSES), t.c.finished_at.is_not(None))
+        query = (sa.select(t).where(t.c.model == self._model, t.c.status.in_(TRAINED_STATUSES),
+                                    t.c.finished_at.is_not(None))
                  .order_by(t.c.finished_at.desc(), t.c.run_id.desc()))
         with self._engine.connect() as conn:
             for row in conn.execute(query):

@@ -1,0 +1,111 @@
+"""What differs between kinds of model, behind one small interface: one module per task.
+
+The pipeline, the store, the export skeleton, the registry, history, approvals and backends are task-neutral;
+they ask the model's :class:`Task` (``task_for(config.task)``) for what depends on the kind of model: how a case
+row is checked, what identifies a case for deduplication, which cases an export keeps and the rows it writes,
+what the trainer is told to train. Airflow-free; importing this package imports no task module (each is loaded
+on first use, so a speech installation never imports the chat code and vice versa).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from tuneloop.config import DatasetConfig
+    from tuneloop.intake import CaseDraft, IngestLimits
+    from tuneloop.store import ErrorCase
+
+TASK_MODULES = {"speech_to_text": "tuneloop.tasks.speech_to_text", "chat": "tuneloop.tasks.chat"}
+TASK_NAMES = tuple(TASK_MODULES)
+
+# A remote input URI (gs://...) -> a local copy; raising AudioError-like errors quarantines the case.
+Fetcher = Callable[[str], Path]
+
+
+@dataclass(frozen=True)
+class Note:
+    """A case an export left out, why, and (for duplicates and superseded cases) the case kept instead."""
+
+    id: str
+    reason: str
+    kept_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ExportItem:
+    """One case (or replay example) ready for the task-neutral export steps.
+
+    ``key`` identifies the example for deduplication: of items with the same key the most recent wins (speech:
+    the audio content; chat: the normalised prompt and response). ``text`` is what the eval split must not see in
+    training and what the regression suites' leakage guard matches (speech: the normalised transcript; chat: the
+    normalised prompt); ``guard_key`` is the guard's other identity (speech: the audio content hash; chat: the
+    normalised prompt's hash). ``row`` is the dataset row, ``write`` writes the files it refers to (relative to
+    the dataset folder), if any.
+    """
+
+    case: ErrorCase
+    key: str
+    text: str
+    guard_key: str
+    row: dict[str, Any]
+    write: Callable[[Path], None] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A task's verdict on the store's cases before the neutral steps: usable items, cases to quarantine (broken
+    for good), cases skipped this time (left new: e.g. remote audio that cannot be fetched now) and cases the
+    export's filters leave out (left new too: a filter may change)."""
+
+    items: list[ExportItem]
+    quarantined: list[Note] = field(default_factory=list)
+    skipped: list[Note] = field(default_factory=list)
+    filtered: list[Note] = field(default_factory=list)
+
+
+class Task(Protocol):
+    """The per-task part of the loop. Implementations are plain modules' singletons (``TASK``)."""
+
+    name: str  # as in the config's ``task`` field
+    trainer_task: str  # the trainer spec's ``task``
+    example_noun: str  # what ExportItem.key identifies, for the manifest's reasons ("audio", "example")
+    text_noun: str  # what ExportItem.text is ("transcript", "prompt")
+    needs_correction: bool  # only corrected cases can train (speech); chat also trains on well-rated outputs
+
+    def parse_case(self, row: Mapping[str, Any], *, base_dir: Path | str, default_source: str, now: datetime,
+                   limits: IngestLimits) -> CaseDraft:
+        """Check one JSONL row (or Python API call) and return the case to store; raise ``InvalidCase``."""
+        ...
+
+    def screen(self, cases: Iterable[ErrorCase], config: DatasetConfig, fetch: Fetcher | None,
+               now: datetime | None = None) -> Screened:
+        """Turn the store's new cases into export items (validation and the task's filters, as of ``now``)."""
+        ...
+
+    def replay(self, config: DatasetConfig) -> tuple[list[ExportItem], list[Note]]:
+        """Known-good examples mixed into every train split (``dataset.replay_path``), and those left out."""
+        ...
+
+    def split_stats(self, rows: list[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
+        """What the manifest reports about one split."""
+        ...
+
+    def extra_files(self, rows: dict[str, list[dict[str, Any]]],
+                    config: DatasetConfig) -> dict[str, list[dict[str, Any]]]:
+        """Other formats of the splits written beside them (file name -> rows), e.g. ``train.alpaca.jsonl``."""
+        ...
+
+
+def task_for(name: str) -> Task:
+    """The task called ``name`` (``speech_to_text``, ``chat``); ValueError names the known ones."""
+    try:
+        module = TASK_MODULES[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_NAMES)}") from None
+    return importlib.import_module(module).TASK

@@ -1,0 +1,177 @@
+"""Speech to text (wav2vec2-style CTC): a case is an audio clip, the model's transcript and its correction.
+
+What is speech-specific in the loop: the row rules (:func:`tuneloop.intake.parse_case`: audio that decodes and
+can carry its correction), the export's audio checks (decodable, unchanged since ingestion, within the duration
+bounds, not too many characters per second) and copies (16 kHz mono WAVs named by content), deduplication by
+audio content (the most recent correction of a recording wins) and the manifest's duration statistics.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.audio import AudioError, AudioInfo, load_mono, local_audio_path, probe_audio, write_wav16
+from tuneloop.intake import CaseDraft, IngestLimits, parse_case, transcript_too_long
+from tuneloop.tasks import ExportItem, Fetcher, Note, Screened
+from tuneloop.text import normalize_transcript
+
+if TYPE_CHECKING:
+    from tuneloop.config import DatasetConfig
+    from tuneloop.store import ErrorCase
+
+# Row keys set from the case itself; a slice field with one of these names never overrides them.
+FIXED_ROW_KEYS = ("id", "audio", "text", "duration_s", "sample_rate", "created_at", "model_version", "source")
+
+
+class SpeechToText:
+    """The speech-to-text task (``TASK``)."""
+
+    name = "speech_to_text"
+    trainer_task = "speech-to-text"
+    example_noun = "audio"  # what identifies an example: one recording, one case
+    text_noun = "transcript"  # what the eval split must not see in training
+    needs_correction = True  # a transcript nobody corrected is the model's own mistake
+
+    def parse_case(self, row: Mapping[str, Any], *, base_dir: Path | str, default_source: str, now: datetime,
+                   limits: IngestLimits) -> CaseDraft:
+        return parse_case(row, base_dir=base_dir, default_source=default_source, now=now, limits=limits)
+
+    def screen(self, cases: Iterable[ErrorCase], config: DatasetConfig, fetch: Fetcher | None,
+               now: datetime | None = None) -> Screened:
+        """Usable cases as items; broken audio or text quarantined; remote audio without a fetcher skipped."""
+        screened = Screened(items=[])
+        for case in cases:
+            text = normalize_transcript(case.correction or "")
+            if not text:
+                screened.quarantined.append(Note(case.id, f"correction is empty after normalisation: "
+                                                          f"{case.correction!r}"))
+                continue
+            try:
+                path = _local_file(case.audio_uri or "", fetch)
+                if path is None:
+                    screened.skipped.append(Note(case.id, f"remote audio {case.audio_uri} and no fetch_audio given"))
+                    continue
+                info = probe_audio(path)
+            except AudioError as error:
+                detail = f" ({error.detail})" if error.detail else ""
+                screened.quarantined.append(Note(case.id, f"audio {error.reason}: {case.audio_uri}{detail}"))
+                continue
+            problem = audio_problem(case, info, config)
+            if problem:
+                screened.quarantined.append(Note(case.id, problem))
+                continue
+            screened.items.append(_item(case, text, info, path, config))
+        return screened
+
+    def replay(self, config: DatasetConfig) -> tuple[list[ExportItem], list[Note]]:
+        """A seeded draw of ``replay_size`` rows of ``replay_path`` (``{id, audio, text, ...}``), checked like
+        cases; the neutral export then applies the leakage guard and the overlap rules."""
+        from tuneloop.datasets import REPLAY_CREATED_AT, REPLAY_PREFIX, DatasetError
+        from tuneloop.regression import SuiteError, read_examples
+        from tuneloop.store import ErrorCase
+
+        if config.replay_path is None:
+            return [], []
+        try:
+            rows = read_examples(Path(config.replay_path), "replay", "dataset.replay_path")
+        except SuiteError as error:
+            raise DatasetError(str(error)) from error
+        random.Random(config.replay_seed).shuffle(rows)
+        kept: list[ExportItem] = []
+        dropped: list[Note] = []
+        for row in rows[: config.replay_size]:
+            case_id = f"{REPLAY_PREFIX}{row['id']}"
+            text = normalize_transcript(row["text"])
+            try:
+                info = probe_audio(row["audio"])
+            except AudioError as error:
+                dropped.append(Note(case_id, f"audio {error.reason}: {row['audio']}"))
+                continue
+            case = ErrorCase(id=case_id, created_at=REPLAY_CREATED_AT, source="replay", model_version=None,
+                             audio_uri=row["audio"], audio_hash=info.content_hash, prediction=text, correction=text,
+                             error_types=(), error_score=None, annotator=None, content_hash=info.content_hash,
+                             metadata={k: v for k, v in row.items() if k not in ("id", "audio", "text")},
+                             state="consumed")
+            problem = audio_problem(case, info, config) or ("transcript is empty after normalisation" if not text
+                                                            else None)
+            if problem:
+                dropped.append(Note(case_id, problem))
+                continue
+            kept.append(_item(case, text, info, Path(row["audio"]), config))
+        return kept, dropped
+
+    def split_stats(self, rows: list[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
+        durations = [row["duration_s"] for row in rows]
+        return {
+            "cases": len(rows),
+            "duration_s": {
+                "total": round(sum(durations), 3),
+                "min": min(durations, default=0.0),
+                "max": max(durations, default=0.0),
+                "mean": round(sum(durations) / len(durations), 3) if durations else 0.0,
+            },
+            "slices": slice_counts(rows, config),
+        }
+
+    def extra_files(self, rows: dict[str, list[dict[str, Any]]],
+                    config: DatasetConfig) -> dict[str, list[dict[str, Any]]]:
+        """No other formats for speech: train.jsonl and eval.jsonl are the dataset."""
+        return {}
+
+
+def slice_counts(rows: list[dict[str, Any]], config: DatasetConfig) -> dict[str, dict[str, int]]:
+    """Rows per value of each slice field (and model version), for the manifest."""
+    return {name: dict(sorted(Counter(str(row[name]) for row in rows if row.get(name) is not None).items()))
+            for name in (*config.slice_fields, "model_version")}
+
+
+def audio_problem(case: ErrorCase, info: AudioInfo, config: DatasetConfig) -> str | None:
+    """Why a decodable recording cannot train (or evaluate) the model, or None."""
+    too_long = transcript_too_long(case.correction, info.duration_s, config.max_chars_per_second)
+    if too_long:
+        return f"correction too long for its audio: {too_long}"
+    if case.audio_hash is not None and case.audio_hash != info.content_hash:
+        return f"audio changed since ingestion: {case.audio_uri} no longer matches the stored content hash"
+    if info.duration_s < config.min_duration_s:
+        return f"audio too short: {info.duration_s:.3f} s < min_duration_s {config.min_duration_s:g}"
+    if info.duration_s > config.max_duration_s:
+        return f"audio too long: {info.duration_s:.3f} s > max_duration_s {config.max_duration_s:g}"
+    return None
+
+
+def _local_file(uri: str, fetch: Fetcher | None) -> Path | None:
+    """The local file for ``uri``: the path itself, a fetched copy of a remote URI, or None if unfetchable."""
+    path = local_audio_path(uri)
+    if path is None and fetch is not None:
+        return fetch(uri)
+    return path
+
+
+def _item(case: ErrorCase, text: str, info: AudioInfo, path: Path, config: DatasetConfig) -> ExportItem:
+    audio = f"audio/{info.content_hash}.wav"
+    row: dict[str, Any] = {
+        "id": case.id,
+        "audio": audio,
+        "text": text,
+        "duration_s": round(info.duration_s, 3),
+        "sample_rate": config.sample_rate,
+        "created_at": case.created_at.isoformat(),
+        "model_version": case.model_version,
+        "source": case.source,
+    }
+    for name in config.slice_fields:
+        if name not in FIXED_ROW_KEYS and name in case.metadata:
+            row[name] = case.metadata[name]
+
+    def write(folder: Path) -> None:
+        write_wav16(folder / audio, load_mono(path, config.sample_rate), config.sample_rate)
+
+    return ExportItem(case=case, key=info.content_hash, text=text, guard_key=info.content_hash, row=row, write=write)
+
+
+TASK = SpeechToText()
