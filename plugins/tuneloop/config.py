@@ -205,6 +205,22 @@ class SliceSpec(_Section):
         return self
 
 
+class TextValidationConfig(_Section):
+    """What the gate judges for a chat model (the rest, alpha, eval size, newly broken cap, resamples, first-run
+    policy, is the shared ``validation`` section)."""
+
+    primary_metric: Literal["exact_match", "contains", "token_f1", "json_valid", "json_field_match"] = Field(
+        "exact_match", description="per-example score the gate judges: right/wrong ones (exact_match, contains, "
+        "json_valid) by McNemar's exact test, graded ones (token_f1, json_field_match) by the paired bootstrap")
+    min_improvement: float = Field(0.0, ge=0, le=1, description="required rise of the primary metric's mean")
+    right_threshold: float = Field(1.0, gt=0, le=1, description="a score at or above this counts as right "
+                                   "(for newly broken examples)")
+    structured: bool = Field(False, description="replies must be JSON: json_valid is scored, and json_field_match "
+                             "against a JSON reference")
+    json_fields: tuple[str, ...] | None = Field(None, description="fields json_field_match compares; None: all of "
+                                                "the reference's")
+
+
 class ValidationConfig(_Section):
     """The gate (the seed's ValidationConfig) plus the statistics it needs, slices, churn and the first-run policy.
 
@@ -232,6 +248,7 @@ class ValidationConfig(_Section):
     first_run_policy: Literal["absolute", "require_approval"] = "require_approval"
     first_run_max_wer: float = Field(0.5, gt=0, description="absolute policy: the candidate's WER must be below")
     first_run_max_cer: float | None = Field(None, gt=0, description="absolute policy: optional CER ceiling")
+    text: TextValidationConfig = Field(TextValidationConfig(), description="chat models: the metric judged")
 
 
 SuiteType = Literal["benchmark", "critical", "smoke"]
@@ -412,6 +429,16 @@ class TuneloopConfig(_Section):
                 f"training: a run may wait trigger.approval_timeout_hours ({self.trigger.approval_timeout_hours:g}) "
                 f"+ deployment.approval_timeout_hours ({self.deployment.approval_timeout_hours:g}) and train "
                 f"training.timeout_minutes ({self.training.timeout_minutes:g}); set it above {floor:g} h")
+        return self
+
+    @model_validator(mode="after")
+    def _chat_first_runs_compare(self) -> "TuneloopConfig":
+        """A chat model's first run compares with its base model and a person approves: an absolute ceiling on
+        WER/CER means nothing for text."""
+        if self.task == "chat" and self.validation.first_run_policy == "absolute":
+            raise ValueError("validation.first_run_policy: 'absolute' judges a speech model alone by WER/CER; a chat "
+                             "model's first run compares with its base model and waits for approval "
+                             "(require_approval)")
         return self
 
     @model_validator(mode="after")

@@ -373,29 +373,16 @@ class PipelineRun:
 
     # -- 5. validate ---------------------------------------------------------------------------------------
     def validate(self) -> dict[str, Any]:
-        """The gate: candidate vs production on the same eval utterances; writes gate.json, churn.jsonl, a plot."""
+        """The gate: candidate vs production on the same eval examples, as the model's task judges them; writes
+        gate.json (and the task's other evidence: churn, plot), logs the headline numbers to MLflow."""
         from tuneloop import tracking
-        from tuneloop.churn import write_churn
-        from tuneloop.gate import gate
-        from tuneloop.metrics import score_pair
-        from tuneloop.plots import gate_figure
-        from tuneloop.predictions import pair_predictions, read_predictions
 
-        scored = score_pair(pair_predictions(read_predictions(self.paths.predictions("production")),
-                                             read_predictions(self.paths.predictions("candidate"))))
-        first_run = self.base_model_source()["source"] != "production"
-        outcome = gate(scored, self.config.validation, first_run=first_run)
-        result = outcome.to_dict() | {"requires_approval": outcome.requires_approval}
-        _write_json(self.paths.gate, result)
-        with storage.staged_output(self.paths.churn) as churn:
-            write_churn(churn, scored)
-        with storage.staged_output(self.paths.plot) as plot:
-            gate_figure(scored, outcome.slices, plot,
-                        title=f"{self.config.mlflow.model_name}: {outcome.verdict} ({self.run_id})")
+        result = self.task.validate(self)
         mlflow_run = self.mlflow_run_id()
-        tracking.log_metrics(self.config, mlflow_run, _flat_metrics(result))
+        tracking.log_metrics(self.config, mlflow_run, self.task.flat_metrics(result))
         for artifact in (self.paths.gate, self.paths.churn, self.paths.plot):
-            tracking.log_artifact(self.config, mlflow_run, artifact, "gate")
+            if artifact.exists():
+                tracking.log_artifact(self.config, mlflow_run, artifact, "gate")
         for reason in result["reasons"]:
             log.info("gate: %s", reason)
         return result
@@ -404,30 +391,15 @@ class PipelineRun:
     def regression_suite(self) -> dict[str, Any]:
         """Every regression suite against its baseline and thresholds; writes regression.json."""
         from tuneloop import tracking
-        from tuneloop.predictions import read_predictions
-        from tuneloop.regression import run_suite, run_suites
 
-        source = self.base_model_source()
-        production_version = source.get("version") if source["source"] == "production" else None
-        results = []
         if not self.config.regression.run_on_deploy:
             report = {"passed": True, "results": [], "reasons": ["regression.run_on_deploy is false: suites not run"]}
             _write_json(self.paths.regression, report)
             return report
-        for spec in self.suites():
-            if not self.paths.predictions("candidate", spec.name).exists():
-                log.warning("suite %s was registered after this run's evaluation: not judged in this run", spec.name)
-                continue
-            production = read_predictions(self.paths.predictions("production", spec.name))
-            results.append(run_suite(spec, read_predictions(self.paths.predictions("candidate", spec.name)),
-                                     production if production_version else None, self.config.regression,
-                                     production_version=production_version))
-        report = run_suites(results).to_dict()
+        report = self.task.regression(self)
         _write_json(self.paths.regression, report)
         mlflow_run = self.mlflow_run_id()
-        tracking.log_metrics(self.config, mlflow_run, {
-            f"suite.{r['name']}.{key}": float(r[key]) for r in report["results"]
-            for key in ("wer", "cer", "wer_degradation", "failed_samples_rate")})
+        tracking.log_metrics(self.config, mlflow_run, self.task.suite_metrics(report))
         tracking.log_artifact(self.config, mlflow_run, self.paths.regression, "regression")
         for result in report["results"]:
             for reason in result["reasons"]:
@@ -437,17 +409,16 @@ class PipelineRun:
     # -- 6. register ---------------------------------------------------------------------------------------
     def register(self, dataset_id: str) -> dict[str, Any]:
         """Register the candidate as a model version tagged with its dataset, run and verdict."""
-        from tuneloop_trainer import serving_path
-
         gate_result = storage.read_json(self.paths.gate)
         regression = storage.read_json(self.paths.regression)
         verdict = gate_result["verdict"] if regression["passed"] else "fail"
         tags = {"dataset_id": dataset_id, "airflow_run_id": self.run_id, "verdict": verdict,
                 "gate_verdict": gate_result["verdict"], "regression_passed": str(regression["passed"]).lower(),
-                **{k: v for k, v in _flat_metrics(gate_result).items()}}
+                **{k: v for k, v in self.task.flat_metrics(gate_result).items()}}
+        serving_code, requirements = self.task.serving()
         with storage.local_dir(self.paths.model) as model_dir:
             version = self.registry.register_candidate(model_dir, run_id=self.mlflow_run_id(), tags=tags,
-                                                       serving_code=serving_path())
+                                                       serving_code=serving_code, pip_requirements=requirements)
         return {"version": version, "production_version": self.registry.production_version()}
 
     # -- 7. decide -----------------------------------------------------------------------------------------
@@ -497,9 +468,7 @@ class PipelineRun:
         lines = [f"**Candidate version {version}** of `{self.config.mlflow.model_name}` "
                  f"(production now: {production or 'none'}); gate verdict **{gate_result['verdict']}**, "
                  f"regression suites **{'passed' if regression['passed'] else 'failed'}**.", ""]
-        wer, cer = gate_result["wer"], gate_result["cer"]
-        lines.append(f"- WER {wer['baseline']:.3f} → {wer['candidate']:.3f}, CER {cer['baseline']:.3f} → "
-                     f"{cer['candidate']:.3f} on {gate_result['n']} eval utterances")
+        lines.append(f"- {self.task.headline(gate_result)}")
         lines += [f"- {reason}" for reason in gate_result["reasons"]]
         for suite in regression["results"]:
             lines += [f"- {reason}" for reason in suite["reasons"]]
@@ -524,14 +493,10 @@ class PipelineRun:
         return event.to_dict()
 
     def post_deploy_check(self, dataset_id: str, deployed_version: str) -> dict[str, Any]:
-        """Load ``models:/<name>@production`` like a serving system would and transcribe a smoke set."""
-        from tuneloop.post_deploy import check_served_model
-
-        result = check_served_model(self.config, self.paths.predictions("candidate"),
-                                    self.dataset_dir(dataset_id) / "eval.jsonl", deployed_version,
-                                    self.registry.production_version())
-        _write_json(self.paths.post_deploy, result.to_dict())
-        return result.to_dict()
+        """Load ``models:/<name>@production`` like a serving system would and run a smoke set through it."""
+        result = self.task.post_deploy_check(self, dataset_id, deployed_version)
+        _write_json(self.paths.post_deploy, result)
+        return result
 
     def auto_rollback(self, deployed_version: str | None, why: str,
                       actor: RunActor | None = None) -> dict[str, Any] | None:
@@ -603,16 +568,3 @@ def training_approval_reason(config: TuneloopConfig, should_trigger: bool, force
 
 def _write_json(path: StoragePath, data: Any) -> None:
     storage.write_json(path, data)
-
-
-def _flat_metrics(gate_result: dict[str, Any]) -> dict[str, float]:
-    """The gate's headline numbers as flat MLflow metrics / version tags (``candidate_wer``, ``wer_p_value``...)."""
-    flat: dict[str, Any] = {"gate_n": gate_result.get("n"), "degradation_rate": gate_result.get("degradation_rate")}
-    for metric in ("wer", "cer"):
-        comparison = gate_result.get(metric) or {}
-        flat[f"baseline_{metric}"] = comparison.get("baseline")
-        flat[f"candidate_{metric}"] = comparison.get("candidate")
-        flat[f"{metric}_improvement"] = comparison.get("improvement")
-        for key in ("ci_low", "ci_high", "p_value"):
-            flat[f"{metric}_{key}"] = (comparison.get("bootstrap") or {}).get(key)
-    return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -49,6 +49,8 @@ def build_record(run: PipelineRun, outcome: dict[str, Any], status: str) -> dict
     return {
         "run_id": run.run_id,
         "model_name": run.config.mlflow.model_name,
+        "model": run.config.name,
+        "task": run.config.task,
         "status": status,
         "reason_started": run.params.reason,
         "written_at": datetime.now(timezone.utc).isoformat(),
@@ -107,8 +109,19 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
 
 def to_markdown(record: dict[str, Any]) -> str:
     """decision.md: the summary, then tables a reviewer reads (metrics, statistics, slices, churn, suites)."""
+    from tuneloop.tasks import task_for
+
     lines = summary_lines(record)
     parts = [f"# {lines[0]}", "", *(f"- {line}" for line in lines[1:])]
+    parts += task_for(record.get("task", "speech_to_text")).record_sections(record)
+    parts += ["", "## Thresholds", "", "```json", json.dumps(record.get("thresholds"), indent=2), "```"]
+    parts += ["", "## Full record", "", "```json", json.dumps(record, indent=2, default=str), "```", ""]
+    return "\n".join(parts)
+
+
+def speech_sections(record: dict[str, Any]) -> list[str]:
+    """A speech record's tables: WER/CER, the statistics, slices, churn and suites."""
+    parts: list[str] = []
     gate = record.get("gate") or {}
     if gate.get("wer"):
         parts += ["", "## Metrics (eval split)", "", _metrics_table(gate)]
@@ -120,9 +133,12 @@ def to_markdown(record: dict[str, Any]) -> str:
     regression = record.get("regression") or {}
     if regression.get("results"):
         parts += ["", "## Regression suites", "", _suites_table(regression["results"])]
-    parts += ["", "## Thresholds", "", "```json", json.dumps(record.get("thresholds"), indent=2), "```"]
-    parts += ["", "## Full record", "", "```json", json.dumps(record, indent=2, default=str), "```", ""]
-    return "\n".join(parts)
+    return parts
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (cells formatted as the record's other tables)."""
+    return _table(header, rows)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

@@ -57,7 +57,7 @@ class TextGateError(ValueError):
 
 
 class TextGateConfig(BaseModel):
-    """Thresholds of the text gate. Local to this module until the task interface moves it into the config."""
+    """Thresholds of the text gate (:meth:`from_validation` reads them from the configuration)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -75,6 +75,15 @@ class TextGateConfig(BaseModel):
     )
     bootstrap_resamples: int = Field(10_000, ge=100)
     seed: int = 0
+
+    @classmethod
+    def from_validation(cls, validation: Any) -> TextGateConfig:
+        """The gate's settings from a ``ValidationConfig``: its ``text`` section plus the shared thresholds."""
+        text = validation.text
+        return cls(primary_metric=text.primary_metric, significance_alpha=validation.significance_alpha,
+                   min_eval_size=validation.min_eval_size, min_improvement=text.min_improvement,
+                   max_newly_broken_rate=validation.max_newly_broken_rate, right_threshold=text.right_threshold,
+                   bootstrap_resamples=validation.bootstrap_resamples, seed=validation.bootstrap_seed)
 
 
 @dataclass(frozen=True)

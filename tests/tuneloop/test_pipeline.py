@@ -12,7 +12,6 @@ from tuneloop.config import load_config
 from tuneloop.pipeline import (
     PipelineRun,
     RunParams,
-    _flat_metrics,
     evaluate_trigger,
     run_key,
     training_approval_reason,
@@ -86,7 +85,9 @@ def test_flat_metrics_reads_the_gate_record():
             "wer": {"baseline": 0.4, "candidate": 0.3, "improvement": 0.1,
                     "bootstrap": {"ci_low": 0.05, "ci_high": 0.15, "p_value": 0.001}},
             "cer": {"baseline": 0.2, "candidate": 0.15, "improvement": 0.05, "bootstrap": None}}
-    flat = _flat_metrics(gate)
+    from tuneloop.tasks.speech_to_text import TASK
+
+    flat = TASK.flat_metrics(gate)
     assert flat["candidate_wer"] == 0.3 and flat["wer_p_value"] == 0.001 and flat["gate_n"] == 40
     assert "cer_p_value" not in flat
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from tuneloop.config import DatasetConfig
+    from tuneloop.pipeline import PipelineRun
     from tuneloop.intake import CaseDraft, IngestLimits
     from tuneloop.store import ErrorCase
 
@@ -99,6 +100,42 @@ class Task(Protocol):
     def extra_files(self, rows: dict[str, list[dict[str, Any]]],
                     config: DatasetConfig) -> dict[str, list[dict[str, Any]]]:
         """Other formats of the splits written beside them (file name -> rows), e.g. ``train.alpaca.jsonl``."""
+        ...
+
+
+    # -- judging a candidate (called by PipelineRun's steps, which own the run's files and MLflow) --------------
+    def validate(self, run: PipelineRun) -> dict[str, Any]:
+        """The gate on the paired eval predictions; writes ``run.paths.gate`` (and churn/plot if it makes them)
+        and returns the record: ``passed``, ``verdict``, ``reasons``, ``n``, ``requires_approval``, ..."""
+        ...
+
+    def regression(self, run: PipelineRun) -> dict[str, Any]:
+        """The regression suites' report: ``passed``, ``results`` (each with ``reasons``), ``reasons``."""
+        ...
+
+    def suite_metrics(self, report: dict[str, Any]) -> dict[str, float]:
+        """The suites' numbers as flat MLflow metrics."""
+        ...
+
+    def serving(self) -> tuple[str, list[str]]:
+        """The MLflow pyfunc definition ("models from code") a version is registered with, and its pip
+        requirements."""
+        ...
+
+    def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
+        """Run a smoke set through ``models:/<name>@production``; ``passed`` False makes the run roll back."""
+        ...
+
+    def headline(self, gate_result: dict[str, Any]) -> str:
+        """The gate's numbers in one line (approval requests, summaries)."""
+        ...
+
+    def flat_metrics(self, gate_result: dict[str, Any]) -> dict[str, float]:
+        """The gate's headline numbers as flat MLflow metrics and version tags."""
+        ...
+
+    def record_sections(self, record: dict[str, Any]) -> list[str]:
+        """decision.md's task-specific sections (Markdown lines)."""
         ...
 
 

@@ -52,6 +52,7 @@ from tuneloop.tasks import ExportItem, Fetcher, Note, Screened
 
 if TYPE_CHECKING:
     from tuneloop.config import ChatDatasetConfig, DatasetConfig
+    from tuneloop.pipeline import PipelineRun
     from tuneloop.store import ErrorCase
 
 MAX_MESSAGES = 256
@@ -200,6 +201,46 @@ class ChatTask:
 
 # ------------------------------------------------------------------------------------------- case rows
 
+
+    # -- judging a candidate (tuneloop.tasks.chat_evaluation) ------------------------------------------------
+    def validate(self, run: PipelineRun) -> dict[str, Any]:
+        from tuneloop.tasks import chat_evaluation
+
+        return chat_evaluation.validate(run)
+
+    def regression(self, run: PipelineRun) -> dict[str, Any]:
+        from tuneloop.tasks import chat_evaluation
+
+        return chat_evaluation.regression(run)
+
+    def suite_metrics(self, report: dict[str, Any]) -> dict[str, float]:
+        return {}
+
+    def serving(self) -> tuple[str, list[str]]:
+        """The chat pyfunc (conversations -> replies) and its pip requirements."""
+        from tuneloop_trainer import CHAT_SERVING_REQUIREMENTS, serving_path
+
+        return serving_path(self.trainer_task), list(CHAT_SERVING_REQUIREMENTS)
+
+    def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
+        from tuneloop.tasks import chat_evaluation
+
+        return chat_evaluation.post_deploy_check(run, dataset_id, deployed_version)
+
+    def headline(self, gate_result: dict[str, Any]) -> str:
+        from tuneloop.tasks import chat_evaluation
+
+        return chat_evaluation.headline(gate_result)
+
+    def flat_metrics(self, gate_result: dict[str, Any]) -> dict[str, float]:
+        from tuneloop.tasks import chat_evaluation
+
+        return chat_evaluation.flat_metrics(gate_result)
+
+    def record_sections(self, record: dict[str, Any]) -> list[str]:
+        from tuneloop.tasks import chat_evaluation
+
+        return chat_evaluation.record_sections(record)
 
 def _aliased(row: Mapping[str, Any], name: str) -> tuple[str, Any]:
     """(key used, value) of a field with several accepted names; two given that differ are refused."""

@@ -8,6 +8,7 @@ audio content (the most recent correction of a recording wins) and the manifest'
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -22,7 +23,10 @@ from tuneloop.text import normalize_transcript
 
 if TYPE_CHECKING:
     from tuneloop.config import DatasetConfig
+    from tuneloop.pipeline import PipelineRun
     from tuneloop.store import ErrorCase
+
+log = logging.getLogger(__name__)
 
 # Row keys set from the case itself; a slice field with one of these names never overrides them.
 FIXED_ROW_KEYS = ("id", "audio", "text", "duration_s", "sample_rate", "created_at", "model_version", "source")
@@ -122,6 +126,95 @@ class SpeechToText:
                     config: DatasetConfig) -> dict[str, list[dict[str, Any]]]:
         """No other formats for speech: train.jsonl and eval.jsonl are the dataset."""
         return {}
+
+    # -- judging a candidate ---------------------------------------------------------------------------------
+    def validate(self, run: PipelineRun) -> dict[str, Any]:
+        """WER/CER gate (:mod:`tuneloop.gate`) on the paired eval transcripts; writes gate.json, churn, plot."""
+        from tuneloop import storage
+        from tuneloop.churn import write_churn
+        from tuneloop.gate import gate
+        from tuneloop.metrics import score_pair
+        from tuneloop.plots import gate_figure
+        from tuneloop.predictions import pair_predictions, read_predictions
+
+        scored = score_pair(pair_predictions(read_predictions(run.paths.predictions("production")),
+                                             read_predictions(run.paths.predictions("candidate"))))
+        first_run = run.base_model_source()["source"] != "production"
+        outcome = gate(scored, run.config.validation, first_run=first_run)
+        result = outcome.to_dict() | {"requires_approval": outcome.requires_approval}
+        storage.write_json(run.paths.gate, result)
+        with storage.staged_output(run.paths.churn) as churn:
+            write_churn(churn, scored)
+        with storage.staged_output(run.paths.plot) as plot:
+            gate_figure(scored, outcome.slices, plot,
+                        title=f"{run.config.mlflow.model_name}: {outcome.verdict} ({run.run_id})")
+        return result
+
+    def regression(self, run: PipelineRun) -> dict[str, Any]:
+        """Each suite's WER against its baseline (recorded, or production's in this run)."""
+        from tuneloop.predictions import read_predictions
+        from tuneloop.regression import run_suite, run_suites
+
+        source = run.base_model_source()
+        production_version = source.get("version") if source["source"] == "production" else None
+        results = []
+        for spec in run.suites():
+            if not run.paths.predictions("candidate", spec.name).exists():
+                log.warning("suite %s was registered after this run's evaluation: not judged in this run", spec.name)
+                continue
+            production = read_predictions(run.paths.predictions("production", spec.name))
+            results.append(run_suite(spec, read_predictions(run.paths.predictions("candidate", spec.name)),
+                                     production if production_version else None, run.config.regression,
+                                     production_version=production_version))
+        return run_suites(results).to_dict()
+
+    def suite_metrics(self, report: dict[str, Any]) -> dict[str, float]:
+        return {f"suite.{r['name']}.{key}": float(r[key]) for r in report["results"]
+                for key in ("wer", "cer", "wer_degradation", "failed_samples_rate")}
+
+    def serving(self) -> tuple[str, list[str]]:
+        """The pyfunc (audio -> transcripts) a registered version is logged with, and its pip requirements."""
+        from tuneloop_trainer import SERVING_REQUIREMENTS, serving_path
+
+        return serving_path(), list(SERVING_REQUIREMENTS)
+
+    def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
+        """Transcribe a smoke set through ``models:/<name>@production`` (:mod:`tuneloop.post_deploy`)."""
+        from tuneloop.post_deploy import check_served_model
+
+        return check_served_model(run.config, run.paths.predictions("candidate"),
+                                  run.dataset_dir(dataset_id) / "eval.jsonl", deployed_version,
+                                  run.registry.production_version()).to_dict()
+
+    def headline(self, gate_result: dict[str, Any]) -> str:
+        wer, cer = gate_result["wer"], gate_result["cer"]
+        return (f"WER {wer['baseline']:.3f} → {wer['candidate']:.3f}, CER {cer['baseline']:.3f} → "
+                f"{cer['candidate']:.3f} on {gate_result['n']} eval utterances")
+
+    def flat_metrics(self, gate_result: dict[str, Any]) -> dict[str, float]:
+        """The gate's headline numbers as flat MLflow metrics / version tags (``candidate_wer``,
+        ``wer_p_value``...)."""
+        flat: dict[str, Any] = {"gate_n": gate_result.get("n"),
+                                "degradation_rate": gate_result.get("degradation_rate")}
+        for metric in ("wer", "cer"):
+            comparison = gate_result.get(metric) or {}
+            flat[f"baseline_{metric}"] = comparison.get("baseline")
+            flat[f"candidate_{metric}"] = comparison.get("candidate")
+            flat[f"{metric}_improvement"] = comparison.get("improvement")
+            for key in ("ci_low", "ci_high", "p_value"):
+                flat[f"{metric}_{key}"] = (comparison.get("bootstrap") or {}).get(key)
+        return numbers(flat)
+
+    def record_sections(self, record: dict[str, Any]) -> list[str]:
+        """decision.md's tables for speech: metrics, statistics, slices, churn, suites."""
+        from tuneloop import report
+
+        return report.speech_sections(record)
+
+
+def numbers(flat: dict[str, Any]) -> dict[str, float]:
+    """The entries that are numbers (not bools), as floats: what MLflow metrics and version tags take."""
+    return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def slice_counts(rows: list[dict[str, Any]], config: DatasetConfig) -> dict[str, dict[str, int]]:

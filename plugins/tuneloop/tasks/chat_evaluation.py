@@ -1,0 +1,204 @@
+"""Judging a chat candidate: the text gate on paired eval replies, the served model's smoke check, the record.
+
+The chat task's half that runs after training (:class:`tuneloop.tasks.chat.ChatTask` delegates here): each eval
+reply is scored per example (:mod:`tuneloop.text_metrics`: exact match, contains, token F1, JSON validity and
+field match when ``validation.text.structured``), the two models' scores are paired by example id and the text
+gate (:mod:`tuneloop.text_gate`) decides with McNemar's exact test or the paired bootstrap. Regression suites for
+chat models are not built yet: a chat model with suites fails its run with a message saying so, never a silent
+pass.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneloop import storage
+from tuneloop.tasks.speech_to_text import numbers
+
+if TYPE_CHECKING:
+    from tuneloop.config import TextValidationConfig, TuneloopConfig
+    from tuneloop.pipeline import PipelineRun
+    from tuneloop.predictions import PairedPrediction, Prediction
+    from tuneloop.text_metrics import TextScores
+
+# Served and batch-evaluated replies come from the same greedy decoding but different batches and padding; the
+# served score may trail the validated one by this much before the check fails.
+SERVED_SCORE_TOLERANCE = 0.05
+
+
+def validate(run: PipelineRun) -> dict[str, Any]:
+    """The text gate on the eval split; writes gate.json and churn.jsonl (examples whose score changed)."""
+    from tuneloop.predictions import pair_predictions, read_predictions
+    from tuneloop.text_gate import TextGateConfig, TextPair, text_gate
+
+    paired = pair_predictions(read_predictions(run.paths.predictions("production")),
+                              read_predictions(run.paths.predictions("candidate")))
+    text = run.config.validation.text
+    pairs = [TextPair(p.id, score(p.baseline, text), score(p.candidate, text)) for p in paired]
+    outcome = text_gate(pairs, TextGateConfig.from_validation(run.config.validation))
+    first_run = run.base_model_source()["source"] != "production"
+    result = outcome.to_dict() | {"requires_approval": first_run and outcome.passed, "first_run": first_run,
+                                  "p_value": outcome.p_value}
+    if first_run and outcome.passed:
+        result["reasons"] = [*result["reasons"], "first run: compared with the base model it started from, so a "
+                             "person approves the deployment (validation.first_run_policy=require_approval)"]
+    storage.write_json(run.paths.gate, result)
+    with storage.staged_output(run.paths.churn) as churn:
+        write_churn(churn, paired, pairs, text.primary_metric)
+    return result
+
+
+def score(prediction: Prediction, text: TextValidationConfig) -> TextScores:
+    """Every score of one reply against its reference (the ideal response)."""
+    from tuneloop.text_metrics import score_example
+
+    tokens = prediction.slices.get("generated_tokens")
+    return score_example(
+        prediction.hypothesis, prediction.reference, structured=text.structured,
+        json_reference=prediction.reference if text.structured else None, json_fields=text.json_fields,
+        generated_tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+        latency_s=None if prediction.latency_ms is None else prediction.latency_ms / 1000)
+
+
+def write_churn(path: Path, paired: list[PairedPrediction], pairs: list[Any], metric: str) -> Path:
+    """One JSON row per example whose primary score changed: what production and the candidate replied."""
+    with path.open("w", encoding="utf-8") as handle:
+        for prediction, pair in zip(paired, pairs, strict=True):
+            before, after = pair.baseline.value(metric), pair.candidate.value(metric)
+            if before == after:
+                continue
+            kind = ("fixed" if after == 1 and before == 0 else "newly_broken" if before == 1 and after == 0
+                    else "improved" if after > before else "worsened")
+            handle.write(json.dumps({"id": prediction.id, "kind": kind, "metric": metric, "production": before,
+                                     "candidate": after, "reference": prediction.reference,
+                                     "production_reply": prediction.baseline_hypothesis,
+                                     "candidate_reply": prediction.candidate_hypothesis}) + "\n")
+    return path
+
+
+def regression(run: PipelineRun) -> dict[str, Any]:
+    """No suites: passed. Suites configured or registered for a chat model: not judged yet, so the run fails
+    rather than deploying past a check someone asked for."""
+    suites = run.suites()
+    if suites:
+        raise ValueError(f"regression suites for chat models are not built yet: {', '.join(s.name for s in suites)} "
+                         f"cannot be judged; remove them from regression.suites (or the store) for model "
+                         f"{run.config.name!r}, or set regression.run_on_deploy: false")
+    return {"passed": True, "results": [], "reasons": ["no regression suites for this chat model"]}
+
+
+def post_deploy_check(run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
+    """Send the first ``post_deploy_smoke_size`` eval conversations through ``models:/<name>@production`` (the
+    generic pyfunc loader, as serving does) and judge the replies as the gate did."""
+    config = run.config
+    production = run.registry.production_version()
+    if production != deployed_version:
+        return _check(False, None, None, 0, 0, [f"the production alias points to version {production}, not to "
+                                                f"the deployed {deployed_version}"])
+    rows = _read_jsonl(run.dataset_dir(dataset_id) / "eval.jsonl")[: config.deployment.post_deploy_smoke_size]
+    expected = {r["id"]: r for r in _read_jsonl(run.paths.predictions("candidate"))}
+    uri = f"models:/{config.mlflow.model_name}@production"
+    try:
+        served = _serve(config, uri, [row["messages"][:-1] for row in rows])
+    except Exception as error:  # a model that cannot load or reply is the clearest failure of all
+        return _check(False, None, None, len(rows), len(rows), [f"{uri} failed to serve: {error}"])
+    references = [row["messages"][-1]["content"] for row in rows]
+    served_score = _mean_score(config, served, references)
+    validated_score = _mean_score(config, [expected[r["id"]]["hypothesis"] for r in rows], references)
+    mismatched = sum(reply != expected[r["id"]]["hypothesis"] for reply, r in zip(served, rows, strict=True))
+    return _judge(config, served_score, validated_score, len(rows), mismatched)
+
+
+def _serve(config: TuneloopConfig, uri: str, conversations: list[list[dict[str, Any]]]) -> list[str]:
+    import mlflow
+
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_registry_uri(config.registry_uri)
+    model = mlflow.pyfunc.load_model(uri)
+    return [str(reply) for reply in model.predict(conversations)]
+
+
+def _mean_score(config: TuneloopConfig, replies: list[str], references: list[str]) -> float:
+    from tuneloop.predictions import Prediction
+
+    text = config.validation.text
+    scores = [score(Prediction(str(i), ref, reply), text).value(text.primary_metric)
+              for i, (reply, ref) in enumerate(zip(replies, references, strict=True))]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def _judge(config: TuneloopConfig, served: float, validated: float, n: int, mismatched: int) -> dict[str, Any]:
+    metric, threshold = config.validation.text.primary_metric, config.deployment.rollback_on_error_threshold
+    reasons = [f"served model {metric} {served:.3f} on {n} smoke conversations (validated candidate: "
+               f"{validated:.3f})"]
+    passed = True
+    if 1 - served > threshold:
+        passed = False
+        reasons.append(f"served error rate (1 - {metric}) {1 - served:.3f} > rollback_on_error_threshold {threshold}")
+    if served < validated - SERVED_SCORE_TOLERANCE:
+        passed = False
+        reasons.append(f"served {metric} trails the validated candidate's by more than {SERVED_SCORE_TOLERANCE}")
+    if mismatched:
+        reasons.append(f"{mismatched}/{n} replies differ from batch evaluation's (padding and batching)")
+    return _check(passed, served, validated, n, mismatched, reasons)
+
+
+def _check(passed: bool, served: float | None, validated: float | None, n: int, mismatched: int,
+           reasons: list[str]) -> dict[str, Any]:
+    return {"passed": passed, "served_score": served, "validated_score": validated, "n": n,
+            "mismatched": mismatched, "reasons": reasons}
+
+
+def headline(gate_result: dict[str, Any]) -> str:
+    p = gate_result.get("p_value")
+    return (f"{gate_result['metric']} {gate_result['baseline_mean']:.3f} → {gate_result['candidate_mean']:.3f} "
+            f"({gate_result['improvement']:+.3f}, {gate_result['significance_test']} p "
+            f"{'n/a' if p is None else f'{p:.3g}'}) on {gate_result['n']} eval conversations")
+
+
+def flat_metrics(gate_result: dict[str, Any]) -> dict[str, float]:
+    """``baseline_<metric>``, ``candidate_<metric>``, ``<metric>_improvement``, ``<metric>_p_value``, the bootstrap
+    interval, newly broken/fixed counts, and the secondary scores per model."""
+    metric = gate_result.get("metric", "score")
+    boot = gate_result.get("bootstrap") or {}
+    flat: dict[str, Any] = {
+        "gate_n": gate_result.get("n"), f"baseline_{metric}": gate_result.get("baseline_mean"),
+        f"candidate_{metric}": gate_result.get("candidate_mean"), f"{metric}_improvement": gate_result.get(
+            "improvement"), f"{metric}_p_value": gate_result.get("p_value"), f"{metric}_ci_low": boot.get("ci_low"),
+        f"{metric}_ci_high": boot.get("ci_high"), "newly_broken": gate_result.get("newly_broken"),
+        "newly_fixed": gate_result.get("newly_fixed")}
+    for model, means in (gate_result.get("secondary") or {}).items():
+        for name, value in means.items():
+            flat[f"{model}_{name}"] = value
+    return numbers(flat)
+
+
+def record_sections(record: dict[str, Any]) -> list[str]:
+    """decision.md for a chat model: the primary metric with its test, the secondary scores per model."""
+    from tuneloop.report import table
+
+    gate = record.get("gate") or {}
+    if "metric" not in gate:
+        return []
+    boot = gate.get("bootstrap") or {}
+    rows = [[gate["metric"], gate["baseline_mean"], gate["candidate_mean"], gate["improvement"],
+             f"[{boot.get('ci_low')}, {boot.get('ci_high')}]", gate.get("significance_test"), gate.get("p_value")]]
+    parts = ["", "## Metrics (eval split)", "",
+             table(["metric", "production", "candidate", "improvement", "CI", "test", "p (one-sided)"], rows)]
+    secondary = gate.get("secondary") or {}
+    if secondary:
+        names = sorted({name for means in secondary.values() for name in means})
+        parts += ["", "## Other scores (reported, not gated)", "",
+                  table(["model", *names], [[model, *(means.get(n) for n in names)]
+                                            for model, means in secondary.items()])]
+    parts += ["", "## Churn", "", table(["kind", "count"], [["fixed", gate.get("newly_fixed")],
+                                                          ["newly broken", gate.get("newly_broken")],
+                                                          ["improved", gate.get("improved_count")],
+                                                          ["worsened", gate.get("degraded_count")]])]
+    return parts
+
+
+def _read_jsonl(path: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,107 @@
+"""The chat task's judging: the text gate run on a real run folder's prediction files, the record it writes,
+and the post-deploy verdict rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tuneloop import storage
+from tuneloop.config import TuneloopConfig
+from tuneloop.pipeline import PipelineRun
+from tuneloop.tasks import chat_evaluation, task_for
+
+
+def _run(tmp_path, **validation: object) -> PipelineRun:
+    config = TuneloopConfig.model_validate({"home": str(tmp_path / "home"), "task": "chat",
+                                            "validation": {"min_eval_size": 5, **validation}})
+    return PipelineRun(config, "manual__chat")
+
+
+def _predictions(run: PipelineRun, tag: str, replies: list[str], references: list[str]) -> None:
+    path = run.paths.predictions(tag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": f"e{i}", "reference": ref, "hypothesis": reply, "latency_ms": 12.0,
+                                        "generated_tokens": 7, "domain": "returns"}) + "\n"
+                            for i, (reply, ref) in enumerate(zip(replies, references))))
+
+
+REFS = [f"Returns are free for {d} days." for d in range(30, 42)]
+
+
+def test_validate_passes_a_candidate_that_fixes_many_and_breaks_none(tmp_path):
+    run = _run(tmp_path)
+    storage.write_json(run.paths.base_source, {"source": "production", "version": "1"})
+    _predictions(run, "production", ["I cannot help with that."] * 12, REFS)
+    _predictions(run, "candidate", [*REFS[:10], "no", "no"], REFS)
+
+    result = task_for("chat").validate(run)
+
+    assert result["passed"] and result["verdict"] == "pass" and not result["requires_approval"]
+    assert (result["metric"], result["n"], result["newly_fixed"], result["newly_broken"]) == ("exact_match", 12, 10, 0)
+    assert result["significance_test"] == "mcnemar" and result["p_value"] == pytest.approx(0.5 ** 10)
+    assert json.loads(run.paths.gate.read_text()) == result
+    churn = [json.loads(line) for line in run.paths.churn.read_text().splitlines()]
+    assert [row["id"] for row in churn] == [f"e{i}" for i in range(10)] and churn[0]["kind"] == "fixed"
+    flat = chat_evaluation.flat_metrics(result)
+    assert flat["candidate_exact_match"] == pytest.approx(10 / 12) and flat["newly_fixed"] == 10
+    assert "exact_match 0.000 → 0.833" in chat_evaluation.headline(result)
+    assert any("## Metrics" in line for line in chat_evaluation.record_sections({"gate": result}))
+
+
+def test_validate_rejects_a_candidate_that_breaks_what_production_got_right(tmp_path):
+    run = _run(tmp_path)
+    storage.write_json(run.paths.base_source, {"source": "production", "version": "1"})
+    _predictions(run, "production", REFS, REFS)
+    _predictions(run, "candidate", ["Returns cost money."] * 12, REFS)
+
+    result = task_for("chat").validate(run)
+
+    assert not result["passed"] and result["verdict"] == "fail" and result["newly_broken"] == 12
+
+
+def test_a_first_run_that_passes_waits_for_a_person(tmp_path):
+    run = _run(tmp_path)
+    storage.write_json(run.paths.base_source, {"source": "base_model", "version": None})
+    _predictions(run, "production", ["?"] * 12, REFS)
+    _predictions(run, "candidate", REFS, REFS)
+
+    result = task_for("chat").validate(run)
+
+    assert result["passed"] and result["requires_approval"] and result["first_run"]
+
+
+def test_a_graded_primary_metric_is_judged_by_the_paired_bootstrap(tmp_path):
+    run = _run(tmp_path, text={"primary_metric": "token_f1", "right_threshold": 0.9})
+    storage.write_json(run.paths.base_source, {"source": "production", "version": "1"})
+    _predictions(run, "production", ["Returns are not free."] * 12, REFS)
+    _predictions(run, "candidate", REFS, REFS)
+
+    result = task_for("chat").validate(run)
+
+    assert result["significance_test"] == "bootstrap" and result["passed"]
+    assert result["bootstrap"]["ci_low"] > 0
+
+
+def test_chat_suites_fail_the_run_rather_than_pass_unjudged(tmp_path):
+    config = TuneloopConfig.model_validate({"home": str(tmp_path / "home"), "task": "chat", "regression": {
+        "suites": [{"name": "policies", "data_path": str(tmp_path / "s.jsonl")}]}})
+    with pytest.raises(ValueError, match="regression suites for chat models are not built yet: policies"):
+        task_for("chat").regression(PipelineRun(config, "r"))
+
+
+@pytest.mark.parametrize(("served", "validated", "passed", "why"), [
+    (0.9, 0.9, True, None),
+    (0.4, 0.4, False, "served error rate (1 - exact_match) 0.600 > rollback_on_error_threshold 0.5"),
+    (0.8, 0.9, False, "trails the validated candidate's by more than 0.05"),
+])
+def test_post_deploy_verdict(served, validated, passed, why):
+    result = chat_evaluation._judge(TuneloopConfig(task="chat"), served, validated, 10, 0)
+    assert result["passed"] is passed
+    assert why is None or any(why in reason for reason in result["reasons"])
+
+
+def test_an_absolute_first_run_policy_is_refused_for_chat():
+    with pytest.raises(ValueError, match="first_run_policy: 'absolute' judges a speech model alone"):
+        TuneloopConfig.model_validate({"task": "chat", "validation": {"first_run_policy": "absolute"}})
