@@ -10,7 +10,7 @@
     tuneloop bootstrap MODEL_DIR        register an existing model as the first production version
     tuneloop suite add NAME DATA.jsonl [--type critical] [--baseline-wer X --baseline-version V]
     tuneloop suite list [--json]        regression suites (config and registered) and their latest results
-    tuneloop demo [--bad-candidate]     the end-to-end demo on CPU
+    tuneloop demo [--bad-candidate]     the end-to-end demo on CPU (--llm: the chat model's)
 """
 
 from __future__ import annotations
@@ -115,8 +115,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the end-to-end demo (speech data, baseline, Airflow run)")
     demo.set_defaults(model=None)
+    demo.add_argument("--llm", action="store_true",
+                      help="the chat demo instead: a tiny causal LM answering questions about nicknames")
     demo.add_argument("--bad-candidate", action="store_true",
-                      help="train on shuffled transcripts: the gate must reject it and production stay put")
+                      help="train on shuffled transcripts (--llm: replies): the gate must reject it and production "
+                           "stay put")
     demo.add_argument("--workdir", type=Path, help="demo state folder (default: <repo>/.demo)")
     demo.set_defaults(handler=cmd_demo)
     return parser
@@ -327,19 +330,25 @@ def cmd_bootstrap(config: TuneloopConfig, args: argparse.Namespace) -> int:
     from tuneloop.deployment import bootstrap_production
     from tuneloop.registry import ModelRegistry
     from tuneloop.store import ErrorCaseStore
-    from tuneloop_trainer import serving_path
+    from tuneloop.tasks import task_for
 
     if not (args.model_dir / "config.json").exists():
         raise ValueError(f"model_dir: {args.model_dir} is not a Hugging Face model directory (no config.json)")
     registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
     run_id = tracking.ensure_run(config, "bootstrap", dag_id="cli")
+    serving_code, requirements = task_for(config.task).serving()  # the model's kind: speech or chat pyfunc
     event = bootstrap_production(registry, ErrorCaseStore.from_config(config), args.model_dir, run_id=run_id,
-                                 reason=args.reason, actor=f"cli:{getpass.getuser()}", serving_code=serving_path())
+                                 reason=args.reason, actor=f"cli:{getpass.getuser()}", serving_code=serving_code,
+                                 pip_requirements=requirements)
     print(f"production: {version_label(event.to_version)} ({event.reason})")
     return 0
 
 
 def cmd_demo(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    if args.llm:
+        from tuneloop_demo.llm import run_llm_demo
+
+        return run_llm_demo(bad_candidate=args.bad_candidate, workdir=args.workdir)
     from tuneloop_demo.main import run_demo
 
     return run_demo(bad_candidate=args.bad_candidate, workdir=args.workdir)

@@ -205,6 +205,40 @@ class SliceSpec(_Section):
         return self
 
 
+class JudgeConfig(_Section):
+    """The optional pairwise LLM judge of a chat candidate (``validation.text.judge``; :mod:`tuneloop.judge`).
+
+    An OpenAI-compatible endpoint compares production's and the candidate's reply to each eval conversation, twice
+    with the positions swapped; two verdicts that disagree are a tie. ``conn_id`` is an Airflow connection of type
+    ``openai`` (base URL: host or extra ``openai_client_kwargs.base_url``; key: password or
+    ``openai_client_kwargs.api_key``); without one, ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``.
+    """
+
+    enabled: bool = Field(False, description="ask the judge which reply is better")
+    conn_id: str = Field("openai_default", min_length=1, description="Airflow connection (type openai) of the "
+                         "judge's endpoint")
+    model: str | None = Field(None, min_length=1, validate_default=True, description="the judge model's name at "
+                              "the endpoint; required when enabled")
+    max_examples: int = Field(200, ge=1, description="judge at most this many eval examples (a seeded sample), "
+                              "two calls each, to bound the cost")
+    seed: int = Field(0, description="seed of that sample")
+    temperature: float = Field(0.0, ge=0, le=2, description="the judge's sampling temperature")
+    gating: bool = Field(True, description="the gate requires the sign test on judge wins vs losses to be "
+                         "significant at validation.significance_alpha; false: reported only")
+    timeout_seconds: float = Field(60.0, gt=0, description="per request to the judge's endpoint")
+    max_retries: int = Field(3, ge=0, description="retries of a failed request (connection errors, 408, 409, 429, "
+                             "5xx) before the run fails")
+    concurrency: int = Field(4, ge=1, le=64, description="requests to the judge in flight at once")
+
+    @field_validator("model")
+    @classmethod
+    def _model_when_enabled(cls, value: str | None, info: Any) -> str | None:
+        if value is None and info.data.get("enabled"):
+            raise ValueError("required when the judge is enabled: the judge model's name at the endpoint "
+                             "(e.g. gpt-4.1)")
+        return value
+
+
 class TextValidationConfig(_Section):
     """What the gate judges for a chat model (the rest, alpha, eval size, newly broken cap, resamples, first-run
     policy, is the shared ``validation`` section)."""
@@ -219,6 +253,8 @@ class TextValidationConfig(_Section):
                              "against a JSON reference")
     json_fields: tuple[str, ...] | None = Field(None, description="fields json_field_match compares; None: all of "
                                                 "the reference's")
+    judge: JudgeConfig = Field(JudgeConfig(), description="optional pairwise LLM judge (sign test on its "
+                               "wins vs losses)")
 
 
 class ValidationConfig(_Section):

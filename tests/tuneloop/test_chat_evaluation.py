@@ -105,3 +105,34 @@ def test_post_deploy_verdict(served, validated, passed, why):
 def test_an_absolute_first_run_policy_is_refused_for_chat():
     with pytest.raises(ValueError, match="first_run_policy: 'absolute' judges a speech model alone"):
         TuneloopConfig.model_validate({"task": "chat", "validation": {"first_run_policy": "absolute"}})
+
+
+def test_the_pairwise_judge_adds_its_sign_test_and_can_block(tmp_path, monkeypatch):
+    """With validation.text.judge on, each eval pair goes to the OpenAI-compatible endpoint twice (positions
+    swapped); a judge that sees no difference (always answers "A": position bias) blocks a candidate the metric
+    alone would pass; one that prefers the reference-like reply lets it through."""
+    from tests.standins.openai_api import OpenAIStandIn, prefers_the_reference
+
+    with OpenAIStandIn() as api:
+        monkeypatch.setenv("OPENAI_BASE_URL", api.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        run = _run(tmp_path, text={"judge": {"enabled": True, "model": "judge-1", "conn_id": "no_such_conn"}})
+        storage.write_json(run.paths.base_source, {"source": "production", "version": "1"})
+        dataset = tmp_path / "dataset"
+        dataset.mkdir()
+        (dataset / "eval.jsonl").write_text("".join(json.dumps({"id": f"e{i}", "messages": [
+            {"role": "user", "content": f"How long can I return order {i}?"},
+            {"role": "assistant", "content": ref}]}) + "\n" for i, ref in enumerate(REFS)))
+        storage.write_json(run.paths.spec, {"dataset_uri": str(dataset)})
+        _predictions(run, "production", ["I cannot help with that."] * 12, REFS)
+        _predictions(run, "candidate", REFS, REFS)
+
+        api.reply = lambda body: "[[A]]"
+        biased = task_for("chat").validate(run)
+        assert not biased["passed"] and biased["judge"]["inconsistent"] == 12
+        assert any("validation.text.judge.gating" in reason for reason in biased["reasons"])
+        assert len(api.requests) == 24 and {r["model"] for r in api.requests} == {"judge-1"}
+
+        api.reply = prefers_the_reference
+        fair = task_for("chat").validate(run)
+        assert fair["passed"] and fair["judge"]["wins"] == 12 and fair["judge"]["losses"] == 0

@@ -18,7 +18,7 @@ CORE_MODULES = (
     "tuneloop.runs", "tuneloop.intake", "tuneloop.text_metrics", "tuneloop.text_gate", "tuneloop.store.schema",
     "tuneloop.store.database", "tuneloop.store.cases", "tuneloop.store.training_runs", "tuneloop.store.deployments",
     "tuneloop.store.suites", "tuneloop.store.inferences", "tuneloop.store.migrations", "tuneloop.tasks", "tuneloop.tasks.speech_to_text",
-    "tuneloop.tasks.chat",
+    "tuneloop.tasks.chat", "tuneloop.tasks.chat_evaluation", "tuneloop.judge",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 

@@ -41,13 +41,43 @@ def validate(run: PipelineRun) -> dict[str, Any]:
     first_run = run.base_model_source()["source"] != "production"
     result = outcome.to_dict() | {"requires_approval": first_run and outcome.passed, "first_run": first_run,
                                   "p_value": outcome.p_value}
-    if first_run and outcome.passed:
+    if text.judge.enabled:
+        result = _with_judge(run, paired, result)
+        result["requires_approval"] = first_run and result["passed"]
+    if first_run and result["passed"]:
         result["reasons"] = [*result["reasons"], "first run: compared with the base model it started from, so a "
                              "person approves the deployment (validation.first_run_policy=require_approval)"]
     storage.write_json(run.paths.gate, result)
     with storage.staged_output(run.paths.churn) as churn:
         write_churn(churn, paired, pairs, text.primary_metric)
     return result
+
+
+def _with_judge(run: PipelineRun, paired: list[PairedPrediction], result: dict[str, Any]) -> dict[str, Any]:
+    """The pairwise judge's verdict (:mod:`tuneloop.judge`) added to the gate's record; with ``judge.gating`` a
+    candidate the judge does not prefer significantly (sign test on wins vs losses) fails."""
+    from tuneloop.judge import JudgeExample, run_judge
+
+    judge = run.config.validation.text.judge
+    conversations = {row["id"]: row["messages"][:-1] for row in _read_jsonl(_eval_split(run))}
+    examples = [JudgeExample(id=p.id, messages=tuple(conversations[p.id]), reference=p.reference,
+                             production=p.baseline_hypothesis, candidate=p.candidate_hypothesis) for p in paired]
+    verdict = run_judge(judge, examples, alpha=run.config.validation.significance_alpha)
+    result = {**result, "judge": verdict.to_dict()}
+    if judge.gating and not verdict.significant:
+        if result["passed"]:
+            result.update(passed=False, verdict="fail", reasons=[])
+        result["reasons"] = [*result["reasons"], f"judge: {verdict.summary()} (validation.text.judge.gating)"]
+    else:
+        result["reasons"] = [*result["reasons"], f"judge: {verdict.summary()}"]
+    return result
+
+
+def _eval_split(run: PipelineRun) -> Any:
+    """The eval split this run was evaluated on: the training spec names its dataset."""
+    spec = storage.read_json(run.paths.spec)
+    return storage.storage_root(spec["dataset_uri"], Path(spec["dataset_uri"]), run.config.storage_conn_id) / \
+        "eval.jsonl"
 
 
 def score(prediction: Prediction, text: TextValidationConfig) -> TextScores:
