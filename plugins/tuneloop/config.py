@@ -196,6 +196,8 @@ class SliceSpec(_Section):
     field: str = Field(min_length=1)
     min_n: int = Field(30, ge=1, description="a slice value needs this many utterances to be gated")
     max_wer_increase: float = Field(0.0, ge=0, description="tolerated rise of the slice's WER (absolute)")
+    max_score_drop: float = Field(0.0, ge=0, description="chat models: tolerated fall of the slice's mean primary "
+                                  "score (validation.text.primary_metric, absolute)")
     buckets: tuple[float, ...] | None = Field(None, description="ascending edges for a numeric field")
 
     @model_validator(mode="after")

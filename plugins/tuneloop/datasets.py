@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import tempfile
 import uuid
@@ -54,7 +53,6 @@ from tuneloop.regression import LeakageGuard
 from tuneloop.storage import StoragePath, as_path, is_local
 from tuneloop.store import ErrorCaseStore
 from tuneloop.tasks import ExportItem, Note, Task, task_for
-from tuneloop.tasks.speech_to_text import FIXED_ROW_KEYS  # noqa: F401 (re-exported: config tests compare with it)
 
 log = logging.getLogger(__name__)
 

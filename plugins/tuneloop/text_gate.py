@@ -16,6 +16,8 @@ metric. The checks (all must hold to pass):
    JSON field match) the paired bootstrap of the mean difference.
 4. newly broken: the share of examples production got right (score >= ``right_threshold``) and the candidate
    gets wrong stays within ``max_newly_broken_rate``. A better average must not hide answers users relied on.
+5. slices (only when ``slices`` are declared, e.g. ``domain``, ``task_type``): each value with at least
+   ``min_n`` examples may fall by at most its ``max_score_drop``; smaller values are reported, not gated.
 
 Second opinions are recorded, never gating: the sign test on per-example wins vs losses (how many examples
 changed, not by how much), and for right/wrong metrics the bootstrap interval of the accuracy change (the
@@ -37,7 +39,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneloop.config import SliceSpec
 from tuneloop.gate import GateCheck, Verdict, format_ci, format_interval, format_p, json_safe, sign
+from tuneloop.slices import slice_values
 from tuneloop.stats import (
     McNemarResult,
     MeanBootstrapResult,
@@ -54,6 +58,62 @@ NEWLY_BROKEN_IDS_IN_REASON = 5
 
 class TextGateError(ValueError):
     """Scores the gate cannot judge: misaligned, outside [0, 1], another metric than the configured one."""
+
+
+@dataclass(frozen=True)
+class TextSliceResult:
+    """One value of one slice field (e.g. ``domain=billing``): its size, both means of the primary metric, the
+    change and whether it was gated (``n >= min_n``) and passed (fell by at most ``max_score_drop``)."""
+
+    field: str
+    value: str
+    n: int
+    baseline_mean: float
+    candidate_mean: float
+    change: float
+    max_score_drop: float
+    min_n: int
+    gated: bool
+    passed: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.field}={self.value}"
+
+    def sentence(self, metric: str) -> str:
+        change = f"{metric} {self.baseline_mean:.3f} → {self.candidate_mean:.3f} ({self.change:+.3f}, n={self.n})"
+        if not self.gated:
+            return f"slice {self.name}: {change}; reported only, fewer than min_n {self.min_n}"
+        if self.passed:
+            return f"slice {self.name}: {change}, within max_score_drop {self.max_score_drop:g}"
+        return f"slice {self.name} got worse: {change}, a fall beyond max_score_drop {self.max_score_drop:g}"
+
+
+def evaluate_text_slices(scores: PairedScores, rows: Sequence[dict[str, Any]],
+                         specs: Sequence[SliceSpec]) -> tuple[TextSliceResult, ...]:
+    """Every value of every declared slice field (``rows``: each example's fields, aligned with the scores),
+    biggest first within a field; rows without the field fall in ``(missing)``, numeric fields into buckets."""
+    results: list[TextSliceResult] = []
+    for spec in specs:
+        names, inverse, sizes = np.unique(slice_values(rows, spec), return_inverse=True, return_counts=True)
+        for index in np.argsort(-sizes, kind="stable"):
+            members = np.flatnonzero(inverse == index)
+            base, cand = scores.baseline[members], scores.candidate[members]
+            change = math.fsum(np.concatenate([cand, -base])) / members.size
+            gated = members.size >= spec.min_n
+            results.append(TextSliceResult(
+                field=spec.field, value=str(names[index]), n=int(members.size), baseline_mean=float(base.mean()),
+                candidate_mean=float(cand.mean()), change=change, max_score_drop=spec.max_score_drop,
+                min_n=spec.min_n, gated=gated, passed=not gated or -change <= spec.max_score_drop + 1e-12))
+    return tuple(results)
+
+
+def _check_slices(slices: tuple[TextSliceResult, ...], metric: str) -> GateCheck:
+    failed = [s for s in slices if not s.passed]
+    if failed:
+        return GateCheck("slices", False, "; ".join(s.sentence(metric) for s in failed))
+    gated = sum(1 for s in slices if s.gated)
+    return GateCheck("slices", True, f"{gated} slice value(s) gated, none fell beyond its max_score_drop")
 
 
 class TextGateConfig(BaseModel):
@@ -75,6 +135,7 @@ class TextGateConfig(BaseModel):
     )
     bootstrap_resamples: int = Field(10_000, ge=100)
     seed: int = 0
+    slices: tuple[SliceSpec, ...] = Field((), description="fields gated value by value (domain, task_type, ...)")
 
     @classmethod
     def from_validation(cls, validation: Any) -> TextGateConfig:
@@ -83,7 +144,8 @@ class TextGateConfig(BaseModel):
         return cls(primary_metric=text.primary_metric, significance_alpha=validation.significance_alpha,
                    min_eval_size=validation.min_eval_size, min_improvement=text.min_improvement,
                    max_newly_broken_rate=validation.max_newly_broken_rate, right_threshold=text.right_threshold,
-                   bootstrap_resamples=validation.bootstrap_resamples, seed=validation.bootstrap_seed)
+                   bootstrap_resamples=validation.bootstrap_resamples, seed=validation.bootstrap_seed,
+                   slices=validation.slices)
 
 
 @dataclass(frozen=True)
@@ -175,6 +237,7 @@ class TextGateResult:
     reasons: tuple[str, ...]
     thresholds: dict[str, Any]
     alpha: float
+    slices: tuple[TextSliceResult, ...] = ()
 
     @property
     def p_value(self) -> float | None:
@@ -188,8 +251,12 @@ class TextGateResult:
         return json_safe(self)
 
 
-def text_gate(pairs: Sequence[TextPair] | PairedScores, config: TextGateConfig) -> TextGateResult:
-    """Judge the candidate against production on paired per-example text scores (see the module docstring)."""
+def text_gate(pairs: Sequence[TextPair] | PairedScores, config: TextGateConfig,
+              rows: Sequence[dict[str, Any]] | None = None) -> TextGateResult:
+    """Judge the candidate against production on paired per-example text scores (see the module docstring).
+
+    ``rows``: each example's other fields (domain, task type, ...), aligned with ``pairs``, for ``config.slices``.
+    """
     if isinstance(pairs, PairedScores):
         scores, secondary = pairs, {}
         if scores.metric != config.primary_metric:
@@ -223,6 +290,13 @@ def text_gate(pairs: Sequence[TextPair] | PairedScores, config: TextGateConfig) 
         _check_significance(metric, mcnemar, bootstrap, signs, config),
         _check_newly_broken(len(broken), fixed, n, broken_ids, config),
     )
+    slices: tuple[TextSliceResult, ...] = ()
+    if config.slices and n:
+        if rows is None or len(rows) != n:
+            raise TextGateError(f"config.slices needs each example's fields: got {0 if rows is None else len(rows)} "
+                                f"rows for {n} examples")
+        slices = evaluate_text_slices(scores, rows, config.slices)
+        checks = (*checks, _check_slices(slices, metric))
     passed = all(c.passed for c in checks)
     verdict: Verdict = "pass" if passed else ("insufficient_evidence" if not checks[0].passed else "fail")
     reasons = tuple(c.detail for c in checks if passed or not c.passed)
@@ -252,6 +326,7 @@ def text_gate(pairs: Sequence[TextPair] | PairedScores, config: TextGateConfig) 
         reasons=reasons,
         thresholds=config.model_dump(mode="json"),
         alpha=alpha,
+        slices=slices,
     )
 
 

@@ -136,3 +136,23 @@ def test_the_pairwise_judge_adds_its_sign_test_and_can_block(tmp_path, monkeypat
         api.reply = prefers_the_reference
         fair = task_for("chat").validate(run)
         assert fair["passed"] and fair["judge"]["wins"] == 12 and fair["judge"]["losses"] == 0
+
+
+def test_a_slice_that_got_worse_blocks_a_better_average(tmp_path):
+    """domain=billing (6 examples) gets every answer wrong while returns improves: the average rises, the
+    billing slice falls beyond max_score_drop 0, so the gate fails naming it."""
+    run = _run(tmp_path, slices=[{"field": "domain", "min_n": 5}])
+    storage.write_json(run.paths.base_source, {"source": "production", "version": "1"})
+    refs = REFS + [f"Invoices are sent on day {d}." for d in range(6)]
+    domains = ["returns"] * 12 + ["billing"] * 6
+    for tag, replies in (("production", ["?"] * 12 + refs[12:]), ("candidate", REFS + ["?"] * 6)):
+        path = run.paths.predictions(tag)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"id": f"e{i}", "reference": ref, "hypothesis": reply, "domain": d})
+                                + "\n" for i, (reply, ref, d) in enumerate(zip(replies, refs, domains))))
+
+    result = task_for("chat").validate(run)
+
+    assert not result["passed"]
+    assert any(r.startswith("slice domain=billing got worse: exact_match 1.000 → 0.000") for r in result["reasons"])
+    assert {s["value"]: s["passed"] for s in result["slices"]} == {"returns": True, "billing": False}

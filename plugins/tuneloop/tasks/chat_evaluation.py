@@ -37,7 +37,7 @@ def validate(run: PipelineRun) -> dict[str, Any]:
                               read_predictions(run.paths.predictions("candidate")))
     text = run.config.validation.text
     pairs = [TextPair(p.id, score(p.baseline, text), score(p.candidate, text)) for p in paired]
-    outcome = text_gate(pairs, TextGateConfig.from_validation(run.config.validation))
+    outcome = text_gate(pairs, TextGateConfig.from_validation(run.config.validation), [p.slices for p in paired])
     first_run = run.base_model_source()["source"] != "production"
     result = outcome.to_dict() | {"requires_approval": first_run and outcome.passed, "first_run": first_run,
                                   "p_value": outcome.p_value}
