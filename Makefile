@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3.11
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo demo-bad ui test test-fast test-integration bench cluster cluster-stop lock clean
+.PHONY: setup demo demo-bad demo-llm demo-llm-bad ui test test-fast test-integration bench cluster cluster-stop lock clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,13 @@ demo: setup
 demo-bad: setup
 	$(VENV)/bin/tuneloop demo --bad-candidate
 
+# The same loop for a chat model: a tiny causal LM answering questions about nicknames (data: the nicknames package).
+demo-llm: setup
+	$(VENV)/bin/tuneloop demo --llm
+
+demo-llm-bad: setup
+	$(VENV)/bin/tuneloop demo --llm --bad-candidate
+
 # The Airflow UI on http://localhost:8080 (user admin, password printed at first start and kept in
 # .airflow/simple_auth_manager_passwords.json.generated); Ctrl-C stops every component.
 ui: setup
@@ -60,6 +67,8 @@ cluster-stop:
 
 bench: setup
 	$(PY) benchmarks/bench_gate.py
+	$(PY) benchmarks/bench_sft.py
+	$(PY) benchmarks/bench_generate.py
 
 # Re-resolve the pinned set from requirements.in on PyPI alone, whatever this machine's pip or uv configuration
 # (needs uv). torch's CUDA stack (nvidia-*, cuda-*, triton: PyPI's Linux build only) is left out: setup installs

@@ -458,6 +458,7 @@ def bootstrap_production(
     tags: Mapping[str, Any] | None = None,
     serving_code: Path | str | None = None,
     pip_requirements: Sequence[str] | None = None,
+    signature: Any = None,
     clock: Clock = _utcnow,
 ) -> DeploymentEvent:
     """Give a model its first production version: ``model_dir`` registered now (logged into MLflow run
@@ -469,7 +470,7 @@ def bootstrap_production(
             raise DeploymentError("bootstrap_production with model_dir needs the MLflow run_id to log it into")
         version = registry.register_candidate(
             model_dir, run_id=run_id, airflow_run_id=airflow_run_id, tags=tags, serving_code=serving_code,
-            pip_requirements=pip_requirements,
+            pip_requirements=pip_requirements, signature=signature,
         )
     elif version is None or model_dir is not None:
         raise DeploymentError("bootstrap_production needs exactly one of model_dir and version")

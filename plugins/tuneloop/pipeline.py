@@ -192,7 +192,8 @@ class PipelineRun:
         from tuneloop.regression import leakage_guard
 
         suites = self.suites()
-        guard = leakage_guard(suites, match_texts=self.config.regression.exclude_suite_texts) if suites else None
+        guard = (leakage_guard(suites, match_texts=self.config.regression.exclude_suite_texts, task=self.config.task)
+                 if suites else None)
         with tempfile.TemporaryDirectory(prefix="tuneloop-audio-") as scratch:  # error-case audio from buckets
             manifest = export_dataset(self.store, self.config.resolved_storage_root, self.config.dataset,
                                       run_id=self.run_id, now=self._now(), guard=guard, task=self.task,
@@ -415,10 +416,11 @@ class PipelineRun:
         tags = {"dataset_id": dataset_id, "airflow_run_id": self.run_id, "verdict": verdict,
                 "gate_verdict": gate_result["verdict"], "regression_passed": str(regression["passed"]).lower(),
                 **{k: v for k, v in self.task.flat_metrics(gate_result).items()}}
-        serving_code, requirements = self.task.serving()
+        serving = self.task.serving()
         with storage.local_dir(self.paths.model) as model_dir:
             version = self.registry.register_candidate(model_dir, run_id=self.mlflow_run_id(), tags=tags,
-                                                       serving_code=serving_code, pip_requirements=requirements)
+                                                       serving_code=serving.code, pip_requirements=serving.requirements,
+                                                       signature=serving.signature)
         return {"version": version, "production_version": self.registry.production_version()}
 
     # -- 7. decide -----------------------------------------------------------------------------------------

@@ -314,6 +314,7 @@ class ModelRegistry:
         serving_code: Path | str | None = None,
         airflow_run_id: str | None = None,
         pip_requirements: Sequence[str] | None = None,
+        signature: Any = None,
     ) -> str:
         """Log ``model_dir`` as an MLflow pyfunc into MLflow run ``run_id``, register it, point ``candidate`` at it.
 
@@ -321,7 +322,8 @@ class ModelRegistry:
         with that tag exists (a retried task) it is returned -- after making sure it is READY, tagged and holds the
         ``candidate`` alias -- instead of registering twice. The model is logged "from code": ``serving_code``
         (default: tuneloop_trainer's serving.py) defines the pyfunc and ``model_dir`` travels as its ``model``
-        artifact. Non-string tag values (metrics) are stored as JSON.
+        artifact. Non-string tag values (metrics) are stored as JSON. ``signature``: the pyfunc's MLflow signature
+        (e.g. the chat model's ``max_new_tokens`` param; MLflow drops params a signature does not declare).
         """
         key = airflow_run_id or (tags or {}).get(AIRFLOW_RUN_ID_TAG)
         if not key:
@@ -336,7 +338,7 @@ class ModelRegistry:
                 raise RegistryError(f"model directory {model_dir} does not exist")
             code, requirements = _serving(serving_code, pip_requirements)
             self.ensure_model()
-            model_uri, model_id = self._log_model(model_dir, run_id, code, requirements)
+            model_uri, model_id = self._log_model(model_dir, run_id, code, requirements, signature)
             # the SQL store resolves models:/<model_id> through the fluent tracking URI, hence active()
             with self.active(), self._errors(f"registering {model_uri}"):
                 created = self.client.create_model_version(
@@ -350,7 +352,8 @@ class ModelRegistry:
         self.set_alias("candidate", version)
         return version
 
-    def _log_model(self, model_dir: Path, run_id: str, code: Path, requirements: list[str]) -> tuple[str, str]:
+    def _log_model(self, model_dir: Path, run_id: str, code: Path, requirements: list[str],
+                   signature: Any = None) -> tuple[str, str]:
         import mlflow
 
         with self.active(), self._errors(f"logging {model_dir} into run {run_id}"), mlflow.start_run(run_id=run_id):
@@ -359,6 +362,7 @@ class ModelRegistry:
                     python_model=str(code),
                     artifacts={ARTIFACT_NAME: str(model_dir)},
                     pip_requirements=requirements,
+                    signature=signature,
                 )
         return info.model_uri, info.model_id
 

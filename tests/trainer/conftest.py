@@ -176,3 +176,82 @@ def remote_inputs(gcs: Any, bucket_dir: str, tiny_model_dir: Path, speech_datase
             row["audio"] = f"{dataset}/{Path(row['audio']).relative_to(speech_dataset).as_posix()}"
     gcs.pipe(f"{_key(dataset)}/eval.jsonl", "".join(json.dumps(row) + "\n" for row in rows).encode())
     return {"model": model, "dataset": dataset}
+
+
+# --- chat: a tiny causal LM with a locally trained tokenizer, and a handful of conversations to memorise -----------
+
+CHAT_SIZE = {"vocab_size": 300, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 128, "max_position_embeddings": 128, "seed": 0}
+CHAT_PAIRS = [("what colour is the sky", "blue"), ("what is two plus two", "four"), ("name a fruit", "apple"),
+              ("capital of france", "paris"), ("opposite of hot", "cold"), ("what do cows drink", "water"),
+              ("say hello", "hello there"), ("count to three", "one two three")]
+CHAT_SYSTEM = "answer briefly"
+
+
+def chat_row(index: int, question: str, answer: str) -> dict[str, Any]:
+    """A chat row as the export writes it: messages ending with the assistant reply, plus extra fields."""
+    return {"id": f"c{index}", "messages": [{"role": "system", "content": CHAT_SYSTEM},
+                                            {"role": "user", "content": question},
+                                            {"role": "assistant", "content": answer}],
+            "domain": "trivia", "difficulty": index % 3}
+
+
+@pytest.fixture(scope="session")
+def chat_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The text the tiny tokenizer is trained on (``init-model --corpus``)."""
+    path = tmp_path_factory.mktemp("chat-corpus") / "corpus.txt"
+    path.write_text("\n".join([CHAT_SYSTEM, *(f"{q}? {a}." for q, a in CHAT_PAIRS)]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory: pytest.TempPathFactory, chat_corpus: Path) -> Path:
+    """A randomly initialised tiny Llama + ChatML tokenizer written with save_pretrained (as init-model does)."""
+    from tuneloop_trainer.chat_modeling import init_chat_model
+    from tuneloop_trainer.spec import ChatModelSize
+
+    return init_chat_model(tmp_path_factory.mktemp("tiny-chat") / "model", chat_corpus, ChatModelSize(**CHAT_SIZE))
+
+
+@pytest.fixture(scope="session")
+def chat_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A chat dataset directory in the export layout; eval holds the same conversations (memorisation checks)."""
+    root = tmp_path_factory.mktemp("chat-dataset")
+    rows = [chat_row(i, q, a) for i, (q, a) in enumerate(CHAT_PAIRS)]
+    for split in ("train", "eval"):
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (root / "manifest.json").write_text(json.dumps({"id": "chat-test", "task": "chat"}))
+    return root
+
+
+@pytest.fixture
+def make_chat_spec(tiny_chat_model_dir: Path, chat_dataset: Path, tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    """Build a valid chat spec dict for a short run, with keyword overrides (nested dicts merge)."""
+
+    def build(**overrides: Any) -> dict[str, Any]:
+        spec = {"task": "chat", "base_model_uri": str(tiny_chat_model_dir), "dataset_uri": str(chat_dataset),
+                "output_uri": str(tmp_path / "out"), "seed": 0, "max_steps": 4, "batch_size": 4,
+                "learning_rate": 1e-2, "warmup_ratio": 0.0, "weight_decay": 0.0, "max_length": 64,
+                "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"]},
+                "precision": "fp32", "checkpoint_every_steps": 2, "label_noise": "none", "mlflow": None,
+                "logging_steps": 1}
+        for key, value in overrides.items():
+            spec[key] = {**spec[key], **value} if isinstance(value, dict) and isinstance(spec.get(key), dict) else value
+        return spec
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def trained_chat_run(tiny_chat_model_dir: Path, chat_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Output directory of a full fine-tune that memorises the 8 conversations (100 steps, about 1 s)."""
+    from tuneloop_trainer import train
+    from tuneloop_trainer.arguments import from_mapping
+    from tuneloop_trainer.spec import TrainingSpec
+
+    output = tmp_path_factory.mktemp("chat-run") / "out"
+    train.main(from_mapping(TrainingSpec, {
+        "task": "chat", "base_model_uri": str(tiny_chat_model_dir), "dataset_uri": str(chat_dataset),
+        "output_uri": str(output), "max_steps": 100, "batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0.0,
+        "max_length": 64, "lora": {"enabled": False}, "checkpoint_every_steps": 100, "logging_steps": 10}))
+    return output

@@ -1,17 +1,24 @@
-"""tuneloop_trainer: trains and evaluates tuneloop's speech-to-text models (the only torch code in tuneloop).
+"""tuneloop_trainer: trains and evaluates tuneloop's models (the only torch code in tuneloop).
+
+Two tasks share one command line, spec, checkpoint and publishing machinery: ``speech-to-text`` (wav2vec2 CTC)
+and ``chat`` (causal LMs, supervised fine-tuning on chat rows); see :mod:`tuneloop_trainer.tasks`.
 
 Importing this package is cheap and torch-free: the registry code on the Airflow side calls
 :func:`serving_path` to log the MLflow serving model without pulling in torch.
-Commands: ``python -m tuneloop_trainer {train,evaluate,init-model} --help``.
+Commands: ``python -m tuneloop_trainer {train,evaluate,evaluate-jobs,init-model} --help``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tuneloop_trainer.text import normalize_text, vocabulary
 
-__all__ = ["SERVING_REQUIREMENTS", "normalize_text", "serving_path", "vocabulary"]
+__all__ = ["CHAT_SERVING_REQUIREMENTS", "SERVING_REQUIREMENTS", "normalize_text", "serving_path", "serving_signature",
+           "vocabulary"]
+
+SERVING_FILES = {"speech-to-text": "serving.py", "chat": "serving_chat.py"}
 
 # What a serving environment needs for serving.py (MLflow's pip_requirements); kept in step with requirements.txt.
 SERVING_REQUIREMENTS = [
@@ -23,7 +30,36 @@ SERVING_REQUIREMENTS = [
     "pandas",
 ]
 
+# What a serving environment needs for serving_chat.py; kept in step with requirements.txt (jinja2, which renders
+# chat templates, comes with torch).
+CHAT_SERVING_REQUIREMENTS = [
+    "torch==2.13.0",
+    "transformers==5.23.0",
+    "numpy",
+    "pandas",
+]
 
-def serving_path() -> str:
-    """Filesystem path of serving.py, the MLflow "models from code" file for ``mlflow.pyfunc.log_model``."""
-    return str(Path(__file__).with_name("serving.py"))
+
+def serving_path(task: str = "speech-to-text") -> str:
+    """Filesystem path of the task's MLflow "models from code" file for ``mlflow.pyfunc.log_model``:
+    serving.py (speech-to-text) or serving_chat.py (chat)."""
+    if task not in SERVING_FILES:
+        raise ValueError(f"task must be one of {', '.join(SERVING_FILES)}, got {task!r}")
+    return str(Path(__file__).with_name(SERVING_FILES[task]))
+
+
+def serving_signature(task: str = "speech-to-text") -> Any:
+    """The ``signature`` to pass to ``mlflow.pyfunc.log_model`` with :func:`serving_path` (imports mlflow).
+
+    None for speech-to-text (no signature, as before). For chat: no input schema (predict accepts several input
+    shapes and checks them itself) and the ``max_new_tokens`` param, default 64: MLflow drops, with a warning, every
+    param that the logged signature does not declare.
+    """
+    if task not in SERVING_FILES:
+        raise ValueError(f"task must be one of {', '.join(SERVING_FILES)}, got {task!r}")
+    if task != "chat":
+        return None
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    return ModelSignature(inputs=None, params=ParamSchema([ParamSpec("max_new_tokens", "long", 64)]))

@@ -47,12 +47,18 @@ def _nullable(convert: Any) -> Any:
     return parse
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one option per field of ``cls`` (recursing into nested dataclasses); absent options stay unset."""
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
+                            skip: typing.Container[str] = ()) -> None:
+    """Add one option per field of ``cls`` (recursing into nested dataclasses); absent options stay unset.
+
+    :param skip: field names whose options already exist (two dataclasses sharing a command's options).
+    """
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         inner, nullable = _strip_optional(hints[field.name])
         name = f"{prefix}{field.name}"
+        if name in skip:
+            continue
         if dataclasses.is_dataclass(inner):
             add_dataclass_arguments(parser, inner, prefix=f"{name}_")
             continue

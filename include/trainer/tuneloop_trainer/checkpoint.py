@@ -42,6 +42,7 @@ class TrainState:
     batch_in_epoch: int
     loss_sum: float
     elapsed_s: float
+    samples: int = 0  # examples trained on so far (a checkpoint from before this field reads as 0)
 
 
 def save_checkpoint(root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,

@@ -7,6 +7,7 @@ one ``error:`` line that names the field; training failures keep their traceback
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -20,9 +21,11 @@ from tuneloop_trainer.arguments import (
     overrides_from_namespace,
     read_json_object,
 )
-from tuneloop_trainer.spec import EvaluateArguments, ModelSize, TrainingSpec
+from tuneloop_trainer.spec import TASKS, ChatModelSize, EvaluateArguments, ModelSize, TrainingSpec
 
 log = logging.getLogger("tuneloop_trainer")
+
+SHARED_JOB_FIELDS = ("batch_size", "max_new_tokens")  # a jobs file's top-level settings, for every job
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,17 +36,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--spec", help="Training spec JSON; options below override its fields.")
     add_dataclass_arguments(train, TrainingSpec)
 
-    evaluate = commands.add_parser("evaluate", help="Transcribe a JSONL split into predictions JSONL.")
+    evaluate = commands.add_parser("evaluate", help="Predict a JSONL split into predictions JSONL (transcripts or "
+                                   "chat replies; the task comes from the model).")
     add_dataclass_arguments(evaluate, EvaluateArguments)
 
-    jobs = commands.add_parser("evaluate-jobs", help="Transcribe with several models, as a jobs file lists.")
-    jobs.add_argument("--jobs", required=True, help='JSON (path or URI): {"batch_size": N, "jobs": [{"model_dir": M, '
-                      '"data": [...], "output": [...]}, ...]}; torch loads once, each model once.')
+    jobs = commands.add_parser("evaluate-jobs", help="Predict with several models, as a jobs file lists.")
+    jobs.add_argument("--jobs", required=True, help='JSON (path or URI): {"batch_size": N, "max_new_tokens": N, '
+                      '"jobs": [{"model_dir": M, "data": [...], "output": [...]}, ...]}; torch loads once, each '
+                      'model once.')
 
-    init = commands.add_parser("init-model", help="Write a randomly initialised tiny model + processor.")
+    init = commands.add_parser(
+        "init-model", help="Write a randomly initialised tiny model + processor/tokenizer.",
+        description=f"Defaults differ by task: speech-to-text {_defaults(ModelSize)}; chat {_defaults(ChatModelSize)}. "
+        "--conv-* and the other feature-encoder options are speech-only; --corpus, --vocab-size and "
+        "--max-position-embeddings chat-only.")
     init.add_argument("--output", required=True, help="Directory to write (save_pretrained layout).")
+    init.add_argument("--task", choices=TASKS, default="speech-to-text", help="Which kind of model.")
+    init.add_argument("--corpus", help="Chat: text file (one or more lines) the BPE tokenizer is trained on.")
     add_dataclass_arguments(init, ModelSize)
+    add_dataclass_arguments(init, ChatModelSize, skip={field.name for field in dataclasses.fields(ModelSize)})
     return parser
+
+
+def _defaults(cls: type) -> str:
+    """The size defaults shared by both tasks' models, for the help text."""
+    shared = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    return ", ".join(f"{field.name} {field.default}" for field in dataclasses.fields(cls) if field.name in shared)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,13 +96,42 @@ def run(args: argparse.Namespace) -> int:
 
         for request in requests:
             evaluate.main(request)
+    elif args.task == "chat":
+        size = chat_model_size(args)
+        _quiet_transformers()
+        from tuneloop_trainer.chat_modeling import init_chat_model
+
+        print(init_chat_model(args.output, args.corpus, size))
     else:
-        size = from_mapping(ModelSize, overrides_from_namespace(args, ModelSize))
+        size = speech_model_size(args)
         _quiet_transformers()
         from tuneloop_trainer.modeling import init_model
 
         print(init_model(args.output, size))
     return 0
+
+
+def speech_model_size(args: argparse.Namespace) -> ModelSize:
+    _refuse_options_of_other_task(args, ChatModelSize, ModelSize, "chat")
+    if args.corpus is not None:
+        raise SpecError("--corpus is for --task chat (a speech model's vocabulary is fixed)")
+    return from_mapping(ModelSize, overrides_from_namespace(args, ModelSize))
+
+
+def chat_model_size(args: argparse.Namespace) -> ChatModelSize:
+    _refuse_options_of_other_task(args, ModelSize, ChatModelSize, "speech-to-text")
+    if args.corpus is None:
+        raise SpecError("init-model --task chat needs --corpus FILE: a text file to train the tokenizer on")
+    return from_mapping(ChatModelSize, overrides_from_namespace(args, ChatModelSize))
+
+
+def _refuse_options_of_other_task(args: argparse.Namespace, other: type, own: type, other_task: str) -> None:
+    """A size option that only the other task's model has is an error, not silently ignored."""
+    own_fields = {field.name for field in dataclasses.fields(own)}
+    foreign = sorted(set(overrides_from_namespace(args, other)) - own_fields)
+    if foreign:
+        options = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        raise SpecError(f"{options}: only for --task {other_task} models")
 
 
 def _quiet_transformers() -> None:
@@ -104,13 +151,13 @@ def load_jobs(uri: str) -> list[EvaluateArguments]:
     data = read_json_object(uri, "jobs file")
     if not isinstance(data.get("jobs"), list):
         raise SpecError(f"jobs file {uri}: field 'jobs' must be a list of {{model_dir, data, output}} objects")
-    batch = data.get("batch_size", 16)
+    shared = {name: data[name] for name in SHARED_JOB_FIELDS if name in data}
     requests = []
     for number, job in enumerate(data["jobs"]):
         if not isinstance(job, dict):
             raise SpecError(f"jobs file {uri}: jobs[{number}] must be an object")
         try:
-            requests.append(from_mapping(EvaluateArguments, {"batch_size": batch, **job}))
+            requests.append(from_mapping(EvaluateArguments, {**shared, **job}))
         except SpecError as error:
             raise SpecError(f"jobs file {uri}: jobs[{number}]: {error}") from error
     return requests

@@ -1,4 +1,4 @@
-"""Dataset rows (JSONL) and batches for CTC training and evaluation.
+"""Dataset rows (JSONL) and batches for CTC training and evaluation, and the epoch order every task shares.
 
 Row schema (written by the Airflow side's export): ``{"id", "audio", "text", "duration_s", "sample_rate",
 "voice", "condition", "source", ...}`` where ``audio`` is relative to the JSONL file's directory or absolute.
@@ -49,14 +49,24 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 def shuffle_transcripts(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     """Give every row another row's transcript (a derangement where possible): deliberate label noise."""
-    if len(rows) < 2:
-        return [dict(row) for row in rows]
-    order = list(range(len(rows)))
-    rng = random.Random(seed)
-    rng.shuffle(order)
-    # Rotating a random permutation by one gives a derangement: no row keeps its own text.
-    texts = {order[i]: rows[order[(i + 1) % len(order)]]["text"] for i in range(len(order))}
-    return [{**row, "text": texts[i]} for i, row in enumerate(rows)]
+    source = derangement(len(rows), seed)
+    return [{**row, "text": rows[source[i]]["text"]} for i, row in enumerate(rows)]
+
+
+def derangement(count: int, seed: int) -> list[int]:
+    """``source[i]``: the row whose label row ``i`` gets; no row keeps its own when ``count >= 2``.
+
+    Rotating a random permutation by one gives a derangement; shared by every task's ``label_noise=shuffle`` so the
+    same seed pairs the same rows.
+    """
+    if count < 2:
+        return list(range(count))
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    source = [0] * count
+    for i in range(count):
+        source[order[i]] = order[(i + 1) % count]
+    return source
 
 
 @dataclass(frozen=True)
@@ -83,25 +93,36 @@ def make_batch(rows: list[dict[str, Any]], processor: Any, with_labels: bool) ->
     return Batch(features["input_values"], features["attention_mask"], labels, rows)
 
 
-def epoch_order(rows: list[dict[str, Any]], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Batches of row indices for one epoch: shuffled, then length-grouped to cut padding, deterministic.
+def epoch_order(lengths: list[float], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of example indices for one epoch: shuffled, then length-grouped to cut padding, deterministic.
 
-    Rows are shuffled with ``(seed, epoch)``, sorted by duration inside windows of 32 batches, cut into batches,
-    and the batches shuffled again, so every resume of the same epoch sees exactly the same batches.
+    Examples are shuffled with ``(seed, epoch)``, sorted by ``lengths`` (speech: duration in seconds, chat: tokens)
+    inside windows of 32 batches, cut into batches, and the batches shuffled again, so every resume of the same
+    epoch sees exactly the same batches.
     """
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(rows)).tolist()
+    order = rng.permutation(len(lengths)).tolist()
     window = batch_size * 32
     grouped: list[int] = []
     for start in range(0, len(order), window):
         chunk = order[start : start + window]
-        grouped.extend(sorted(chunk, key=lambda i: float(rows[i].get("duration_s") or 0.0)))
+        grouped.extend(sorted(chunk, key=lambda i: lengths[i]))
     batches = [grouped[start : start + batch_size] for start in range(0, len(grouped), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches)).tolist()]
 
 
+def duration(row: dict[str, Any]) -> float:
+    """A speech row's length for batching; rows without ``duration_s`` count as 0."""
+    return float(row.get("duration_s") or 0.0)
+
+
 def iter_eval_batches(rows: list[dict[str, Any]], batch_size: int) -> Iterator[list[int]]:
     """Row indices in batches of similar duration (less padding, faster inference)."""
-    order = sorted(range(len(rows)), key=lambda i: float(rows[i].get("duration_s") or 0.0))
+    return batches_by_length([duration(row) for row in rows], batch_size)
+
+
+def batches_by_length(lengths: list[float], batch_size: int) -> Iterator[list[int]]:
+    """Indices sorted by length, in batches: inference batches with little padding (any task's length unit)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]

@@ -99,7 +99,8 @@ def check_model_dir(model_dir: Path, what: str) -> None:
     if not (model_dir / "config.json").is_file():
         raise SpecError(f"{what} {model_dir} is not a save_pretrained model directory (no config.json)")
     if not (model_dir / "tokenizer_config.json").is_file() and not (model_dir / "vocab.json").is_file():
-        raise SpecError(f"{what} {model_dir} has no processor; save the Wav2Vec2Processor next to the model")
+        raise SpecError(f"{what} {model_dir} has no processor or tokenizer; save it next to the model "
+                        "(save_pretrained)")
 
 
 def prepare_for_training(model_dir: str | Path, lora: LoraSpec, freeze_feature_encoder: bool) -> torch.nn.Module:
@@ -116,7 +117,7 @@ def prepare_for_training(model_dir: str | Path, lora: LoraSpec, freeze_feature_e
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), modules_to_save=["lm_head"], bias="none")
+                        target_modules=lora.peft_target_modules(), modules_to_save=["lm_head"], bias="none")
     try:
         return get_peft_model(model, config)
     except ValueError as error:

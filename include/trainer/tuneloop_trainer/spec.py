@@ -1,5 +1,8 @@
 """The training spec: the trainer's only input (a JSON file) plus command-line overrides.
 
+One spec shape for every task (``speech-to-text``, ``chat``): the fields mean the same everywhere, and the few
+that only make sense for one task say so in their help and are ignored by the others.
+
 Field names and meanings are a contract with the Airflow side (``tuneloop`` builds the spec, the backend runs
 ``python -m tuneloop_trainer train --spec spec.json``). A few extra fields with defaults (feature-encoder
 freezing, logging cadence, checkpoint retention, gradient clipping) exist for the demo bootstrap and tests; a
@@ -16,9 +19,11 @@ from typing import Any
 
 from tuneloop_trainer.arguments import SpecError
 
-TASKS = ("speech-to-text",)
+TASKS = ("speech-to-text", "chat")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LABEL_NOISE = ("none", "shuffle")
+ALL_LINEAR = "all-linear"  # lora.target_modules shorthand: peft's "every Linear except the output layer"
+MIN_MAX_LENGTH = 8
 
 # Fields that do not change the trained weights: excluded from the idempotency hash so that a retry logging to a
 # new MLflow run, with a different checkpoint cadence, or reading the output through another path, still finds
@@ -30,7 +35,7 @@ _LENGTH_FIELDS = ("epochs", "max_steps")
 
 @dataclass
 class LoraSpec:
-    """LoRA adapters on the transformer attention projections; the CTC head stays fully trainable."""
+    """LoRA adapters on named Linear layers (speech: the CTC head stays fully trainable)."""
 
     enabled: bool = field(default=True, metadata={"help": "Train LoRA adapters (true) or all weights (false)."})
     r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -39,7 +44,8 @@ class LoraSpec:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "v_proj"],
         metadata={"help": "Module names that get adapters (wav2vec2: q_proj k_proj v_proj out_proj, "
-                  "intermediate_dense output_dense)."},
+                  "intermediate_dense output_dense; Llama-style chat models: q_proj k_proj v_proj o_proj gate_proj "
+                  "up_proj down_proj), or all-linear alone for every Linear except the output layer."},
     )
 
     def __post_init__(self) -> None:
@@ -51,6 +57,13 @@ class LoraSpec:
             raise SpecError(f"lora.dropout must be in [0, 1), got {self.dropout}")
         if self.enabled and not self.target_modules:
             raise SpecError("lora.target_modules is empty; name at least one module, e.g. [\"q_proj\", \"v_proj\"]")
+        if ALL_LINEAR in self.target_modules and len(self.target_modules) > 1:
+            raise SpecError(f"lora.target_modules: {ALL_LINEAR!r} stands alone (it already means every Linear layer "
+                            f"but the output layer), got {self.target_modules}")
+
+    def peft_target_modules(self) -> str | list[str]:
+        """What peft's ``LoraConfig(target_modules=...)`` takes: the string ``"all-linear"`` or the names."""
+        return ALL_LINEAR if self.target_modules == [ALL_LINEAR] else list(self.target_modules)
 
 
 @dataclass
@@ -72,7 +85,7 @@ class TrainingSpec:
     seed: int = field(default=0, metadata={"help": "Seed for shuffling, dropout and label noise."})
     epochs: float = field(default=3.0, metadata={"help": "Passes over the training split (ignored if max_steps)."})
     max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps; overrides epochs when set."})
-    batch_size: int = field(default=8, metadata={"help": "Utterances per optimizer step."})
+    batch_size: int = field(default=8, metadata={"help": "Examples (utterances, conversations) per optimizer step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warmup."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
@@ -81,11 +94,15 @@ class TrainingSpec:
                                                       "choices": PRECISIONS})
     checkpoint_every_steps: int = field(default=50, metadata={"help": "Save a resumable checkpoint every N steps."})
     label_noise: str = field(default="none", metadata={
-        "help": "'shuffle' pairs each utterance with another one's transcript (a deliberately bad candidate).",
+        "help": "'shuffle' pairs each utterance with another one's transcript, each conversation with another "
+                "one's final assistant reply (a deliberately bad candidate).",
         "choices": LABEL_NOISE})
     mlflow: MlflowSpec | None = field(default=None, metadata={"help": "Log params and metrics to this run."})
+    max_length: int = field(default=512, metadata={
+        "help": "Chat: tokens per training example; longer ones are truncated, keeping the start (speech ignores "
+                "it)."})
     freeze_feature_encoder: bool = field(default=True, metadata={
-        "help": "Keep the convolutional feature encoder frozen (false only when training from scratch)."})
+        "help": "Speech: keep the convolutional feature encoder frozen (false only when training from scratch)."})
     logging_steps: int = field(default=10, metadata={"help": "Log a progress line every N steps."})
     keep_checkpoints: int = field(default=2, metadata={"help": "How many of the latest checkpoints to keep."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
@@ -112,6 +129,8 @@ class TrainingSpec:
             raise SpecError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.label_noise not in LABEL_NOISE:
             raise SpecError(f"label_noise must be one of {', '.join(LABEL_NOISE)}, got {self.label_noise!r}")
+        if self.max_length < MIN_MAX_LENGTH:
+            raise SpecError(f"max_length must be >= {MIN_MAX_LENGTH}, got {self.max_length}")
         for name in ("checkpoint_every_steps", "logging_steps", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -130,7 +149,7 @@ class TrainingSpec:
 
 @dataclass
 class ModelSize:
-    """Architecture of a freshly initialised model (``init-model``)."""
+    """Architecture of a freshly initialised speech-to-text model (``init-model``)."""
 
     hidden_size: int = field(default=128, metadata={"help": "Transformer width."})
     num_hidden_layers: int = field(default=4, metadata={"help": "Transformer layers."})
@@ -163,21 +182,50 @@ class ModelSize:
 
 
 @dataclass
-class EvaluateArguments:
-    """Which model transcribes which split(s), and where the predictions go.
+class ChatModelSize:
+    """Architecture of a freshly initialised causal LM and its tokenizer (``init-model --task chat``)."""
 
-    Several ``--data`` files with as many ``--output`` files are transcribed in one process: loading torch and
-    the model takes longer than transcribing a 100-utterance suite on a CPU.
+    vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary size, special tokens included."})
+    hidden_size: int = field(default=64, metadata={"help": "Transformer width."})
+    num_hidden_layers: int = field(default=2, metadata={"help": "Transformer layers."})
+    num_attention_heads: int = field(default=4, metadata={"help": "Attention heads (must divide hidden_size)."})
+    intermediate_size: int = field(default=128, metadata={"help": "Feed-forward width."})
+    max_position_embeddings: int = field(default=256, metadata={"help": "Longest sequence (prompt + reply)."})
+    seed: int = field(default=0, metadata={"help": "Initialisation seed."})
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise SpecError(f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size "
+                            f"({self.hidden_size})")
+        # 256 byte-level symbols plus the 3 special tokens must fit before BPE can merge anything.
+        if self.vocab_size < 260:
+            raise SpecError(f"vocab_size must be >= 260 (256 bytes + special tokens), got {self.vocab_size}")
+        if self.max_position_embeddings < MIN_MAX_LENGTH:
+            raise SpecError(f"max_position_embeddings must be >= {MIN_MAX_LENGTH}, got "
+                            f"{self.max_position_embeddings}")
+
+
+@dataclass
+class EvaluateArguments:
+    """Which model predicts which split(s), and where the predictions go.
+
+    Several ``--data`` files with as many ``--output`` files are predicted in one process: loading torch and the
+    model takes longer than predicting a 100-row suite on a CPU. The task (speech-to-text or chat) is read from the
+    model directory's config.json, so the same command serves both.
     """
 
-    model_dir: str = field(metadata={"help": "HF model directory with processor (e.g. a training run's model/)."})
-    data: list[str] = field(metadata={"help": "JSONL split(s) to transcribe (rows with id, audio, text)."})
+    model_dir: str = field(metadata={"help": "HF model directory with processor/tokenizer (e.g. a run's model/)."})
+    data: list[str] = field(metadata={"help": "JSONL split(s) to predict (speech rows: id, audio, text; chat rows: "
+                                              "id, messages ending with the reference assistant reply)."})
     output: list[str] = field(metadata={"help": "Predictions JSONL file(s) to write atomically, one per --data."})
-    batch_size: int = field(default=16, metadata={"help": "Utterances per forward pass."})
+    batch_size: int = field(default=16, metadata={"help": "Rows per forward pass (chat: per generate call)."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Chat: longest generated reply in tokens."})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise SpecError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise SpecError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if len(self.data) != len(self.output):
             raise SpecError(f"give one --output per --data: got {len(self.data)} data and {len(self.output)} "
                             "output paths")

@@ -59,6 +59,16 @@ class ExportItem:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """How a version of this kind of model is served: the MLflow pyfunc definition ("models from code"), its pip
+    requirements and its signature (None: none)."""
+
+    code: str
+    requirements: list[str]
+    signature: Any = None
+
+
+@dataclass(frozen=True)
 class Screened:
     """A task's verdict on the store's cases before the neutral steps: usable items, cases to quarantine (broken
     for good), cases skipped this time (left new: e.g. remote audio that cannot be fetched now) and cases the
@@ -117,9 +127,8 @@ class Task(Protocol):
         """The suites' numbers as flat MLflow metrics."""
         ...
 
-    def serving(self) -> tuple[str, list[str]]:
-        """The MLflow pyfunc definition ("models from code") a version is registered with, and its pip
-        requirements."""
+    def serving(self) -> Serving:
+        """What a registered version is logged with (code, requirements, signature)."""
         ...
 
     def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop.intake import (COMMON_KEYS, MAX_NAME_CHARS, CaseDraft, IngestLimits, InvalidCase, as_utc,
                              check_values, common_fields, describe, refuse_unknown, sha256)
-from tuneloop.tasks import ExportItem, Fetcher, Note, Screened
+from tuneloop.tasks import ExportItem, Fetcher, Note, Screened, Serving
 
 if TYPE_CHECKING:
     from tuneloop.config import ChatDatasetConfig, DatasetConfig
@@ -214,13 +214,16 @@ class ChatTask:
         return chat_evaluation.regression(run)
 
     def suite_metrics(self, report: dict[str, Any]) -> dict[str, float]:
-        return {}
+        from tuneloop.tasks import chat_evaluation
 
-    def serving(self) -> tuple[str, list[str]]:
-        """The chat pyfunc (conversations -> replies) and its pip requirements."""
-        from tuneloop_trainer import CHAT_SERVING_REQUIREMENTS, serving_path
+        return chat_evaluation.suite_metrics(report)
 
-        return serving_path(self.trainer_task), list(CHAT_SERVING_REQUIREMENTS)
+    def serving(self) -> Serving:
+        """The chat pyfunc (conversations -> replies), its pip requirements and its ``max_new_tokens`` param."""
+        from tuneloop_trainer import CHAT_SERVING_REQUIREMENTS, serving_path, serving_signature
+
+        return Serving(serving_path(self.trainer_task), list(CHAT_SERVING_REQUIREMENTS),
+                       serving_signature(self.trainer_task))
 
     def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
         from tuneloop.tasks import chat_evaluation

@@ -3,14 +3,15 @@
 The chat task's half that runs after training (:class:`tuneloop.tasks.chat.ChatTask` delegates here): each eval
 reply is scored per example (:mod:`tuneloop.text_metrics`: exact match, contains, token F1, JSON validity and
 field match when ``validation.text.structured``), the two models' scores are paired by example id and the text
-gate (:mod:`tuneloop.text_gate`) decides with McNemar's exact test or the paired bootstrap. Regression suites for
-chat models are not built yet: a chat model with suites fails its run with a message saying so, never a silent
-pass.
+gate (:mod:`tuneloop.text_gate`) decides with McNemar's exact test or the paired bootstrap. Regression suites
+(fixed prompts with references) are judged by the same primary metric against their baselines
+(:mod:`tuneloop.tasks.chat_suites`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from tuneloop.pipeline import PipelineRun
     from tuneloop.predictions import PairedPrediction, Prediction
     from tuneloop.text_metrics import TextScores
+
+log = logging.getLogger(__name__)
 
 # Served and batch-evaluated replies come from the same greedy decoding but different batches and padding; the
 # served score may trail the validated one by this much before the check fails.
@@ -109,14 +112,36 @@ def write_churn(path: Path, paired: list[PairedPrediction], pairs: list[Any], me
 
 
 def regression(run: PipelineRun) -> dict[str, Any]:
-    """No suites: passed. Suites configured or registered for a chat model: not judged yet, so the run fails
-    rather than deploying past a check someone asked for."""
-    suites = run.suites()
-    if suites:
-        raise ValueError(f"regression suites for chat models are not built yet: {', '.join(s.name for s in suites)} "
-                         f"cannot be judged; remove them from regression.suites (or the store) for model "
-                         f"{run.config.name!r}, or set regression.run_on_deploy: false")
-    return {"passed": True, "results": [], "reasons": ["no regression suites for this chat model"]}
+    """Each suite's primary-metric mean against its baseline (recorded, or production's in this run)
+    (:func:`tuneloop.tasks.chat_suites.run_chat_suite`). A suite registered with a WER baseline or cap (through
+    the store's API, which does not know the model's task) fails the run naming the field."""
+    from tuneloop.predictions import read_predictions
+    from tuneloop.regression import run_suites
+    from tuneloop.tasks.chat_suites import run_chat_suite, suite_scores
+
+    source = run.base_model_source()
+    production_version = source.get("version") if source["source"] == "production" else None
+    text = run.config.validation.text
+    results = []
+    for spec in run.suites():
+        problem = spec.task_problem("chat")
+        if problem:
+            raise ValueError(f"regression suite {spec.name!r} of chat model {run.config.name!r}: {problem}")
+        if not run.paths.predictions("candidate", spec.name).exists():
+            log.warning("suite %s was registered after this run's evaluation: not judged in this run", spec.name)
+            continue
+        production = (read_predictions(run.paths.predictions("production", spec.name)) if production_version
+                      else None)
+        scores = suite_scores(read_predictions(run.paths.predictions("candidate", spec.name)), production, text)
+        results.append(run_chat_suite(spec, scores, run.config.regression, right_threshold=text.right_threshold,
+                                      production_version=production_version))
+    return run_suites(results).to_dict()
+
+
+def suite_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """``suite.<name>.<metric>`` (the candidate's mean), ``.score_drop`` and ``.failed_samples_rate``."""
+    return {f"suite.{r['name']}.{key if key != 'score' else r['metric']}": float(r[key]) for r in report["results"]
+            for key in ("score", "score_drop", "failed_samples_rate")}
 
 
 def post_deploy_check(run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
@@ -206,12 +231,13 @@ def flat_metrics(gate_result: dict[str, Any]) -> dict[str, float]:
 
 
 def record_sections(record: dict[str, Any]) -> list[str]:
-    """decision.md for a chat model: the primary metric with its test, the secondary scores per model."""
+    """decision.md for a chat model: the primary metric with its test, the secondary scores per model, churn and
+    the regression suites."""
     from tuneloop.report import table
 
     gate = record.get("gate") or {}
     if "metric" not in gate:
-        return []
+        return _suite_sections(record)
     boot = gate.get("bootstrap") or {}
     rows = [[gate["metric"], gate["baseline_mean"], gate["candidate_mean"], gate["improvement"],
              f"[{boot.get('ci_low')}, {boot.get('ci_high')}]", gate.get("significance_test"), gate.get("p_value")]]
@@ -227,7 +253,20 @@ def record_sections(record: dict[str, Any]) -> list[str]:
                                                           ["newly broken", gate.get("newly_broken")],
                                                           ["improved", gate.get("improved_count")],
                                                           ["worsened", gate.get("degraded_count")]])]
-    return parts
+    return parts + _suite_sections(record)
+
+
+def _suite_sections(record: dict[str, Any]) -> list[str]:
+    from tuneloop.report import table
+
+    suites = (record.get("regression") or {}).get("results") or []
+    if not suites:
+        return []
+    return ["", "## Regression suites", "", table(
+        ["suite", "type", "n", "metric", "baseline", "candidate", "change (absolute)", "failed samples", "result"],
+        [[r["name"], r["type"], r["n"], r["metric"], r["baseline_score"], r["score"], 0.0 - r["score_drop"],
+          r["failed_samples"], "pass" if r["passed"] else ("FAIL" if r["blocking"] else "fail (report only)")]
+         for r in suites])]
 
 
 def _read_jsonl(path: Any) -> list[dict[str, Any]]:

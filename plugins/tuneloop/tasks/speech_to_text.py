@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop.audio import AudioError, AudioInfo, load_mono, local_audio_path, probe_audio, write_wav16
 from tuneloop.intake import CaseDraft, IngestLimits, parse_case, transcript_too_long
-from tuneloop.tasks import ExportItem, Fetcher, Note, Screened
+from tuneloop.tasks import ExportItem, Fetcher, Note, Screened, Serving
 from tuneloop.text import normalize_transcript
 
 if TYPE_CHECKING:
@@ -172,11 +172,11 @@ class SpeechToText:
         return {f"suite.{r['name']}.{key}": float(r[key]) for r in report["results"]
                 for key in ("wer", "cer", "wer_degradation", "failed_samples_rate")}
 
-    def serving(self) -> tuple[str, list[str]]:
+    def serving(self) -> Serving:
         """The pyfunc (audio -> transcripts) a registered version is logged with, and its pip requirements."""
         from tuneloop_trainer import SERVING_REQUIREMENTS, serving_path
 
-        return serving_path(), list(SERVING_REQUIREMENTS)
+        return Serving(serving_path(self.trainer_task), list(SERVING_REQUIREMENTS))
 
     def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
         """Transcribe a smoke set through ``models:/<name>@production`` (:mod:`tuneloop.post_deploy`)."""
