@@ -9,6 +9,7 @@
     tuneloop rollback [--to VERSION] [--reason TEXT]
     tuneloop bootstrap MODEL_DIR        register an existing model as the first production version
     tuneloop suite add NAME DATA.jsonl [--type critical] [--baseline-wer X --baseline-version V]
+                                        (chat model: [--baseline-score X --baseline-version V] [--max-score-drop D])
     tuneloop suite list [--json]        regression suites (config and registered) and their latest results
     tuneloop demo [--bad-candidate]     the end-to-end demo on CPU (--llm: the chat model's)
 """
@@ -102,12 +103,17 @@ def _parser() -> argparse.ArgumentParser:
     suite_sub = suite.add_subparsers(dest="suite_command", required=True)
     add = suite_sub.add_parser("add", parents=[model], help="register (or replace) a regression suite")
     add.add_argument("name")
-    add.add_argument("data_path", type=Path, help="JSONL rows {id, audio, text, ...}; audio relative to the file")
+    add.add_argument("data_path", type=Path, help="JSONL rows {id, audio, text, ...}; audio relative to the file "
+                     "(chat model: {id, messages}, the last message the assistant's reference reply)")
     add.add_argument("--type", default="benchmark", choices=["benchmark", "critical", "smoke"])
     add.add_argument("--baseline-wer", type=float)
     add.add_argument("--baseline-cer", type=float)
     add.add_argument("--baseline-version")
-    add.add_argument("--max-wer-degradation", type=float, default=0.05)
+    add.add_argument("--max-wer-degradation", type=float)
+    add.add_argument("--baseline-score", type=float, help="chat model: recorded mean of validation.text."
+                     "primary_metric on the suite")
+    add.add_argument("--max-score-drop", type=float, help="chat model: allowed fall of that mean (absolute, "
+                     "default 0.05)")
     add.set_defaults(handler=cmd_suite_add)
     listing = suite_sub.add_parser("list", parents=[model], help="suites and their result history")
     listing.add_argument("--json", action="store_true")
@@ -198,12 +204,19 @@ def _print_status(status: dict[str, Any]) -> None:
         print("  (none registered)")
     for suite in status["regression_suites"]:
         latest = suite["history"][:3]
-        shown = "; ".join(f"{version_label(h['model_version'])} WER {h['wer']:.3f} {'pass' if h['passed'] else 'FAIL'}"
+        shown = "; ".join(f"{version_label(h['model_version'])} {_suite_number(h)} {'pass' if h['passed'] else 'FAIL'}"
                           for h in latest) or "no results yet"
         print(f"  {suite['name']} ({suite.get('type', '')}): {shown}")
     print("last runs:")
     for run in status["last_runs"] or [{"run_id": "(none yet)"}]:
         print(f"  {run.get('run_id')}  {run.get('status', '')}  {run.get('finished_at') or ''}")
+
+
+def _suite_number(result: dict[str, Any]) -> str:
+    """A suite result's headline number: ``WER 0.080`` (speech), ``exact_match 0.750`` (chat)."""
+    if result.get("metric") is None:
+        return f"WER {result['wer']:.3f}"
+    return f"{result['metric']} {result['score']:.3f}"
 
 
 def suite_status(config: TuneloopConfig, store: Any) -> list[dict[str, Any]]:
@@ -214,15 +227,30 @@ def suite_status(config: TuneloopConfig, store: Any) -> list[dict[str, Any]]:
     return [{**spec.model_dump(mode="json"), "history": store.suite_history(spec.name, limit=10)} for spec in suites]
 
 
+# ``suite add`` flags of each kind of model's baseline and cap: (flag, SuiteSpec field).
+_SUITE_FLAGS = {
+    "speech_to_text": (("--baseline-wer", "baseline_wer"), ("--baseline-cer", "baseline_cer"),
+                       ("--max-wer-degradation", "max_wer_degradation")),
+    "chat": (("--baseline-score", "baseline_score"), ("--max-score-drop", "max_score_drop")),
+}
+
+
 def cmd_suite_add(config: TuneloopConfig, args: argparse.Namespace) -> int:
     from tuneloop.config import SuiteSpec
     from tuneloop.regression import read_suite
     from tuneloop.store import ErrorCaseStore
 
+    own = _SUITE_FLAGS[config.task]  # the baseline and cap flags of the model's kind; the other kind's are refused
+    for task, pairs in _SUITE_FLAGS.items():
+        for flag, dest in pairs:
+            if task != config.task and getattr(args, dest) is not None:
+                kind = (f"a chat model, judged by {config.validation.text.primary_metric} (validation.text."
+                        "primary_metric), not WER" if config.task == "chat" else "a speech model, judged by WER")
+                raise ValueError(f"{flag}: model {config.name!r} is {kind}; use {' / '.join(f for f, _ in own)}")
+    given = {dest: getattr(args, dest) for _, dest in own if getattr(args, dest) is not None}
     spec = SuiteSpec(name=args.name, type=args.type, data_path=args.data_path.resolve(),
-                     baseline_wer=args.baseline_wer, baseline_cer=args.baseline_cer,
-                     baseline_version=args.baseline_version, max_wer_degradation=args.max_wer_degradation)
-    rows = read_suite(spec)  # fail now, not in the next run
+                     baseline_version=args.baseline_version, **given)
+    rows = read_suite(spec, config.task)  # fail now, not in the next run
     ErrorCaseStore.from_config(config).register_suite(spec)
     print(f"suite {spec.name} ({spec.type}): {len(rows)} items from {spec.data_path}")
     return 0
@@ -235,13 +263,20 @@ def cmd_suite_list(config: TuneloopConfig, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(suites, indent=2, default=str))
         return 0
+    metric = config.validation.text.primary_metric if config.task == "chat" else None
     for suite in suites:
-        baseline = (f"baseline WER {suite['baseline_wer']} ({suite['baseline_version']})"
-                    if suite["baseline_wer"] is not None else "baseline: production, measured each run")
+        if metric is None:
+            baseline = (f"baseline WER {suite['baseline_wer']} ({suite['baseline_version']})"
+                        if suite["baseline_wer"] is not None else "baseline: production, measured each run")
+        else:
+            baseline = (f"baseline {metric} {suite['baseline_score']} ({suite['baseline_version']})"
+                        if suite["baseline_score"] is not None else "baseline: production, measured each run")
         print(f"{suite['name']} ({suite['type']}, {suite['data_path']}): {baseline}")
         for h in suite["history"]:
-            print(f"  {h['at']:%Y-%m-%d %H:%M}  {version_label(h['model_version'])}  WER {h['wer']:.3f}  "
-                  f"CER {h['cer']:.3f}  n={h['n']}  {'pass' if h['passed'] else 'FAIL'}  ({h['run_id']})")
+            numbers = (f"WER {h['wer']:.3f}  CER {h['cer']:.3f}" if h.get("metric") is None
+                       else f"{h['metric']} {h['score']:.3f}")
+            print(f"  {h['at']:%Y-%m-%d %H:%M}  {version_label(h['model_version'])}  {numbers}  "
+                  f"n={h['n']}  {'pass' if h['passed'] else 'FAIL'}  ({h['run_id']})")
     if not suites:
         print("no regression suites (regression.suites in config, or `tuneloop suite add`)")
     return 0
@@ -336,10 +371,10 @@ def cmd_bootstrap(config: TuneloopConfig, args: argparse.Namespace) -> int:
         raise ValueError(f"model_dir: {args.model_dir} is not a Hugging Face model directory (no config.json)")
     registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
     run_id = tracking.ensure_run(config, "bootstrap", dag_id="cli")
-    serving_code, requirements = task_for(config.task).serving()  # the model's kind: speech or chat pyfunc
+    serving = task_for(config.task).serving()  # the model's kind: speech or chat pyfunc
     event = bootstrap_production(registry, ErrorCaseStore.from_config(config), args.model_dir, run_id=run_id,
-                                 reason=args.reason, actor=f"cli:{getpass.getuser()}", serving_code=serving_code,
-                                 pip_requirements=requirements)
+                                 reason=args.reason, actor=f"cli:{getpass.getuser()}", serving_code=serving.code,
+                                 pip_requirements=serving.requirements, signature=serving.signature)
     print(f"production: {version_label(event.to_version)} ({event.reason})")
     return 0
 

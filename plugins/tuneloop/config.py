@@ -295,9 +295,13 @@ SuiteType = Literal["benchmark", "critical", "smoke"]
 class SuiteSpec(_Section):
     """A regression suite (the seed's ``register_test``): a fixed JSONL test set the candidate must not regress on.
 
-    ``data_path``: JSONL rows ``{"id", "audio", "text", ...}``, audio relative to the file. ``baseline_wer`` /
-    ``baseline_cer``: the recorded baseline (with the ``baseline_version`` that made it); when absent, production's
-    WER on the suite, measured in the same run, is the baseline.
+    Speech: ``data_path`` holds rows ``{"id", "audio", "text", ...}``, audio relative to the file; ``baseline_wer``
+    / ``baseline_cer`` are the recorded baseline (with the ``baseline_version`` that made it); when absent,
+    production's WER on the suite, measured in the same run, is the baseline. Chat: ``data_path`` holds the
+    trainer's chat rows ``{"id", "messages": [..., {"role": "assistant", "content": <reference>}]}``;
+    ``baseline_score`` is the recorded mean of ``validation.text.primary_metric`` (else production's, measured in
+    the same run) and ``max_score_drop`` the fall of that mean the suite tolerates. A suite's baseline and cap
+    are of its model's kind: :meth:`task_problem` names a field of the other kind.
     """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -307,12 +311,34 @@ class SuiteSpec(_Section):
     baseline_cer: float | None = Field(None, ge=0)
     baseline_version: str | None = None
     max_wer_degradation: float = Field(0.05, ge=0, description="allowed rise of the suite's WER (absolute)")
+    baseline_score: float | None = Field(None, ge=0, le=1, description="chat: recorded mean of the primary metric")
+    max_score_drop: float = Field(0.05, ge=0, le=1, description="chat: allowed fall of the suite's primary-metric "
+                                  "mean below its baseline (absolute)")
 
     @model_validator(mode="after")
     def _not_eval(self) -> "SuiteSpec":
         if self.name == "eval":
             raise ValueError("suite name 'eval' is reserved for the run's eval split")
         return self
+
+    def task_problem(self, task: str) -> str | None:
+        """Why this suite cannot be judged for a model of ``task``, starting with the field's name, or None: a
+        WER baseline or cap on a chat model's suite (or a score one on a speech model's) would be ignored, and
+        the suite judged against something nobody asked for."""
+        if task == "chat":
+            foreign, judged = CHAT_TWIN_OF_SPEECH_FIELD, "its validation.text.primary_metric mean, not WER/CER"
+        else:
+            foreign, judged = {"baseline_score": "baseline_wer", "max_score_drop": "max_wer_degradation"}, "WER"
+        for name, instead in foreign.items():
+            if getattr(self, name) != type(self).model_fields[name].default:
+                return (f"{name}: suite {self.name!r} belongs to a {task} model, judged by {judged}; "
+                        f"use {instead}")
+        return None
+
+
+# A suite's speech-only fields and the chat field used instead of each.
+CHAT_TWIN_OF_SPEECH_FIELD = {"baseline_wer": "baseline_score", "baseline_cer": "baseline_score",
+                             "max_wer_degradation": "max_score_drop"}
 
 
 class RegressionConfig(_Section):
@@ -322,9 +348,11 @@ class RegressionConfig(_Section):
     fail_on_critical_degradation: bool = True
     critical_degradation_threshold: float = Field(
         0.1, ge=0, description="rise of a suite's WER over its baseline that is critical, in absolute WER (0.1: ten "
-        "points, e.g. 0.15 -> 0.26), like every other WER threshold here; blocks the run whatever the suite's type")
+        "points, e.g. 0.15 -> 0.26), like every other WER threshold here; blocks the run whatever the suite's type. "
+        "Chat: the same absolute fall of the suite's primary-metric mean")
     max_failed_samples_rate: float = Field(0.05, ge=0, le=1, description="share of samples allowed to fail")
-    sample_degradation_threshold: float = Field(0.2, ge=0, description="per-sample WER rise that fails it")
+    sample_degradation_threshold: float = Field(0.2, ge=0, description="per-sample WER rise that fails it (chat, "
+                                                "graded metrics: per-example score fall)")
     exclude_suite_texts: bool = Field(True, description="leakage guard also matches transcripts, not only audio")
     suites: tuple[SuiteSpec, ...] = ()
 
@@ -477,6 +505,18 @@ class TuneloopConfig(_Section):
             raise ValueError("validation.first_run_policy: 'absolute' judges a speech model alone by WER/CER; a chat "
                              "model's first run compares with its base model and waits for approval "
                              "(require_approval)")
+        return self
+
+    @model_validator(mode="after")
+    def _suites_fit_the_task(self) -> "TuneloopConfig":
+        """A suite's baseline and cap are of its model's kind (checked per model when ``models:`` lists several:
+        the top-level sections are then shared settings, not a model)."""
+        if self.models:
+            return self
+        for index, spec in enumerate(self.regression.suites):
+            problem = spec.task_problem(self.task)
+            if problem:
+                raise ValueError(f"regression.suites[{index}].{problem}")
         return self
 
     @model_validator(mode="after")

@@ -246,7 +246,7 @@ def export_dataset(
         "filtered": len(screened.filtered), "duplicates": len(duplicates), "superseded": len(superseded),
         "excluded": len(excluded),
         "excluded_suite_audio": sum(1 for r in reasons.values() if r and "audio" in r),
-        "excluded_suite_text": sum(1 for r in reasons.values() if r and "transcript" in r),
+        "excluded_suite_text": sum(1 for r in reasons.values() if r and task.text_noun in r),
         "dropped_by_max_cases": len(kept) - len(capped), "usable": len(capped),
     }
     if excluded:

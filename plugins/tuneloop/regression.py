@@ -21,6 +21,10 @@ production; :func:`run_suite` judges one suite, :func:`run_suites` all of them. 
 
 Leakage guard: :func:`leakage_guard` collects every suite item's audio content hash and normalised transcript;
 the dataset export never lets one of them into training and reports how many it excluded.
+
+Chat models have suites of the same structure (a JSONL file of chat rows whose final assistant message is the
+reference), judged by the mean of ``validation.text.primary_metric`` with score drops instead of WER rises:
+:mod:`tuneloop.tasks.chat_suites`. :func:`read_suite` and :func:`leakage_guard` take the model's task.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -47,20 +51,26 @@ class SuiteError(ValueError):
 
 @dataclass(frozen=True)
 class LeakageGuard:
-    """What must never be trained on: audio content hashes and normalised transcripts of held-out items."""
+    """What must never be trained on: audio content hashes and normalised transcripts of held-out items.
+
+    ``hashes`` are matched against an export item's ``guard_key``, ``texts`` against its ``text``; the nouns say
+    what they are in the reasons (chat: the normalised prompt's hash and the normalised prompt, both "prompt").
+    """
 
     hashes: frozenset[str] = frozenset()
     texts: frozenset[str] = frozenset()
+    key_noun: str = "audio"
+    text_noun: str = "transcript"
 
     def __or__(self, other: LeakageGuard) -> LeakageGuard:
-        return LeakageGuard(self.hashes | other.hashes, self.texts | other.texts)
+        return LeakageGuard(self.hashes | other.hashes, self.texts | other.texts, self.key_noun, self.text_noun)
 
     def reason(self, audio_hash: str, text: str) -> str | None:
         """Why an item is excluded, or None: the same recording, or the same words, as a held-out item."""
         if audio_hash in self.hashes:
-            return "same audio as a regression-suite item"
+            return f"same {self.key_noun} as a regression-suite item"
         if text in self.texts:
-            return "same transcript as a regression-suite item"
+            return f"same {self.text_noun} as a regression-suite item"
         return None
 
 
@@ -93,20 +103,40 @@ class SuiteResult:
         return asdict(self)
 
 
+class SuiteVerdict(Protocol):
+    """What :func:`run_suites` reads of a suite's result (speech's :class:`SuiteResult`, chat's
+    :class:`~tuneloop.tasks.chat_suites.ChatSuiteResult`)."""
+
+    name: str
+    blocking: bool
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class RegressionReport:
     """All suites: ``passed`` is false when a blocking suite failed or a critical degradation happened."""
 
     passed: bool
-    results: tuple[SuiteResult, ...]
+    results: tuple[SuiteVerdict, ...]
     reasons: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "results": [r.to_dict() for r in self.results], "reasons": list(self.reasons)}
 
 
-def read_suite(spec: SuiteSpec) -> list[dict[str, Any]]:
-    """The suite's rows with ``audio`` made absolute; every row needs a unique id, an audio path and a text."""
+def read_suite(spec: SuiteSpec, task: str = "speech_to_text") -> list[dict[str, Any]]:
+    """The suite's rows for a model of ``task``. Speech: ``audio`` made absolute; every row needs a unique id, an
+    audio path and a text. Chat: :func:`tuneloop.tasks.chat_suites.read_chat_suite`. A baseline or cap of the
+    other kind of model (``SuiteSpec.task_problem``) is refused first."""
+    problem = spec.task_problem(task)
+    if problem:
+        raise SuiteError(f"suite {spec.name!r}: {problem}")
+    if task == "chat":
+        from tuneloop.tasks.chat_suites import read_chat_suite
+
+        return read_chat_suite(spec)
     return read_examples(Path(spec.data_path), f"suite {spec.name!r}", "data_path")
 
 
@@ -136,10 +166,16 @@ def read_examples(path: Path, label: str, field_name: str) -> list[dict[str, Any
     return rows
 
 
-def leakage_guard(specs: Iterable[SuiteSpec], *, match_texts: bool = True) -> LeakageGuard:
-    """Audio hashes (and, with ``match_texts``, normalised transcripts) of every item of every suite."""
+def leakage_guard(specs: Iterable[SuiteSpec], *, match_texts: bool = True,
+                  task: str = "speech_to_text") -> LeakageGuard:
+    """Audio hashes (and, with ``match_texts``, normalised transcripts) of every item of every suite; for a chat
+    model the suite items' normalised prompts (:func:`tuneloop.tasks.chat_suites.chat_leakage_guard`)."""
     from tuneloop.audio import AudioError, probe_audio
 
+    if task == "chat":
+        from tuneloop.tasks.chat_suites import chat_leakage_guard
+
+        return chat_leakage_guard(specs, match_texts=match_texts)
     hashes, texts = set(), set()
     for spec in specs:
         for row in read_suite(spec):
@@ -216,11 +252,11 @@ def run_suite(
         baseline_cer=baseline_cer, production_wer=production_wer, wer_degradation=degradation,
         max_wer_degradation=spec.max_wer_degradation, failed_samples=len(failed_ids),
         failed_samples_rate=failed_rate, failed_sample_ids=tuple(failed_ids[:FAILED_IDS_KEPT]), critical=critical,
-        passed=passed, blocking=_blocks(spec, passed, critical, config), reasons=tuple(reasons),
+        passed=passed, blocking=suite_blocks(spec, passed, critical, config), reasons=tuple(reasons),
     )
 
 
-def run_suites(results: Sequence[SuiteResult]) -> RegressionReport:
+def run_suites(results: Sequence[SuiteVerdict]) -> RegressionReport:
     """Combine suite results: the run passes when no suite blocks."""
     blocking = [r for r in results if r.blocking]
     if not results:
@@ -231,7 +267,9 @@ def run_suites(results: Sequence[SuiteResult]) -> RegressionReport:
     return RegressionReport(True, tuple(results), (f"{len(results)} regression suite(s) passed or are report-only",))
 
 
-def _blocks(spec: SuiteSpec, passed: bool, critical: bool, config: RegressionConfig) -> bool:
+def suite_blocks(spec: SuiteSpec, passed: bool, critical: bool, config: RegressionConfig) -> bool:
+    """Whether a suite's verdict fails the run: a critical degradation (with ``fail_on_critical_degradation``)
+    whatever the suite's type, else a failed suite that is not ``smoke``."""
     if critical and config.fail_on_critical_degradation:
         return True
     return not passed and spec.type != "smoke"

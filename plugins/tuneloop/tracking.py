@@ -102,8 +102,10 @@ def log_dataset(config: TuneloopConfig, run_id: str, dataset_dir: StoragePath, d
     split = dataset_dir / f"{context}.jsonl"
     with storage.local_file(split) as local:
         frame = pd.read_json(local, lines=True, dtype=False) if local.stat().st_size else pd.DataFrame()
+    # The target column: a speech row's transcript; a chat row's target is the last of its messages, no column.
+    targets = "text" if "text" in frame.columns else None
     dataset = mlflow.data.from_pandas(frame, source=storage.uri(split), name=f"{dataset_id}-{context}",
-                                      targets="text")
+                                      targets=targets)
     entity = dataset._to_mlflow_entity()
     _client(config).log_inputs(
         run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]

@@ -84,11 +84,76 @@ def test_a_graded_primary_metric_is_judged_by_the_paired_bootstrap(tmp_path):
     assert result["bootstrap"]["ci_low"] > 0
 
 
-def test_chat_suites_fail_the_run_rather_than_pass_unjudged(tmp_path):
-    config = TuneloopConfig.model_validate({"home": str(tmp_path / "home"), "task": "chat", "regression": {
-        "suites": [{"name": "policies", "data_path": str(tmp_path / "s.jsonl")}]}})
-    with pytest.raises(ValueError, match="regression suites for chat models are not built yet: policies"):
-        task_for("chat").regression(PipelineRun(config, "r"))
+def _suite_run(tmp_path, suites: list[dict[str, object]]) -> PipelineRun:
+    """A chat run with these suites configured, whose candidate and production replied to each suite (production
+    is the version the candidate started from)."""
+    config = TuneloopConfig.model_validate({"home": str(tmp_path / "home"), "task": "chat",
+                                            "regression": {"suites": suites}})
+    run = PipelineRun(config, "manual__suites")
+    storage.write_json(run.paths.base_source, {"source": "production", "version": "6"})
+    return run
+
+
+def _suite_predictions(run: PipelineRun, suite: str, tag: str, right: int, n: int = 20) -> None:
+    path = run.paths.predictions(tag, suite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": f"s{i}", "reference": REFS[i % 12],
+                                        "hypothesis": REFS[i % 12] if i < right else "I cannot say."}) + "\n"
+                            for i in range(n)))
+
+
+def test_chat_suites_are_judged_against_recorded_and_production_baselines(tmp_path):
+    """Two suites: one against production's score in this run (unchanged: passes), one against a recorded
+    baseline it falls too far below (fails and blocks); both reach MLflow's metrics and the decision record."""
+    run = _suite_run(tmp_path, [{"name": "policies", "data_path": str(tmp_path / "p.jsonl")},
+                                {"name": "critical-facts", "type": "critical", "data_path": str(tmp_path / "c.jsonl"),
+                                 "baseline_score": 0.95, "baseline_version": "3", "max_score_drop": 0.02}])
+    for tag in ("candidate", "production"):
+        _suite_predictions(run, "policies", tag, 18)
+        _suite_predictions(run, "critical-facts", tag, 18)
+
+    report = task_for("chat").regression(run)
+
+    by_name = {r["name"]: r for r in report["results"]}
+    critical, policies = by_name["critical-facts"], by_name["policies"]
+    assert policies["passed"] and policies["baseline_source"] == "production (this run)"
+    assert (policies["baseline_version"], policies["score"], policies["metric"]) == ("6", 0.9, "exact_match")
+    assert not critical["passed"] and critical["blocking"] and critical["baseline_source"] == "recorded"
+    assert critical["score_drop"] == pytest.approx(0.05) and critical["production_score"] == pytest.approx(0.9)
+    assert not report["passed"] and report["reasons"][0].startswith("suite critical-facts failed:")
+    assert task_for("chat").suite_metrics(report) == pytest.approx({
+        "suite.critical-facts.exact_match": 0.9, "suite.critical-facts.score_drop": 0.05,
+        "suite.critical-facts.failed_samples_rate": 0.0, "suite.policies.exact_match": 0.9,
+        "suite.policies.score_drop": 0.0, "suite.policies.failed_samples_rate": 0.0})
+    section = "\n".join(chat_evaluation.record_sections({"regression": report}))
+    assert "## Regression suites" in section and "| critical-facts | critical | 20 | exact_match | 0.95 | 0.9 |" in section
+
+
+def test_a_candidate_that_breaks_suite_answers_production_got_right_fails(tmp_path):
+    run = _suite_run(tmp_path, [{"name": "policies", "data_path": str(tmp_path / "p.jsonl"),
+                                 "max_score_drop": 0.5}])
+    _suite_predictions(run, "policies", "production", 20)
+    _suite_predictions(run, "policies", "candidate", 17)  # 3 of 20 broken: 15% > max_failed_samples_rate 5%
+
+    result = task_for("chat").regression(run)["results"][0]
+
+    assert not result["passed"] and list(result["failed_sample_ids"]) == ["s17", "s18", "s19"]
+    assert "3 sample(s) production got right (exact_match >= 1) got wrong (15.0%" in result["reasons"][1]
+
+
+def test_a_first_chat_run_records_the_candidate_and_a_registered_wer_suite_is_refused(tmp_path):
+    run = _suite_run(tmp_path, [{"name": "policies", "data_path": str(tmp_path / "p.jsonl")}])
+    storage.write_json(run.paths.base_source, {"source": "base_model", "version": None})
+    _suite_predictions(run, "policies", "candidate", 10)
+    _suite_predictions(run, "policies", "production", 20)  # the base model's: not a baseline
+
+    result = task_for("chat").regression(run)["results"][0]
+
+    assert result["passed"] and result["baseline_source"] == "none" and result["production_score"] is None
+    run.store.register_suite({"name": "legacy", "data_path": str(tmp_path / "l.jsonl"), "baseline_wer": 0.1})
+    with pytest.raises(ValueError, match="regression suite 'legacy' of chat model 'default': baseline_wer: suite "
+                                         "'legacy' belongs to a chat model.*use baseline_score"):
+        task_for("chat").regression(run)
 
 
 @pytest.mark.parametrize(("served", "validated", "passed", "why"), [

@@ -60,3 +60,30 @@ def test_chat_cases_export_as_a_chat_dataset(store, tmp_path):
     assert load_manifest(manifest.directory) == manifest
     again = export_dataset(chat, tmp_path / "root", CHAT, run_id="r2", now=NOW, task=task_for("chat"))
     assert again.dataset_id == manifest.dataset_id and again.reused
+
+
+def test_no_training_case_shares_a_prompt_with_a_regression_suite_item(store, tmp_path):
+    """The guard a chat model's suites make (their normalised prompts, as the export normalises a case's) keeps
+    every case with the same prompt out of both splits, whatever its reply; a case differing in the prompt stays."""
+    from tuneloop.config import SuiteSpec
+    from tuneloop.regression import leakage_guard
+
+    chat = store.for_model("support", task="chat")
+    batch = tmp_path / "chat.jsonl"
+    batch.write_text("".join(json.dumps(case(i)) + "\n" for i in range(8)))
+    assert len(chat.ingest_jsonl(batch).accepted) == 8
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(json.dumps({"id": "s1", "messages": [
+        {"role": "system", "content": "You are the  SUPPORT assistant."},
+        {"role": "user", "content": "where is my parcel NUMBER 2?"},  # c2's prompt, cased and spaced differently
+        {"role": "assistant", "content": "It arrives tomorrow."}]}) + "\n" + json.dumps({"id": "s2", "messages": [
+            {"role": "user", "content": "Where is my parcel number 5?"},  # c5's question without its system turn
+            {"role": "assistant", "content": "It arrives tomorrow."}]}) + "\n")
+    guard = leakage_guard([SuiteSpec(name="parcels", data_path=suite)], task="chat")
+
+    manifest = export_dataset(chat, tmp_path / "root", CHAT, run_id="r1", now=NOW, task=task_for("chat"),
+                              guard=guard)
+
+    assert manifest.excluded_ids == ("c2",)
+    assert (manifest.counts["excluded"], manifest.counts["excluded_suite_text"]) == (1, 1)
+    assert "c2" not in (*manifest.train_ids, *manifest.eval_ids) and "c5" in manifest.train_ids

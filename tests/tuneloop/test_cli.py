@@ -231,3 +231,45 @@ def test_several_models_each_command_names_one_and_status_shows_all(home, wav_fa
     assert "== model asr (speech_to_text)" in out and "== model support (chat)" in out
     assert main(["--config", str(config), "history", "--model", "nope"]) == 2
     assert "model 'nope' is not configured; models: asr, support" in capsys.readouterr().err
+
+
+def test_suite_add_and_list_for_a_chat_model_beside_a_speech_one(home, capsys):
+    """A chat model's suite: chat rows checked when added, score baseline and cap; the other kind's flags refused
+    naming the flag; its history printed with its metric, the speech model's untouched."""
+    from tuneloop.config import load_config
+    from tuneloop.store import ErrorCaseStore
+
+    config = home / "tuneloop.yaml"
+    config.write_text(TWO_MODELS)
+    suite = home / "policies.jsonl"
+    suite.write_text(json.dumps({"id": "p1", "messages": [{"role": "user", "content": "Can I return a gift?"},
+                                                          {"role": "assistant", "content": "Yes."}]}) + "\n")
+    add = ["--config", str(config), "suite", "add", "policies", str(suite), "--model"]
+
+    assert main([*add, "support", "--baseline-wer", "0.1"]) == 2
+    assert ("--baseline-wer: model 'support' is a chat model, judged by exact_match (validation.text.primary_metric), "
+            "not WER; use --baseline-score / --max-score-drop") in capsys.readouterr().err
+    assert main([*add, "asr", "--baseline-score", "0.9"]) == 2
+    assert ("--baseline-score: model 'asr' is a speech model, judged by WER; use --baseline-wer / --baseline-cer / "
+            "--max-wer-degradation") in capsys.readouterr().err
+    broken = home / "broken.jsonl"
+    broken.write_text(json.dumps({"id": "p1", "messages": [{"role": "user", "content": "Can I return a gift?"}]}))
+    assert main(["--config", str(config), "suite", "add", "broken", str(broken), "--model", "support"]) == 2
+    assert f"({broken}:1): messages[0].role: the last message must be the assistant's" in capsys.readouterr().err
+
+    assert main([*add, "support", "--type", "critical", "--baseline-score", "0.8", "--baseline-version", "3",
+                 "--max-score-drop", "0.1"]) == 0
+    assert "suite policies (critical): 1 items" in capsys.readouterr().out
+    store = ErrorCaseStore.from_config(load_config(config).for_model("support"))
+    assert store.registered_suites()[0].max_score_drop == 0.1
+    store.record_suite_result("run-1", {"name": "policies", "model_version": "4", "metric": "exact_match",
+                                        "score": 0.75, "n": 1, "passed": True})
+
+    assert main(["--config", str(config), "suite", "list", "--model", "support"]) == 0
+    out = capsys.readouterr().out
+    assert "policies (critical" in out and "baseline exact_match 0.8 (3)" in out and "v4  exact_match 0.750  n=1" in out
+    assert main(["--config", str(config), "suite", "list", "--model", "asr"]) == 0
+    assert "no regression suites" in capsys.readouterr().out
+    assert main(["--config", str(config), "status"]) == 0
+    out = capsys.readouterr().out
+    assert out.split("== model support")[1].count("policies (critical): v4 exact_match 0.750 pass") == 1

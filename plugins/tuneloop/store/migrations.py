@@ -149,7 +149,8 @@ _V1_TABLES = ("tuneloop_error_cases", "tuneloop_ingest_rejections", "tuneloop_in
 
 def _v1_to_v2(ops: Operations, conn: Connection) -> None:
     """Several models in one store: every table gets a ``model`` column (existing rows: ``"default"``) at the
-    front of its identity; cases get a JSON ``payload`` and may have no audio (chat)."""
+    front of its identity; cases get a JSON ``payload`` and may have no audio (chat); suite results get a
+    ``metric`` and ``score`` and may have no WER/CER (a chat suite's)."""
     inspector = sa.inspect(conn)
     for table in _V1_TABLES:
         if not inspector.has_table(table):
@@ -164,6 +165,11 @@ def _v1_to_v2(ops: Operations, conn: Connection) -> None:
                 batch.add_column(sa.Column("payload", sa.JSON))
                 batch.alter_column("audio_uri", existing_type=sa.Text(), nullable=True)
                 batch.create_index("ix_tuneloop_error_cases_model_state_created_at", ["model", "state", "created_at"])
+            if table == "tuneloop_suite_results":
+                batch.alter_column("wer", existing_type=sa.Float(), nullable=True)
+                batch.alter_column("cer", existing_type=sa.Float(), nullable=True)
+                batch.add_column(sa.Column("metric", sa.String(64)))
+                batch.add_column(sa.Column("score", sa.Float))
             if primary_key:
                 _replace_primary_key(batch, inspector, table, primary_key)
             if unique:

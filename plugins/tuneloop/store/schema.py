@@ -18,7 +18,8 @@ import sqlalchemy as sa
 
 from tuneloop.intake import as_utc
 
-SCHEMA_VERSION = 2  # the version these tables are; version 1 had no ``model`` columns (one model per store)
+SCHEMA_VERSION = 2  # the version these tables are; version 1 had no ``model`` columns (one model per store) and
+# suite results only of speech (WER and CER required, no metric and score)
 DEFAULT_MODEL = "default"
 MAX_MODEL_CHARS = 200
 
@@ -147,11 +148,13 @@ suite_results_table = sa.Table(
     sa.Column("model_version", sa.String(200)),
     sa.Column("run_id", sa.String(250), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False, index=True),
-    sa.Column("wer", sa.Float, nullable=False),
-    sa.Column("cer", sa.Float, nullable=False),
+    sa.Column("wer", sa.Float),  # speech's suites; None for a chat suite
+    sa.Column("cer", sa.Float),
     sa.Column("n", sa.Integer, nullable=False),
     sa.Column("passed", sa.Boolean, nullable=False),
     sa.Column("result", sa.JSON, nullable=False),
+    sa.Column("metric", sa.String(64)),  # a chat suite's primary metric; None for a speech suite
+    sa.Column("score", sa.Float),  # the candidate's mean of that metric
     sa.UniqueConstraint("model", "suite", "run_id", name="uq_tuneloop_suite_results_model_suite_run_id"),
 )
 

@@ -42,9 +42,14 @@ class SuiteRecords(StoreBase):
             return [SuiteSpec.model_validate(row.spec) for row in rows]
 
     def record_suite_result(self, run_id: str, result: Mapping[str, Any], *, at: datetime | None = None) -> bool:
-        """Keep one suite's result for a run (``SuiteResult.to_dict()``); a retried run does not add it twice."""
+        """Keep one suite's result for a run (``SuiteResult.to_dict()``: its ``wer`` and ``cer``; a chat suite's
+        ``ChatSuiteResult.to_dict()``: its ``metric`` and ``score``); a retried run does not add it twice."""
         t = suite_results_table
         value = _json_value("result", dict(result))
+        if result.get("metric") is None:
+            numbers = {"wer": result["wer"], "cer": result["cer"]}
+        else:
+            numbers = {"metric": result["metric"], "score": result["score"]}
 
         def write(conn: Connection) -> bool:
             if conn.execute(sa.select(t.c.id).where(t.c.model == self._model, t.c.suite == result["name"],
@@ -52,19 +57,21 @@ class SuiteRecords(StoreBase):
                 return False
             conn.execute(sa.insert(t).values(
                 model=self._model, suite=result["name"], model_version=result.get("model_version"), run_id=run_id,
-                at=as_utc(at) if at else self._clock(), wer=result["wer"], cer=result["cer"], n=result["n"],
-                passed=bool(result["passed"]), result=value))
+                at=as_utc(at) if at else self._clock(), n=result["n"], passed=bool(result["passed"]), result=value,
+                **numbers))
             return True
 
         return self._transaction(write)
 
     def suite_history(self, suite: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Suite results, newest first: {suite, model_version, run_id, at, wer, cer, n, passed, result}."""
+        """Suite results, newest first: {suite, model_version, run_id, at, wer, cer, metric, score, n, passed,
+        result} (speech: ``metric`` and ``score`` None; chat: ``wer`` and ``cer`` None)."""
         t = suite_results_table
         query = sa.select(t).where(t.c.model == self._model).order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
         if suite is not None:
             query = query.where(t.c.suite == suite)
         with self._engine.connect() as conn:
             return [{"suite": r.suite, "model_version": r.model_version, "run_id": r.run_id, "at": r.at,
-                     "wer": r.wer, "cer": r.cer, "n": r.n, "passed": r.passed, "result": dict(r.result)}
+                     "wer": r.wer, "cer": r.cer, "metric": r.metric, "score": r.score, "n": r.n, "passed": r.passed,
+                     "result": dict(r.result)}
                     for r in conn.execute(query)]
