@@ -76,26 +76,34 @@ def migrated_mlflow_db(tmp_path_factory) -> Path:
     return path
 
 
+def new_installation(root: Path, airflow_env: dict[str, str], airflow_db: Path, mlflow_db: Path,
+                     **env: str) -> Scenario:
+    """A fresh, empty installation under ``root`` (SQLite Airflow DB, store, MLflow: copies of the migrated
+    templates) with the tiny-run settings and ``env`` on top; nothing registered yet."""
+    scenario = Scenario(root, {
+        **airflow_env,
+        "AIRFLOW_HOME": str(root / "airflow"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root}/airflow/airflow.db",
+        "TUNELOOP_HOME": str(root / "tuneloop"),
+        **TINY_RUN_ENV,
+        "TUNELOOP__SCHEDULE__SENSOR_POKE_SECONDS": "1",
+        "TUNELOOP__SCHEDULE__SENSOR_TIMEOUT_MINUTES": "0.05",
+        **env,
+    })
+    (root / "airflow").mkdir()
+    (root / "tuneloop").mkdir()
+    shutil.copy2(airflow_db, root / "airflow" / "airflow.db")
+    shutil.copy2(mlflow_db, root / "tuneloop" / "mlflow.db")
+    return scenario
+
+
 @pytest.fixture
 def install(tmp_path, airflow_env, migrated_airflow_db, migrated_mlflow_db) -> Callable[[Path], Scenario]:
     """``install(model_dir)``: a fresh installation (SQLite Airflow DB, store, MLflow) with ``model_dir``
     bootstrapped as production version 1."""
 
     def make(model_dir: Path) -> Scenario:
-        env = {
-            **airflow_env,
-            "AIRFLOW_HOME": str(tmp_path / "airflow"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow/airflow.db",
-            "TUNELOOP_HOME": str(tmp_path / "tuneloop"),
-            **TINY_RUN_ENV,
-            "TUNELOOP__SCHEDULE__SENSOR_POKE_SECONDS": "1",
-            "TUNELOOP__SCHEDULE__SENSOR_TIMEOUT_MINUTES": "0.05",
-        }
-        scenario = Scenario(tmp_path, env)
-        (tmp_path / "airflow").mkdir()
-        (tmp_path / "tuneloop").mkdir()
-        shutil.copy2(migrated_airflow_db, tmp_path / "airflow" / "airflow.db")
-        shutil.copy2(migrated_mlflow_db, tmp_path / "tuneloop" / "mlflow.db")
+        scenario = new_installation(tmp_path, airflow_env, migrated_airflow_db, migrated_mlflow_db)
         scenario.tuneloop("bootstrap", str(model_dir), "--reason", "e2e baseline")
         return scenario
 
