@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3.11
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo demo-bad demo-llm demo-llm-bad ui test test-fast test-integration bench cluster cluster-stop lock clean
+.PHONY: setup demo demo-bad ui test test-fast test-integration bench cluster cluster-stop lock clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,7 @@ demo-bad: setup
 	$(VENV)/bin/tuneloop demo --bad-candidate
 
 # The same loop for a chat model: a tiny causal LM answering questions about nicknames (data: the nicknames package).
+.PHONY: demo-llm demo-llm-bad
 demo-llm: setup
 	$(VENV)/bin/tuneloop demo --llm
 

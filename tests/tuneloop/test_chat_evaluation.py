@@ -221,3 +221,23 @@ def test_a_slice_that_got_worse_blocks_a_better_average(tmp_path):
     assert not result["passed"]
     assert any(r.startswith("slice domain=billing got worse: exact_match 1.000 → 0.000") for r in result["reasons"])
     assert {s["value"]: s["passed"] for s in result["slices"]} == {"returns": True, "billing": False}
+
+
+def test_each_models_own_tokens_and_latency_are_reported(tmp_path):
+    """The pairing shares the rows' slice fields; generated tokens and latency must still be each model's own."""
+    run = _run(tmp_path)
+    storage.write_json(run.paths.base_source, {"source": "production", "version": "1"})
+    for tag, tokens, latency in (("production", 3, 10.0), ("candidate", 9, 30.0)):
+        path = run.paths.predictions(tag)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"id": f"e{i}", "reference": ref, "hypothesis": ref, "latency_ms": latency,
+                                            "generated_tokens": tokens}) + "\n" for i, ref in enumerate(REFS)))
+
+    result = task_for("chat").validate(run)
+
+    assert result["secondary"]["generated_tokens"] == {"baseline": 3, "candidate": 9}
+    assert result["secondary"]["latency_s"] == {"baseline": 0.01, "candidate": 0.03}
+    flat = chat_evaluation.flat_metrics(result)
+    assert (flat["baseline_generated_tokens"], flat["candidate_generated_tokens"]) == (3, 9)
+    section = "\n".join(chat_evaluation.record_sections({"gate": result}))
+    assert "| generated_tokens | 3 | 9 |" in section

@@ -7,6 +7,10 @@
 - :mod:`tuneloop_demo.baseline`: the shipped baseline model and the bootstrap that regenerates it.
 - :mod:`tuneloop_demo.settings`: measured demo hyperparameters and numbers.
 
+The chat demo (``make demo-llm``): :mod:`tuneloop_demo.nickname_world` (questions about nicknames, the facts from
+the ``nicknames`` package), :mod:`tuneloop_demo.llm` (production model built here, traffic, the Airflow run),
+:mod:`tuneloop_demo.nickname_settings` and :mod:`tuneloop_demo.nickname_measure` (settings and their measurement).
+
 No Airflow here; the generation modules do not import torch.
 """
 

@@ -1,4 +1,4 @@
-"""``python -m tuneloop_demo {build-world,bootstrap-baseline,measure}``."""
+"""``python -m tuneloop_demo {build-world,bootstrap-baseline,measure,measure-llm}``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--baseline", type=Path, default=None, help="Baseline model (default: shipped one).")
     measure.add_argument("--variants", nargs="+", default=["full", "lora", "shuffle"], choices=list(VARIANTS),
                          help="Fine-tuning variants to run (tuneloop_demo.settings.VARIANTS).")
+    llm = commands.add_parser("measure-llm", help="Run the chat demo's ML path without Airflow and report numbers.")
+    llm.add_argument("--work-dir", type=Path, required=True, help="World, production model and run outputs.")
+    llm.add_argument("--variants", nargs="+", default=["demo", "shuffle"],
+                     choices=["demo", "shuffle", "full", "lora-qv"],
+                     help="Fine-tuning variants (tuneloop_demo.nickname_measure.VARIANTS).")
+    llm.add_argument("--seeds", nargs="+", type=int, default=[0], help="Training seeds to run each variant with.")
     return parser
 
 
@@ -49,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         quiet_transformers()
         print(bootstrap_baseline(args.output, args.work_dir))
+    elif args.command == "measure-llm":
+        from tuneloop_demo.nickname_measure import measure as measure_llm
+
+        print(measure_llm(args.work_dir, args.variants, args.seeds))
     else:
         from tuneloop_demo.measure import measure
 

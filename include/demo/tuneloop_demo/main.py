@@ -46,11 +46,12 @@ class Installation:
 
     root: Path
     env: dict[str, str]
+    config_file: Path = DEMO_CONFIG
 
     def config(self):
         from tuneloop.config import load_config
 
-        return load_config(DEMO_CONFIG, env=self.env)
+        return load_config(self.config_file, env=self.env)
 
 
 def run_demo(*, bad_candidate: bool = False, workdir: Path | None = None) -> int:
@@ -89,14 +90,14 @@ def run_demo(*, bad_candidate: bool = False, workdir: Path | None = None) -> int
     return 0 if ok else 1
 
 
-def fresh_installation(root: Path) -> Installation:
+def fresh_installation(root: Path, config_file: Path = DEMO_CONFIG) -> Installation:
     """Wipe and recreate the run folder; environment for the CLI and Airflow pointing into it."""
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     env = {
         **os.environ,
         "TUNELOOP_HOME": str(root / "tuneloop"),
-        "TUNELOOP_CONFIG": str(DEMO_CONFIG),
+        "TUNELOOP_CONFIG": str(config_file),
         "AIRFLOW_HOME": str(root / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
@@ -104,7 +105,7 @@ def fresh_installation(root: Path) -> Installation:
     }
     for key in [k for k in env if k.startswith("AIRFLOW__DATABASE__")]:
         env.pop(key)
-    return Installation(root, env)
+    return Installation(root, env, config_file)
 
 
 def simulate_traffic(install: Installation, world: World, production_model: Path) -> Path:

@@ -36,10 +36,13 @@ def validate(run: PipelineRun) -> dict[str, Any]:
     from tuneloop.predictions import pair_predictions, read_predictions
     from tuneloop.text_gate import TextGateConfig, TextPair, text_gate
 
-    paired = pair_predictions(read_predictions(run.paths.predictions("production")),
-                              read_predictions(run.paths.predictions("candidate")))
+    production = read_predictions(run.paths.predictions("production"))
+    candidate = read_predictions(run.paths.predictions("candidate"))
+    paired = pair_predictions(production, candidate)
     text = run.config.validation.text
-    pairs = [TextPair(p.id, score(p.baseline, text), score(p.candidate, text)) for p in paired]
+    # each model's own row: generated tokens and latency are the model's, not shared like the slice fields
+    own = {p.id: p for p in production}, {p.id: p for p in candidate}
+    pairs = [TextPair(p.id, score(own[0][p.id], text), score(own[1][p.id], text)) for p in paired]
     outcome = text_gate(pairs, TextGateConfig.from_validation(run.config.validation), [p.slices for p in paired])
     first_run = run.base_model_source()["source"] != "production"
     result = outcome.to_dict() | {"requires_approval": first_run and outcome.passed, "first_run": first_run,
@@ -224,8 +227,8 @@ def flat_metrics(gate_result: dict[str, Any]) -> dict[str, float]:
             "improvement"), f"{metric}_p_value": gate_result.get("p_value"), f"{metric}_ci_low": boot.get("ci_low"),
         f"{metric}_ci_high": boot.get("ci_high"), "newly_broken": gate_result.get("newly_broken"),
         "newly_fixed": gate_result.get("newly_fixed")}
-    for model, means in (gate_result.get("secondary") or {}).items():
-        for name, value in means.items():
+    for name, means in (gate_result.get("secondary") or {}).items():  # {metric: {baseline: x, candidate: y}}
+        for model, value in means.items():
             flat[f"{model}_{name}"] = value
     return numbers(flat)
 
@@ -243,12 +246,11 @@ def record_sections(record: dict[str, Any]) -> list[str]:
              f"[{boot.get('ci_low')}, {boot.get('ci_high')}]", gate.get("significance_test"), gate.get("p_value")]]
     parts = ["", "## Metrics (eval split)", "",
              table(["metric", "production", "candidate", "improvement", "CI", "test", "p (one-sided)"], rows)]
-    secondary = gate.get("secondary") or {}
+    secondary = gate.get("secondary") or {}  # {metric: {baseline: mean, candidate: mean}}
     if secondary:
-        names = sorted({name for means in secondary.values() for name in means})
         parts += ["", "## Other scores (reported, not gated)", "",
-                  table(["model", *names], [[model, *(means.get(n) for n in names)]
-                                            for model, means in secondary.items()])]
+                  table(["score", "production", "candidate"], [[name, means.get("baseline"), means.get("candidate")]
+                                                               for name, means in secondary.items()])]
     parts += ["", "## Churn", "", table(["kind", "count"], [["fixed", gate.get("newly_fixed")],
                                                           ["newly broken", gate.get("newly_broken")],
                                                           ["improved", gate.get("improved_count")],
