@@ -550,7 +550,7 @@ def evaluate_trigger(config: TuneloopConfig, *, now: datetime, force: bool, stor
             return evaluate_trigger(config, now=now, force=force, store=own_store, own_run_id=own_run_id,
                                     dag_run_state=dag_run_state)
     reconcile_running_runs(store, now=now, timeout=timedelta(hours=config.schedule.run_timeout_hours),
-                           lookup=dag_run_state, exclude_run_id=own_run_id)
+                           lookup=dag_run_state, exclude_run_id=own_run_id, dag_id=config.dag_id("finetune_weekly"))
     deployed = store.deployed_versions(config.mlflow.model_name)
     window = timedelta(hours=config.trigger.error_rate_window_hours)
     metrics = store.trigger_metrics(now, window, deployed[0] if deployed else None, exclude_run_id=own_run_id)

@@ -21,7 +21,8 @@ from tuneloop.store import ErrorCaseStore, TrainingRun
 
 log = logging.getLogger(__name__)
 
-WEEKLY_DAG_ID = "finetune_weekly"  # the DAG whose runs have rows in tuneloop_training_runs
+WEEKLY_DAG_ID = "finetune_weekly"  # the DAG whose runs have rows in tuneloop_training_runs (a model of several:
+# finetune_weekly_<name>, TuneloopConfig.dag_id)
 GONE = "gone"  # what a lookup returns for a DAG run that does not exist (deleted, or never created)
 ACTIVE_STATES = frozenset({"queued", "running"})
 
@@ -51,7 +52,7 @@ def has_started(run: TrainingRun) -> bool:
 
 
 def reconcile_run(run: TrainingRun, *, dag_run_state: str | None, claimer_state: str | None, now: datetime,
-                  timeout: timedelta) -> RunLiveness:
+                  timeout: timedelta, dag_id: str = WEEKLY_DAG_ID) -> RunLiveness:
     """Decide whether a ``running`` row is still in progress.
 
     :param dag_run_state: Airflow's state of the run's DAG run, :data:`GONE`, or None when Airflow was not asked
@@ -68,7 +69,7 @@ def reconcile_run(run: TrainingRun, *, dag_run_state: str | None, claimer_state:
         seen = f"Airflow state {dag_run_state}" if dag_run_state else "Airflow state not checked"
         return RunLiveness(run.run_id, False, f"no result {_hours(age)} after it started: past "
                            f"schedule.run_timeout_hours={_hours(timeout, unit=False)} ({seen})", started)
-    where = f"DAG run {WEEKLY_DAG_ID}/{run.run_id}"
+    where = f"DAG run {dag_id}/{run.run_id}"
     if dag_run_state is None:
         return RunLiveness(run.run_id, True, "within its deadline (Airflow state not checked)", started)
     if dag_run_state in ACTIVE_STATES:
@@ -88,14 +89,16 @@ def reconcile_run(run: TrainingRun, *, dag_run_state: str | None, claimer_state:
 
 
 def reconcile_running_runs(store: ErrorCaseStore, *, now: datetime, timeout: timedelta,
-                           lookup: DagRunStateLookup | None, exclude_run_id: str | None = None) -> list[RunLiveness]:
-    """Reconcile every running row (but ``exclude_run_id``, the caller's own); fail those no longer in progress,
-    with the reason, leaving their cases unconsumed. Returns every verdict."""
+                           lookup: DagRunStateLookup | None, exclude_run_id: str | None = None,
+                           dag_id: str = WEEKLY_DAG_ID) -> list[RunLiveness]:
+    """Reconcile every running row of the store's model (but ``exclude_run_id``, the caller's own) against its DAG
+    runs in ``dag_id``; fail those no longer in progress, with the reason, leaving their cases unconsumed. Returns
+    every verdict."""
     verdicts = []
     for run in store.running_training_runs():
         if run.run_id == exclude_run_id:
             continue
-        verdict = reconcile_run(run, now=now, timeout=timeout, **_states(run, lookup))
+        verdict = reconcile_run(run, now=now, timeout=timeout, dag_id=dag_id, **_states(run, lookup, dag_id))
         if not verdict.in_progress:
             if store.fail_training_run(run.run_id, verdict.reason, at=now):
                 log.warning("training run %s failed by reconciliation: %s", run.run_id, verdict.reason)
@@ -103,10 +106,10 @@ def reconcile_running_runs(store: ErrorCaseStore, *, now: datetime, timeout: tim
     return verdicts
 
 
-def _states(run: TrainingRun, lookup: DagRunStateLookup | None) -> dict[str, Any]:
+def _states(run: TrainingRun, lookup: DagRunStateLookup | None, dag_id: str) -> dict[str, Any]:
     if lookup is None:
         return {"dag_run_state": None, "claimer_state": None}
-    state = lookup(WEEKLY_DAG_ID, run.run_id)
+    state = lookup(dag_id, run.run_id)
     claim = claimed_by(run)
     claimer_state = lookup(claim["dag_id"], claim["run_id"]) if claim and state == GONE else None
     return {"dag_run_state": state, "claimer_state": claimer_state}

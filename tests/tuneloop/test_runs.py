@@ -77,3 +77,25 @@ def test_stale_rows_are_failed_with_the_reason_and_the_live_ones_kept(tmp_path):
     # a second pass finds nothing more to do
     assert [v.run_id for v in reconcile_running_runs(store, now=NOW, timeout=DEADLINE, lookup=lookup,
                                                      exclude_run_id="manual__mine")] == ["manual__live"]
+
+
+def test_a_model_of_several_is_reconciled_against_its_own_weekly_dag(store):
+    """Two models' DAGs get the same run ids: a chat model's live run must be looked up in
+    finetune_weekly_support, not in finetune_weekly (where it does not exist and would be failed as gone)."""
+    from tuneloop.config import TuneloopConfig
+    from tuneloop.pipeline import evaluate_trigger
+
+    config = TuneloopConfig.model_validate({"models": [
+        {"name": "asr", "task": "speech_to_text", "model_name": "speech-to-text"},
+        {"name": "support", "task": "chat", "model_name": "support-assistant"}]}).for_model("support")
+    support = store.for_model("support", task="chat")
+    support.start_training_run("scheduled__1", at=NOW - timedelta(hours=1))
+    airflow = {("finetune_weekly_support", "scheduled__1"): "running"}
+
+    evaluate_trigger(config, now=NOW, force=False, store=support,
+                     dag_run_state=lambda dag_id, run_id: airflow.get((dag_id, run_id), GONE))
+
+    assert support.training_run("scheduled__1").status == "running"
+    evaluate_trigger(config, now=NOW, force=False, store=support, dag_run_state=lambda dag_id, run_id: GONE)
+    run = support.training_run("scheduled__1")
+    assert run.status == "failed" and "finetune_weekly_support/scheduled__1 no longer exists" in run.summary["reason"]
