@@ -78,15 +78,14 @@ def test_bootstrap_registers_the_chat_model_and_serves_it(world: NicknameWorld, 
                                                           install: Installation) -> None:
     """``tuneloop bootstrap`` logs a chat model with the chat pyfunc: the production alias answers conversations;
     the world's suite file registers as a chat suite."""
-    import mlflow
-
     from tuneloop.cli import main
+    from tuneloop.registry import ModelRegistry
 
     assert main(["bootstrap", str(production), "--reason", "test"]) == 0
     assert main(["suite", "add", "trained-phrasing", str(world.trained_suite)]) == 0
     config = install.config()
-    mlflow.set_tracking_uri(config.tracking_uri)
-    served = mlflow.pyfunc.load_model(f"models:/{config.mlflow.model_name}@production")
+    registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
+    served = registry.load_pyfunc("production")  # models:/<name>@production, process settings left as they were
     replies = served.predict([[{"role": "user", "content": "nicknames of aaron"}]])
     assert len(replies) == 1 and isinstance(replies[0], str)
 

@@ -159,7 +159,8 @@ def post_deploy_check(run: PipelineRun, dataset_id: str, deployed_version: str) 
     expected = {r["id"]: r for r in _read_jsonl(run.paths.predictions("candidate"))}
     uri = f"models:/{config.mlflow.model_name}@production"
     try:
-        served = _serve(config, uri, [row["messages"][:-1] for row in rows])
+        model = run.registry.load_pyfunc("production")  # the generic pyfunc loader, as serving does
+        served = [str(reply) for reply in model.predict([row["messages"][:-1] for row in rows])]
     except Exception as error:  # a model that cannot load or reply is the clearest failure of all
         return _check(False, None, None, len(rows), len(rows), [f"{uri} failed to serve: {error}"])
     references = [row["messages"][-1]["content"] for row in rows]
@@ -167,15 +168,6 @@ def post_deploy_check(run: PipelineRun, dataset_id: str, deployed_version: str) 
     validated_score = _mean_score(config, [expected[r["id"]]["hypothesis"] for r in rows], references)
     mismatched = sum(reply != expected[r["id"]]["hypothesis"] for reply, r in zip(served, rows, strict=True))
     return _judge(config, served_score, validated_score, len(rows), mismatched)
-
-
-def _serve(config: TuneloopConfig, uri: str, conversations: list[list[dict[str, Any]]]) -> list[str]:
-    import mlflow
-
-    mlflow.set_tracking_uri(config.tracking_uri)
-    mlflow.set_registry_uri(config.registry_uri)
-    model = mlflow.pyfunc.load_model(uri)
-    return [str(reply) for reply in model.predict(conversations)]
 
 
 def _mean_score(config: TuneloopConfig, replies: list[str], references: list[str]) -> float:
