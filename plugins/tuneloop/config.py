@@ -593,8 +593,8 @@ class TuneloopConfig(_Section):
         if not owners and DEFAULT_MODEL in self.model_names:
             owners = [DEFAULT_MODEL]  # a model named 'default' keeps today's DAG ids
         if not owners:
-            raise ConfigError(f"DAG {dag_id!r} belongs to none of the configured models ({', '.join(self.model_names)}): "
-                              f"a model's DAG ids end with _<model name>")
+            raise ConfigError(f"DAG {dag_id!r} belongs to none of the configured models "
+                              f"({', '.join(self.model_names)}): a model's DAG ids end with _<model name>")
         return self.for_model(max(owners, key=len))
 
     @property

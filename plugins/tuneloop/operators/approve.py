@@ -35,7 +35,8 @@ class _PolicyApprovalOperator(ApprovalOperator):
                          **kwargs)
 
     def pipeline(self, context: Context) -> PipelineRun:
-        return PipelineRun(load_model_config(self.dag_id), context["run_id"], RunParams.from_mapping(dict(context["params"])))
+        return PipelineRun(load_model_config(self.dag_id), context["run_id"],
+                           RunParams.from_mapping(dict(context["params"])))
 
     def approval_reason(self, context: Context, run: PipelineRun) -> str | None:
         raise NotImplementedError

@@ -13,7 +13,8 @@ class DecideOperator(BaseBranchOperator):
     """
 
     def choose_branch(self, context: Context) -> str:
-        run = PipelineRun(load_model_config(self.dag_id), context["run_id"], RunParams.from_mapping(dict(context["params"])))
+        run = PipelineRun(load_model_config(self.dag_id), context["run_id"],
+                          RunParams.from_mapping(dict(context["params"])))
         outcome = run.decide()
         if outcome == "approve_deploy":
             version = context["ti"].xcom_pull(task_ids="register")["version"]
