@@ -42,7 +42,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,13 +88,7 @@ class DatasetTooSmall(DatasetError):
 _DROP_COUNTS = ("quarantined", "skipped", "duplicates", "superseded", "excluded")
 
 
-@dataclass(frozen=True)
-class CaseNote:
-    """A case the export left out, why, and (for duplicates and superseded cases) the case kept instead."""
-
-    id: str
-    reason: str
-    kept_id: str | None = None
+CaseNote = Note  # a case the export left out, why, and the case kept instead (duplicates, superseded)
 
 
 @dataclass(frozen=True)
@@ -271,19 +265,15 @@ def export_dataset(
         dataset_id=dataset_id, created_at=now, run_id=run_id,
         case_ids={"train": tuple(i.case.id for i in train), "eval": tuple(i.case.id for i in evaluation),
                   "replay": tuple(i.case.id for i in replay)},
-        counts=counts, quarantined=_notes(screened.quarantined), superseded=tuple(superseded),
-        duplicates=tuple(duplicates), excluded_ids=tuple(excluded), skipped=_notes(screened.skipped),
+        counts=counts, quarantined=tuple(screened.quarantined), superseded=tuple(superseded),
+        duplicates=tuple(duplicates), excluded_ids=tuple(excluded), skipped=tuple(screened.skipped),
         config=config.model_dump(mode="json"),
         stats={split: task.split_stats(split_rows, config) for split, split_rows in rows.items()},
-        held_back=tuple(held_back), replay_dropped=tuple(replay_dropped), filtered=_notes(screened.filtered),
+        held_back=tuple(held_back), replay_dropped=tuple(replay_dropped), filtered=tuple(screened.filtered),
         files={**SPLIT_FILES, **{name: f"{name}.jsonl" for name in extra}}, task=task.name,
     )
     contents = {**rows, **extra}
     return _write_once(as_path(root) / "datasets", manifest, contents, [*train, *evaluation, *replay])
-
-
-def _notes(notes: Iterable[Note]) -> tuple[CaseNote, ...]:
-    return tuple(CaseNote(n.id, n.reason, n.kept_id) for n in notes)
 
 
 def _replay(
@@ -293,7 +283,7 @@ def _replay(
     already in the dataset, or an eval text."""
     items, dropped = task.replay(config)
     kept: list[ExportItem] = []
-    notes = list(_notes(dropped))
+    notes = list(dropped)
     for item in items:
         problem = guard.reason(item.guard_key, item.text) or _replay_overlap(task, item, taken, eval_texts)
         if problem:

@@ -390,14 +390,6 @@ def make_client(settings: ClientSettings, *, timeout: float, max_retries: int) -
 
 
 def _airflow_connection(conn_id: str) -> Any | None:
-    """The Airflow connection, or None when Airflow is not installed or the connection is not defined."""
-    try:
-        from airflow.sdk import Connection
-        from airflow.sdk.exceptions import AirflowNotFoundException
-    except ImportError:
-        return None
-    try:
-        return Connection.get(conn_id)
-    except AirflowNotFoundException:
-        return None
+    from tuneloop.hooks.connections import airflow_connection
 
+    return airflow_connection(conn_id)

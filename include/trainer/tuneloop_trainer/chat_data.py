@@ -16,7 +16,6 @@ spans through the fast tokenizer's character offsets (a token that overlaps a sp
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 
 from tuneloop_trainer.arguments import SpecError
-from tuneloop_trainer.data import derangement
+from tuneloop_trainer.data import derangement, jsonl_rows
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # the label cross-entropy skips
@@ -38,20 +37,11 @@ def read_chat_rows(path: str | Path, training: bool) -> list[dict[str, Any]]:
 
     :param training: also require an assistant message with weight 1 (evaluation only needs the final reply).
     """
-    file = Path(path)
-    if not file.is_file():
-        raise SpecError(f"data file {file} does not exist")
     rows = []
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SpecError(f"{file}:{number}: not valid JSON ({error})") from error
+    for where, row in jsonl_rows(path):
         problem = row_problem(row, training)
         if problem:
-            raise SpecError(f"{file}:{number}: {problem}")
+            raise SpecError(f"{where}: {problem}")
         rows.append(row)
     return rows
 

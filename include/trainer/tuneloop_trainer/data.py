@@ -25,22 +25,29 @@ from tuneloop_trainer.text import normalize_text
 REQUIRED_ROW_FIELDS = ("id", "audio", "text")
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL split, resolving each ``audio`` to an absolute path; bad rows are errors with line numbers."""
+def jsonl_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``(where, row)`` for each non-blank line of a JSONL split (``where`` is ``file:line``, for errors); a
+    missing file or a line that is not JSON is a :class:`SpecError`."""
     file = Path(path)
     if not file.is_file():
         raise SpecError(f"data file {file} does not exist")
-    rows = []
     for number, line in enumerate(file.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield f"{file}:{number}", json.loads(line)
         except json.JSONDecodeError as error:
             raise SpecError(f"{file}:{number}: not valid JSON ({error})") from error
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL split, resolving each ``audio`` to an absolute path; bad rows are errors with line numbers."""
+    file = Path(path)
+    rows = []
+    for where, row in jsonl_rows(file):
         missing = [name for name in REQUIRED_ROW_FIELDS if name not in row]
         if missing:
-            raise SpecError(f"{file}:{number}: row lacks field(s) {', '.join(missing)}")
+            raise SpecError(f"{where}: row lacks field(s) {', '.join(missing)}")
         audio = Path(row["audio"])
         row["audio"] = str(audio if audio.is_absolute() else file.parent / audio)
         rows.append(row)
