@@ -30,9 +30,13 @@ fi
 # passes on to each component once. Standalone stops its components only on SIGINT (KeyboardInterrupt); SIGTERM
 # or SIGHUP (`kill`, a closed terminal) would end it alone and leave every component running, so those become
 # SIGINT too.
+# A shell without job control (a script, `... &`, nohup) starts background commands with SIGINT ignored, and an
+# ignored signal stays ignored across exec: standalone would then never see the SIGINT that stops it. So it is
+# started with SIGINT back at its default.
 if [[ "${1:-}" == standalone ]]; then
     set -m
-    "$python" -m airflow "$@" < /dev/null &
+    "$python" -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execv(sys.executable, [sys.executable, "-m", "airflow", *sys.argv[1:]])' "$@" < /dev/null &
     pid=$!
     trap 'kill -INT "$pid" 2>/dev/null' INT TERM HUP
     while :; do

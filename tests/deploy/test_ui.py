@@ -92,6 +92,9 @@ STOPS = {  # how people stop it: Ctrl-C signals the terminal's process group; `k
     "ctrl-c": lambda pid: os.killpg(pid, signal.SIGINT),
     "kill": lambda pid: os.kill(pid, signal.SIGTERM),
 }
+# How each is started: from a terminal; `kill` also as a script's background job (`... &`, nohup), which starts
+# with SIGINT ignored -- an ignored signal survives exec, so standalone would never see the SIGINT that stops it.
+STARTS = {"ctrl-c": None, "kill": lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)}
 
 
 @pytest.fixture(params=sorted(STOPS))
@@ -103,7 +106,7 @@ def standalone(request, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], s
     log = tmp_path / "standalone.log"
     with log.open("wb") as out:
         server = subprocess.Popen(shlex.split(COMMAND), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+                                  start_new_session=True, preexec_fn=STARTS[request.param])
     try:
         yield f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}", env, server, log
     finally:
