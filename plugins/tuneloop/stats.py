@@ -267,9 +267,12 @@ def _resample(groups: _Categories, n: int, resamples: int, seed: int, workers: i
             # Given how many draws fell in the pool, each is a uniform pick among the pooled utterances.
             in_pool = counts[:, k]
             picks = rng.integers(0, pooled, size=int(in_pool.sum()))
-            owner = np.repeat(np.arange(size), in_pool)
-            sums[:, 0] += np.bincount(owner, weights=groups.pool_diff[picks], minlength=size)
-            sums[:, 1] += np.bincount(owner, weights=groups.pool_length[picks], minlength=size)
+            # Resample r's picks are the r-th run of ``picks``, so its sums are differences of running totals:
+            # integers, exact, and about 4x cheaper than a weighted bincount over an owner array.
+            ends = np.cumsum(in_pool)
+            for column, values in enumerate((groups.pool_diff, groups.pool_length)):
+                totals = np.concatenate(([0], np.cumsum(values[picks])))
+                sums[:, column] += totals[ends] - totals[ends - in_pool]
         deltas[start : start + size] = sums[:, 0] / np.maximum(sums[:, 1], 1.0)
 
     threads = max(1, min(workers or DEFAULT_WORKERS, len(starts)))

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from unittest.mock import patch
 
 import jiwer
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from tuneloop.metrics import MetricsError, ScoredPair, count_errors, score, score_pair
+from tuneloop import metrics
+from tuneloop.metrics import MetricsError, ScoredPair, ScoredSet, count_errors, score, score_pair
 from tuneloop.predictions import PairedPrediction, Prediction
 from tuneloop.text import normalize_transcript
 
@@ -136,3 +141,102 @@ def test_corpus_wer_and_cer_of_text_lists() -> None:
     assert corpus_cer(["ab"], ["ac"]) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         corpus_wer(["a"], [])
+
+
+# --- The fast scoring path against a plain reference, on random texts ------------------------------------------
+
+# Tokens that exercise normalisation: case, accents that fold, letters that vanish, apostrophes, hyphens, digits,
+# punctuation-only tokens, repeated words (alignments with several optimal paths) and the empty token.
+_TOKENS = ["the", "the", "cat", "sat", "a", "on", "mat", "The", "CAT", "don't", "'", "Café", "naïve", "ÉCOLE",
+           "straße", "wi-fi", "U.S.A.", "42", "x1", "!", "...", "—", "日本", "ﬁ", ""]
+_SEPARATORS = [" ", "  ", "\t", "\n", " , ", "-"]
+# Nearly normalised: vocabulary words and apostrophes, but an empty word makes a double, leading or trailing space.
+_CLEAN_LOOKING = st.lists(st.sampled_from(["the", "cat", "don't", "'", ""]), max_size=5).map(" ".join)
+_TEXTS = st.one_of(
+    st.lists(st.tuples(st.sampled_from(_TOKENS), st.sampled_from(_SEPARATORS)), max_size=8).map(
+        lambda parts: "".join(token + separator for token, separator in parts)),
+    _CLEAN_LOOKING,
+    st.text(max_size=20),
+    st.just(""),
+)
+
+
+@st.composite
+def _triples(draw: st.DrawFn) -> tuple[str, str, str]:
+    """A reference and two hypotheses, each the reference itself, the reference restyled (same words once
+    normalised), the reference with one word replaced by 0-2 tokens (near misses share a prefix), or any text."""
+    reference = draw(_TEXTS)
+
+    def hypothesis() -> str:
+        kind = draw(st.sampled_from(["same", "restyled", "edited", "other"]))
+        if kind == "same":
+            return reference
+        if kind == "restyled":
+            return reference.upper() + " ?!"
+        if kind == "edited":
+            words = reference.split()
+            i = draw(st.integers(0, len(words)))
+            return " ".join(words[:i] + draw(st.lists(st.sampled_from(_TOKENS), max_size=2)) + words[i + 1:])
+        return draw(_TEXTS)
+
+    return reference, hypothesis(), hypothesis()
+
+
+def _edit_distance(a: Sequence[object], b: Sequence[object]) -> int:
+    """Textbook Levenshtein distance (unit costs), one row of the dynamic programme at a time."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        current = [i]
+        for j, y in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def _expected(reference: str, hypothesis: str) -> tuple[int, int, int, int, bool]:
+    """Word errors, reference words, char errors, reference chars, exact -- the slow, obvious way."""
+    ref, hyp = normalize_transcript(reference), normalize_transcript(hypothesis)
+    return _edit_distance(ref.split(), hyp.split()), len(ref.split()), _edit_distance(ref, hyp), len(ref), ref == hyp
+
+
+def _counts(scored: ScoredSet, i: int) -> tuple[int, int, int, int, bool]:
+    return (int(scored.word_errors[i]), int(scored.reference_words[i]), int(scored.char_errors[i]),
+            int(scored.reference_chars[i]), bool(scored.exact[i]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_triples(), max_size=10), st.integers(1, 4))
+def test_score_pair_equals_a_plain_edit_distance(triples: list[tuple[str, str, str]], chunk: int) -> None:
+    """Every count of the fast path (chunked normalisation, rapidfuzz, shortcuts) equals the textbook one; small
+    normalisation chunks so that chunks of clean texts, dirty texts and empty texts all occur."""
+    paired = [PairedPrediction(f"u{i}", *triple) for i, triple in enumerate(triples)]
+    with patch.object(metrics, "_CHECK_CHUNK", chunk):
+        pair = score_pair(paired)
+        single = score([p.candidate for p in paired])
+    for i, p in enumerate(paired):
+        assert _counts(pair.baseline, i) == _expected(p.reference, p.baseline_hypothesis)
+        assert _counts(pair.candidate, i) == _expected(p.reference, p.candidate_hypothesis)
+        assert _counts(single, i) == _counts(pair.candidate, i)
+        one = count_errors(p.reference, p.candidate_hypothesis)
+        assert (one.word_errors, one.reference_words, one.char_errors, one.reference_chars, one.char_errors == 0) == (
+            _counts(pair.candidate, i))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TEXTS, max_size=12), st.integers(1, 5))
+def test_chunked_normalisation_equals_normalize_transcript(texts: list[str], chunk: int) -> None:
+    """Clean-looking texts with a stray space among normalised ones: the whole-chunk check must not pass them."""
+    with patch.object(metrics, "_CHECK_CHUNK", chunk):
+        assert metrics._normalise_all(texts) == [normalize_transcript(t) for t in texts]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_TEXTS, _TEXTS)
+def test_word_counts_match_jiwer(reference: str, hypothesis: str) -> None:
+    """jiwer itself (it refuses an empty reference) on the same normalised texts."""
+    ref, hyp = normalize_transcript(reference), normalize_transcript(hypothesis)
+    assume(ref)
+    scored = score([Prediction("a", reference, hypothesis)])
+    words, chars = jiwer.process_words(ref, hyp), jiwer.process_characters(ref, hyp)
+    assert int(scored.word_errors[0]) == words.substitutions + words.deletions + words.insertions
+    assert int(scored.char_errors[0]) == chars.substitutions + chars.deletions + chars.insertions
