@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tuneloop.audio import AudioError, local_audio_path, probe_audio
+from tuneloop.audio import AudioError, AudioInfo, local_audio_path, probe_audio
 from tuneloop.text import normalize_transcript
 
 SNIPPET_CHARS = 200
@@ -90,6 +90,8 @@ class CaseDraft:
     metadata: dict[str, Any]
     content_hash: str
     payload: dict[str, Any] | None = None  # what a task stores beside the common fields (a chat's messages, ...)
+    audio_duration_s: float | None = None  # what the probe found, so the export need not decode the file again
+    audio_sample_rate: int | None = None
 
     def values(self) -> dict[str, Any]:
         data = asdict(self)
@@ -255,11 +257,14 @@ def parse_case(row: Mapping[str, Any], *, base_dir: Path | str, default_source: 
     text = correction if correction is not None else prediction
     fields = common_fields(row, default_source=default_source, now=now, limits=limits)
     case_id = fields.pop("id")
-    audio_uri, audio_hash = _check_audio(audio_key, audio, base_dir, correction, limits)
+    audio_uri, info = _check_audio(audio_key, audio, base_dir, correction, limits)
+    audio_hash = info.content_hash if info else None
     audio_identity = f"sha256:{audio_hash}" if audio_hash else f"uri:{audio_uri}"
     content_hash = sha256(f"{audio_identity}\n{normalize_transcript(text)}")
     return CaseDraft(id=case_id or content_hash[:32], audio_uri=audio_uri, audio_hash=audio_hash,
-                     prediction=prediction, correction=correction, content_hash=content_hash, **fields)
+                     prediction=prediction, correction=correction, content_hash=content_hash,
+                     audio_duration_s=info.duration_s if info else None,
+                     audio_sample_rate=info.sample_rate if info else None, **fields)
 
 
 def refuse_unknown(row: Mapping[str, Any], known: frozenset[str]) -> None:
@@ -405,9 +410,9 @@ def _case_id(value: Any) -> str | None:
 
 
 def _check_audio(key: str, audio: str, base_dir: Path | str, correction: str | None,
-                 limits: IngestLimits) -> tuple[str, str | None]:
-    """Local audio must exist, decode and carry the correction (returns its absolute path and content hash);
-    remote URIs are kept as given and checked at export, where the audio can be read."""
+                 limits: IngestLimits) -> tuple[str, AudioInfo | None]:
+    """Local audio must exist, decode and carry the correction (returns its absolute path and what the probe
+    found); remote URIs are kept as given and checked at export, where the audio can be read."""
     local = local_audio_path(audio)
     if local is None:
         return audio, None
@@ -421,12 +426,14 @@ def _check_audio(key: str, audio: str, base_dir: Path | str, correction: str | N
     problem = transcript_too_long(correction, info.duration_s, limits.max_chars_per_second)
     if problem:
         raise InvalidCase("correction", problem)
-    return str(path), info.content_hash
+    return str(path), info
 
 
-def transcript_too_long(text: str | None, duration_s: float, max_chars_per_second: float) -> str | None:
-    """Why ``text`` cannot be a training target for ``duration_s`` of audio, or None when it can."""
-    chars = len(normalize_transcript(text or ""))
+def transcript_too_long(text: str | None, duration_s: float, max_chars_per_second: float, *,
+                        normalized: bool = False) -> str | None:
+    """Why ``text`` cannot be a training target for ``duration_s`` of audio, or None when it can. ``normalized``:
+    ``text`` is already :func:`normalize_transcript`'s output (the export has it; saves normalising twice)."""
+    chars = len(text or "") if normalized else len(normalize_transcript(text or ""))
     if chars > max_chars_per_second * duration_s:
         return (f"{chars} characters for {duration_s:.2f} s of audio: more than dataset.max_chars_per_second "
                 f"{max_chars_per_second:g} can carry")

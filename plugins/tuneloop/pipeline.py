@@ -553,7 +553,9 @@ def evaluate_trigger(config: TuneloopConfig, *, now: datetime, force: bool, stor
                            lookup=dag_run_state, exclude_run_id=own_run_id, dag_id=config.dag_id("finetune_weekly"))
     deployed = store.deployed_versions(config.mlflow.model_name)
     window = timedelta(hours=config.trigger.error_rate_window_hours)
-    metrics = store.trigger_metrics(now, window, deployed[0] if deployed else None, exclude_run_id=own_run_id)
+    limit = max(config.trigger.min_error_cases, config.trigger.min_corrected_cases, 1)  # "at least the threshold?"
+    metrics = store.trigger_metrics(now, window, deployed[0] if deployed else None, exclude_run_id=own_run_id,
+                                    count_limit=limit)
     return check_trigger(metrics, config.trigger, now=now, force=force)
 
 

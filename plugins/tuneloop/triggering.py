@@ -32,7 +32,9 @@ from tuneloop.config import FinetuningConfig
 class TriggerMetrics:
     """What the store knows that matters for triggering (see ``ErrorCaseStore.trigger_metrics``).
 
-    ``new_cases``/``new_corrected_cases`` count all unconsumed cases (any model version, any age);
+    ``new_cases``/``new_corrected_cases`` count all unconsumed cases (any model version, any age), each up to
+    ``count_limit`` when one is given: the rules only ask "at least the threshold?", and counting a backlog of a
+    million cases to answer that would cost what the backlog costs; a count equal to the limit means "at least".
     ``window_errors``/``window_inferences`` count cases created and inferences reported inside
     [``window_start``, ``window_end``] for ``model_version`` (every version when it is None).
     """
@@ -46,6 +48,7 @@ class TriggerMetrics:
     model_version: str | None = None
     last_training_finished_at: datetime | None = None
     running_training_run: str | None = None
+    count_limit: int | None = None
 
     @property
     def training_in_progress(self) -> bool:
@@ -116,14 +119,19 @@ def _verdict(metrics: TriggerMetrics, *, force: bool, cooling: bool, count_ok: b
 def _check_corrected(metrics: TriggerMetrics, config: FinetuningConfig) -> tuple[bool, str]:
     ok = metrics.new_corrected_cases >= config.min_corrected_cases
     sign = ">=" if ok else "<"
-    return ok, (f"{metrics.new_corrected_cases} new corrected cases {sign} "
+    return ok, (f"{_counted(metrics, metrics.new_corrected_cases)} new corrected cases {sign} "
                 f"min_corrected_cases {config.min_corrected_cases}")
 
 
 def _check_count(metrics: TriggerMetrics, config: FinetuningConfig) -> tuple[bool, str]:
     ok = metrics.new_cases >= config.min_error_cases
     sign = ">=" if ok else "<"
-    return ok, f"{metrics.new_cases} new error cases {sign} min_error_cases {config.min_error_cases}"
+    return ok, f"{_counted(metrics, metrics.new_cases)} new error cases {sign} min_error_cases {config.min_error_cases}"
+
+
+def _counted(metrics: TriggerMetrics, count: int) -> str:
+    """A count as words: "at least N" when counting stopped at the limit."""
+    return f"at least {count}" if metrics.count_limit is not None and count >= metrics.count_limit else str(count)
 
 
 def _check_rate(metrics: TriggerMetrics, config: FinetuningConfig) -> tuple[bool, str]:

@@ -17,8 +17,9 @@ CORE_MODULES = (
     "tuneloop.regression", "tuneloop.plots", "tuneloop.storage", "tuneloop.backends.gce", "tuneloop.backends.pod",
     "tuneloop.runs", "tuneloop.intake", "tuneloop.text_metrics", "tuneloop.text_gate", "tuneloop.store.schema",
     "tuneloop.store.database", "tuneloop.store.cases", "tuneloop.store.training_runs", "tuneloop.store.deployments",
-    "tuneloop.store.suites", "tuneloop.store.inferences", "tuneloop.store.migrations", "tuneloop.tasks", "tuneloop.tasks.speech_to_text",
-    "tuneloop.tasks.chat", "tuneloop.tasks.chat_evaluation", "tuneloop.judge",
+    "tuneloop.store.suites", "tuneloop.store.inferences", "tuneloop.store.migrations",
+    "tuneloop.store.store_statistics", "tuneloop.tasks", "tuneloop.tasks.speech_to_text", "tuneloop.tasks.chat",
+    "tuneloop.tasks.chat_evaluation", "tuneloop.judge",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 
@@ -32,3 +33,12 @@ def test_core_modules_import_no_airflow_torch_or_mlflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
                             check=True)
     assert json.loads(result.stdout) == []
+
+
+def test_no_module_in_plugins_is_named_like_a_standard_library_module():
+    """Airflow's plugin loader imports every ``.py`` file under ``plugins/`` under its bare file name
+    (``sys.modules["<name>"]``): a ``statistics.py`` anywhere in the package replaces the standard library's
+    ``statistics`` in every Airflow process, and whatever imports it next (MLflow does) breaks."""
+    clashes = sorted(str(path.relative_to(PLUGINS)) for path in PLUGINS.rglob("*.py")
+                     if path.stem in sys.stdlib_module_names)
+    assert clashes == []

@@ -32,6 +32,17 @@ def test_count_rule_boundaries(new_cases, corrected, expected):
     assert f"{new_cases} new error cases {sign} min_error_cases 100" in result.reasons
 
 
+def test_counts_that_stopped_at_the_limit_read_as_at_least():
+    """The store counts new cases only up to the larger threshold: the decision is the same, the words honest."""
+    result = check_trigger(metrics(new_cases=100, new_corrected_cases=100, count_limit=100), CONFIG, now=NOW)
+    assert result.should_trigger
+    assert "at least 100 new error cases >= min_error_cases 100" in result.reasons
+    assert "at least 100 new corrected cases >= min_corrected_cases 50" in result.reasons
+    below = check_trigger(metrics(new_cases=99, new_corrected_cases=40, count_limit=100), CONFIG, now=NOW)
+    assert "99 new error cases < min_error_cases 100" in below.reasons and not below.should_trigger
+    assert below.metrics["count_limit"] == 100
+
+
 def test_reasons_read_as_plain_words():
     result = check_trigger(metrics(new_cases=152, new_corrected_cases=60), CONFIG, now=NOW)
     assert result.reasons[0] == "triggered: enough new error cases"

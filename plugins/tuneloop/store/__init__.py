@@ -26,12 +26,14 @@ the hash of its content (speech: audio content and normalised text), so storing 
 returns the existing id. Times are stored as UTC; naive datetimes given to this module are taken to be UTC.
 
 What makes a row a valid case is the model's task (:mod:`tuneloop.tasks`, built on :mod:`tuneloop.intake`); here
-each row is written in its own savepoint, so a row the database refuses costs only itself, and only an unusable
-database (unreachable, locked) fails a batch.
+rows are written a chunk at a time (one lookup, one insert), and row by row in savepoints when the database
+refuses the chunk, so a row the database refuses costs only itself, and only an unusable database (unreachable,
+locked) fails a batch.
 
 One module per concern, combined by :class:`ErrorCaseStore`: :mod:`~tuneloop.store.cases` (cases, ingestion and
 rejections), :mod:`~tuneloop.store.training_runs`, :mod:`~tuneloop.store.deployments`,
-:mod:`~tuneloop.store.suites` and :mod:`~tuneloop.store.inferences`; the tables are in
+:mod:`~tuneloop.store.suites`, :mod:`~tuneloop.store.inferences` and :mod:`~tuneloop.store.store_statistics`
+(the counts of ``tuneloop status``); the tables are in
 :mod:`~tuneloop.store.schema`, the engine and write transactions in :mod:`~tuneloop.store.database`, schema versions
 and migrations in :mod:`~tuneloop.store.migrations`.
 """
@@ -57,7 +59,6 @@ from tuneloop.store.cases import (
     IngestRejection,
     IngestReport,
     RejectedRow,
-    StoreStatistics,
 )
 from tuneloop.store.database import _WRITE_OPTION, NotFound, StoreBase, StoreError, _make_engine
 from tuneloop.store.deployments import PRODUCTION_ACTIONS, DeploymentRecords
@@ -79,6 +80,7 @@ from tuneloop.store.schema import (
     suites_table,
     version_table,
 )
+from tuneloop.store.store_statistics import StatisticsRecords, StoreStatistics
 from tuneloop.store.suites import SuiteRecords
 from tuneloop.store.training_runs import (
     CONSUMING_STATUSES,
@@ -117,6 +119,7 @@ __all__ = [
     "RejectedRow",
     "RunRecords",
     "RunStatus",
+    "StatisticsRecords",
     "StoreBase",
     "StoreError",
     "StoreStatistics",
@@ -135,7 +138,8 @@ __all__ = [
 ]
 
 
-class ErrorCaseStore(CaseRecords, RunRecords, DeploymentRecords, SuiteRecords, InferenceRecords):
+class ErrorCaseStore(CaseRecords, StatisticsRecords, RunRecords, DeploymentRecords, SuiteRecords,
+                     InferenceRecords):
     """Facade over the store's tables, scoped to one model. Construct with a SQLAlchemy URL; the tables are created
     if missing, and upgraded if an older tuneloop made them.
 
@@ -199,12 +203,15 @@ class ErrorCaseStore(CaseRecords, RunRecords, DeploymentRecords, SuiteRecords, I
         self._engine.dispose()
 
     def trigger_metrics(self, now: datetime, window: timedelta, model_version: str | None,
-                        *, exclude_run_id: str | None = None) -> TriggerMetrics:
+                        *, exclude_run_id: str | None = None, count_limit: int | None = None) -> TriggerMetrics:
         """The numbers ``check_trigger`` decides on; the window is [now - window, now], both ends included.
-        ``exclude_run_id``: the caller's own run, which is not "another run in progress".
+        ``exclude_run_id``: the caller's own run, which is not "another run in progress". ``count_limit``: count
+        new cases only up to this many (the trigger asks "at least the threshold?"), so the check costs what the
+        thresholds and the window hold, not what the backlog holds.
 
         Errors in the window count cases of every state (a consumed or quarantined case was still a mistake of
         the model); inferences are periods that start inside the window. Everything is the store's model's.
+        Each count reads one index range (see the cases table's indexes).
         """
         now = as_utc(now)
         start = now - window
@@ -214,11 +221,14 @@ class ErrorCaseStore(CaseRecords, RunRecords, DeploymentRecords, SuiteRecords, I
         if model_version is not None:
             case_window.append(c.model_version == model_version)
             inference_window.append(i.model_version == model_version)
+        if count_limit is not None and count_limit < 1:
+            raise ValueError(f"count_limit: must be at least 1, got {count_limit}")
         with self._engine.connect() as conn:
-            new = conn.scalar(sa.select(sa.func.count()).where(c.model == self._model, c.state == "new")) or 0
-            new_corrected = conn.scalar(sa.select(sa.func.count()).where(
-                c.model == self._model, c.state == "new", c.correction.is_not(None))) or 0
-            errors = conn.scalar(sa.select(sa.func.count()).select_from(cases_table).where(*case_window)) or 0
+            _one_snapshot(conn)
+            new = _count(conn, [c.model == self._model, c.state == "new"], count_limit)
+            new_corrected = _count(conn, [c.model == self._model, c.state == "new", c.correction.is_not(None)],
+                                   count_limit)
+            errors = _count(conn, case_window, None)
             inferences = conn.scalar(sa.select(sa.func.sum(i.count)).where(*inference_window)) or 0
             running = conn.scalar(
                 sa.select(runs_table.c.run_id).where(runs_table.c.model == self._model,
@@ -236,7 +246,26 @@ class ErrorCaseStore(CaseRecords, RunRecords, DeploymentRecords, SuiteRecords, I
             model_version=model_version,
             last_training_finished_at=last.finished_at if last else None,
             running_training_run=running,
+            count_limit=count_limit,
         )
+
+
+def _one_snapshot(conn: sa.Connection) -> None:
+    """Let every read of this connection's transaction see the same moment, so counts taken while cases arrive
+    agree with each other (never more new corrected cases than new cases). SQLite in WAL mode already reads from
+    one snapshot per transaction; PostgreSQL's default (read committed) takes one per statement."""
+    if conn.dialect.name == "postgresql":
+        conn.execution_options(isolation_level="REPEATABLE READ")
+
+
+def _count(conn: sa.Connection, where: list[sa.ColumnElement[bool]], limit: int | None) -> int:
+    """How many cases match ``where``, counting at most ``limit`` of them (None: all). ``created_at`` is selected,
+    not a constant: every index of new cases holds it, so the one that holds the condition too (the corrected
+    cases' partial index for "corrected") answers without reading the table, and the planner sees that."""
+    if limit is None:
+        return conn.scalar(sa.select(sa.func.count()).select_from(cases_table).where(*where)) or 0
+    matching = sa.select(cases_table.c.created_at).where(*where).limit(limit).subquery()
+    return conn.scalar(sa.select(sa.func.count()).select_from(matching)) or 0
 
 
 def _model_name(name: str) -> str:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,8 +21,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tuneloop.intake import CaseDraft, InvalidCase, Line, decode_row, read_lines, sha256, storable
-from tuneloop.store.database import NotFound, StoreBase, StoreError, _batched, _chunks, _grouped, _is_transient
-from tuneloop.store.schema import cases_table, inferences_table, rejections_table, runs_table
+from tuneloop.store.database import NotFound, StoreBase, StoreError, _batched, _chunks, _is_transient
+from tuneloop.store.schema import cases_table, rejections_table
 from tuneloop.store.training_runs import CONSUMING_STATUSES, TrainingRun
 
 if TYPE_CHECKING:
@@ -34,6 +33,8 @@ log = logging.getLogger(__name__)
 CaseState = Literal["new", "consumed", "quarantined"]
 CASE_STATES: tuple[CaseState, ...] = ("new", "consumed", "quarantined")
 INGEST_CHUNK_ROWS = 500  # rows parsed, then written, per transaction: memory follows the chunk, not the file
+LOOKUP_ROWS = 249  # drafts per lookup of stored cases: their ids and content hashes and the model twice, 500
+LOOKUP_KEYS = 499  # rejection keys per lookup, and the model: 500 bound values (SQLite had a limit of 999)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class ErrorCase:
     state_reason: str | None = None
     consumed_by_run: str | None = None
     payload: dict[str, Any] | None = None
+    audio_duration_s: float | None = None  # what ingest's probe found (None: not probed yet, e.g. remote audio)
+    audio_sample_rate: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -113,26 +116,6 @@ class IngestRejection:
     reason: str
     snippet: str
     at: datetime
-
-
-@dataclass(frozen=True)
-class StoreStatistics:
-    """Counts for ``tuneloop status`` and the seed's ``get_statistics``, of one model."""
-
-    model: str
-    total_cases: int
-    by_state: dict[str, int]
-    corrected_cases: int
-    new_corrected_cases: int
-    by_model_version: dict[str, int]
-    by_error_type: dict[str, int]
-    rejected_rows: int
-    inferences_total: int
-    inferences_by_model_version: dict[str, int]
-    training_runs_by_status: dict[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class CaseRecords(StoreBase):
@@ -212,14 +195,14 @@ class CaseRecords(StoreBase):
                      base_dir: Path | str | None = None) -> IngestReport:
         """Store every valid row of a JSONL batch; refuse the others with line, field and reason.
 
-        No row can cost another: each is parsed on its own (bounded by the ``ingest`` limits) and written in its
-        own savepoint, so a row the database refuses is refused alone. Rows are written in chunks of
-        ``INGEST_CHUNK_ROWS``, one transaction each; a database that is unreachable raises (the whole batch can
-        be ingested again later: re-ingesting the same file stores nothing new, rows come back as duplicates and
-        rejections are not recorded twice). Relative audio paths are relative to the JSONL file, or to
-        ``base_dir`` (a folder, or a ``gs://`` prefix for a batch read from a bucket). ``source`` is the default
-        for rows without one (default ``"jsonl"``); ``batch_name`` is how the batch is recorded (default its
-        path).
+        No row can cost another: each is parsed on its own (bounded by the ``ingest`` limits), and a row the
+        database refuses is refused alone (:meth:`_write_rows`). Rows are written in chunks of
+        ``INGEST_CHUNK_ROWS``, one transaction and a few statements each; a database that is unreachable raises
+        (the whole batch can be ingested again later: re-ingesting the same file stores nothing new, rows come
+        back as duplicates and rejections are not recorded twice). Relative audio paths are relative to the JSONL
+        file, or to ``base_dir`` (a folder, or a ``gs://`` prefix for a batch read from a bucket). ``source`` is
+        the default for rows without one (default ``"jsonl"``); ``batch_name`` is how the batch is recorded
+        (default its path).
         """
         file = Path(path).absolute()
         if not file.is_file():
@@ -268,9 +251,92 @@ class CaseRecords(StoreBase):
 
     def _write_rows(self, conn: Connection, batch: str, drafts: list[tuple[Line, CaseDraft]],
                     rejected: list[RejectedRow]) -> tuple[list[str], list[DuplicateRow], list[RejectedRow]]:
+        """Write one chunk with a few statements instead of two per row: a per-row round trip costs more than
+        parsing the row and probing its audio. The outcome is the one of writing the rows one by one, in line
+        order (:meth:`_sort_drafts`); when the database refuses the bulk insert (a concurrent writer stored one of
+        the cases after our lookup, or one row breaks a rule of the database), the chunk is written again row by
+        row in savepoints inside the same transaction, so that only the offending row is refused."""
+        accepted, duplicates, refused_here, new = self._sort_drafts(drafts, *self._existing_cases(conn, drafts))
+        if new:
+            try:
+                with conn.begin_nested():
+                    now = self._clock()
+                    rows = [{**self._case_values(draft), "model": self._model, "ingested_at": now, "state": "new"}
+                            for draft in new]
+                    conn.execute(sa.insert(cases_table), rows)
+            except DBAPIError as error:
+                if _is_transient(error):
+                    raise
+                log.info("%s: the database refused the bulk insert of %d cases (%s); writing them one by one",
+                         self._model, len(new), str(error.orig)[:200])
+                accepted, duplicates, refused_here = self._write_one_by_one(conn, drafts)
+        refused = sorted([*rejected, *refused_here], key=lambda r: r.line)
+        self._record_rejections(conn, batch, refused)
+        return accepted, duplicates, refused
+
+    def _existing_cases(self, conn: Connection, drafts: list[tuple[Line, CaseDraft]]) -> tuple[dict[str, str],
+                                                                                                dict[str, str]]:
+        """The model's stored cases that share an id or a content hash with a draft: (id -> content hash, content
+        hash -> id). One query per ``LOOKUP_ROWS`` drafts, so that no statement binds more than 500 values
+        (SQLite's limit was 999 before 3.32). A UNION ALL of a lookup by id and one by content hash, not one WHERE
+        with OR: SQLite (without ANALYZE statistics) answers the OR by scanning all of the model's cases."""
+        t = cases_table
+        by_id: dict[str, str] = {}
+        by_hash: dict[str, str] = {}
+        for start in range(0, len(drafts), LOOKUP_ROWS):
+            part = [draft for _, draft in drafts[start : start + LOOKUP_ROWS]]
+            mine = sa.select(t.c.id, t.c.content_hash).where(t.c.model == self._model)
+            query = sa.union_all(mine.where(t.c.id.in_(sorted({d.id for d in part}))),
+                                 mine.where(t.c.content_hash.in_(sorted({d.content_hash for d in part}))))
+            for row in conn.execute(query):
+                by_id[row.id] = row.content_hash
+                by_hash[row.content_hash] = row.id
+        return by_id, by_hash
+
+    @staticmethod
+    def _sort_drafts(drafts: list[tuple[Line, CaseDraft]], by_id: dict[str, str], by_hash: dict[str, str],
+                     ) -> tuple[list[str], list[DuplicateRow], list[RejectedRow], list[CaseDraft]]:
+        """Decide each draft as :meth:`_insert_case` would, in line order, against the stored cases and the drafts
+        before it: an id stored with other content is refused (field ``id``); the same id or the same content is
+        a duplicate of the case that has it (the first occurrence wins); anything else is new. Returns accepted
+        ids, duplicates, refusals and the drafts to insert. ``by_id`` and ``by_hash`` are updated."""
         accepted: list[str] = []
         duplicates: list[DuplicateRow] = []
-        refused = list(rejected)
+        refused: list[RejectedRow] = []
+        new: list[CaseDraft] = []
+        for line, draft in drafts:
+            stored_hash = by_id.get(draft.id)
+            if stored_hash is not None and stored_hash != draft.content_hash:
+                error = InvalidCase("id", f"{draft.id!r} is already used by a case with different content")
+                refused.append(RejectedRow(line.number, error.field, error.reason, line.snippet))
+            elif stored_hash is not None:
+                duplicates.append(DuplicateRow(line.number, draft.id))
+            elif draft.content_hash in by_hash:
+                duplicates.append(DuplicateRow(line.number, by_hash[draft.content_hash]))
+            else:
+                by_id[draft.id] = draft.content_hash
+                by_hash[draft.content_hash] = draft.id
+                accepted.append(draft.id)
+                new.append(draft)
+        return accepted, duplicates, refused, new
+
+    @staticmethod
+    def _case_values(draft: CaseDraft) -> dict[str, Any]:
+        """``draft.values()`` without its deep copy: ``dataclasses.asdict`` copies every nested message and
+        metadata value, a third of the time of writing a chunk of chat cases. Nothing mutates the values, which
+        are only serialised by the insert."""
+        data = {field.name: getattr(draft, field.name) for field in fields(draft)}
+        data["error_types"] = list(draft.error_types)
+        data["meta"] = data.pop("metadata")
+        return data
+
+    def _write_one_by_one(self, conn: Connection, drafts: list[tuple[Line, CaseDraft]],
+                          ) -> tuple[list[str], list[DuplicateRow], list[RejectedRow]]:
+        """Each draft in its own savepoint (:meth:`_insert_isolated`): slower, but a row the database refuses costs
+        only itself. The fallback of :meth:`_write_rows`."""
+        accepted: list[str] = []
+        duplicates: list[DuplicateRow] = []
+        refused: list[RejectedRow] = []
         for line, draft in drafts:
             try:
                 case_id, is_new = self._insert_isolated(conn, draft)
@@ -281,8 +347,6 @@ class CaseRecords(StoreBase):
                 accepted.append(case_id)
             else:
                 duplicates.append(DuplicateRow(line.number, case_id))
-        refused.sort(key=lambda r: r.line)
-        self._record_rejections(conn, batch, refused)
         return accepted, duplicates, refused
 
     def _insert_isolated(self, conn: Connection, draft: CaseDraft) -> tuple[str, bool]:
@@ -316,22 +380,29 @@ class CaseRecords(StoreBase):
 
     def _record_rejections(self, conn: Connection, batch: str, rows: Iterable[RejectedRow]) -> None:
         """Record rejections once per model: a key over (batch, line, field, reason, snippet), unique with the
-        model, makes re-ingestion silent; the same bad line sent to two models is recorded for each."""
+        model, makes re-ingestion silent; the same bad line sent to two models is recorded for each. One lookup of
+        the keys already stored and one insert of the others per chunk, not two statements per row."""
         t = rejections_table
+        keyed: dict[str, RejectedRow] = {}
         for row in rows:
-            key = sha256(json.dumps([batch, row.line, row.field, row.reason, row.snippet]))
-            if conn.execute(sa.select(t.c.id).where(t.c.model == self._model, t.c.rejection_key == key)).first() \
-                    is None:
-                conn.execute(sa.insert(t).values(model=self._model, rejection_key=key, batch=batch, line=row.line,
-                                                 field=row.field, reason=row.reason, snippet=row.snippet,
-                                                 at=self._clock()))
+            keyed.setdefault(sha256(json.dumps([batch, row.line, row.field, row.reason, row.snippet])), row)
+        stored: set[str] = set()
+        for keys in _chunks(list(keyed), LOOKUP_KEYS):
+            stored.update(conn.execute(sa.select(t.c.rejection_key).where(
+                t.c.model == self._model, t.c.rejection_key.in_(keys))).scalars())
+        now = self._clock()
+        new = [{"model": self._model, "rejection_key": key, "batch": batch, "line": row.line, "field": row.field,
+                "reason": row.reason, "snippet": row.snippet, "at": now}
+               for key, row in keyed.items() if key not in stored]
+        if new:
+            conn.execute(sa.insert(t), new)
 
     # ------------------------------------------------------------------------------------------ reading cases
 
     def get_case(self, case_id: str) -> ErrorCase:
         t = cases_table
         with self._engine.connect() as conn:
-            row = conn.execute(sa.select(t).where(t.c.model == self._model, t.c.id == case_id)).first()
+            row = conn.execute(sa.select(*_CASE_COLUMNS).where(t.c.model == self._model, t.c.id == case_id)).first()
         if row is None:
             raise NotFound(self._no_case(case_id))
         return _case_from_row(row)
@@ -343,41 +414,44 @@ class CaseRecords(StoreBase):
         where = [t.c.model == self._model, t.c.state == "new"]
         if corrected_only:
             where.append(t.c.correction.is_not(None))
-        query = sa.select(t).where(*where).order_by(t.c.created_at, t.c.id).limit(limit)
+        query = sa.select(*_CASE_COLUMNS).where(*where).order_by(t.c.created_at, t.c.id).limit(limit)
         with self._engine.connect() as conn:
             return [_case_from_row(row) for row in conn.execute(query)]
 
-    def statistics(self) -> StoreStatistics:
-        """The model's totals by state, model version and error type, plus rejections, inferences and runs."""
-        c, i, r = cases_table.c, inferences_table.c, runs_table.c
-        mine = c.model == self._model
+    def cases_by_id(self, case_ids: Iterable[str]) -> dict[str, ErrorCase]:
+        """The model's cases with these ids, whatever their state (id -> case; unknown ids are left out), read
+        in chunks of 500."""
+        t = cases_table
+        found: dict[str, ErrorCase] = {}
         with self._engine.connect() as conn:
-            by_state = {state: 0 for state in CASE_STATES} | _grouped(conn, c.state, sa.func.count(), mine)
-            corrected = conn.scalar(sa.select(sa.func.count()).where(mine, c.correction.is_not(None))) or 0
-            new_corrected = conn.scalar(
-                sa.select(sa.func.count()).where(mine, c.correction.is_not(None), c.state == "new")) or 0
-            by_version = {str(k or "unknown"): v
-                          for k, v in _grouped(conn, c.model_version, sa.func.count(), mine).items()}
-            error_types: Counter[str] = Counter()
-            for types in conn.execute(sa.select(c.error_types).where(mine)).scalars():
-                error_types.update(types or [])
-            rejected = conn.scalar(sa.select(sa.func.count()).select_from(rejections_table)
-                                   .where(rejections_table.c.model == self._model)) or 0
-            inferences = _grouped(conn, i.model_version, sa.func.sum(i.count), i.model == self._model)
-            runs = _grouped(conn, r.status, sa.func.count(), r.model == self._model)
-        return StoreStatistics(
-            model=self._model,
-            total_cases=sum(by_state.values()),
-            by_state=by_state,
-            corrected_cases=corrected,
-            new_corrected_cases=new_corrected,
-            by_model_version=by_version,
-            by_error_type=dict(error_types.most_common()),
-            rejected_rows=rejected,
-            inferences_total=int(sum(inferences.values())),
-            inferences_by_model_version={k: int(v) for k, v in inferences.items()},
-            training_runs_by_status=runs,
-        )
+            for chunk in _chunks(sorted(set(case_ids)), 500):
+                query = sa.select(*_CASE_COLUMNS).where(t.c.model == self._model, t.c.id.in_(chunk))
+                found.update((case.id, case) for case in map(_case_from_row, conn.execute(query)))
+        return found
+
+    def iter_cases_for_export(self, *, corrected_only: bool = True,
+                              batch_size: int = 2000) -> Iterator[list[ErrorCase]]:
+        """The cases of :meth:`cases_for_export`, newest first (ties by id, descending), in batches: memory follows
+        a batch, not the store. Each batch is its own short query (keyset pagination on ``(created_at, id)``), so
+        no read stays open while the caller works on a batch, e.g. quarantines cases or fetches audio."""
+        t = cases_table
+        where = [t.c.model == self._model, t.c.state == "new"]
+        if corrected_only:
+            where.append(t.c.correction.is_not(None))
+        after: tuple[datetime, str] | None = None
+        while True:
+            page = list(where)
+            if after is not None:
+                page.append(sa.or_(t.c.created_at < after[0], sa.and_(t.c.created_at == after[0], t.c.id < after[1])))
+            query = (sa.select(*_CASE_COLUMNS).where(*page).order_by(t.c.created_at.desc(), t.c.id.desc())
+                     .limit(batch_size))
+            with self._engine.connect() as conn:
+                batch = [_case_from_row(row) for row in conn.execute(query)]
+            if batch:
+                yield batch
+            if len(batch) < batch_size:
+                return
+            after = (batch[-1].created_at, batch[-1].id)
 
     def ingest_rejections(self, limit: int = 100) -> list[IngestRejection]:
         """Most recent first."""
@@ -436,12 +510,25 @@ class CaseRecords(StoreBase):
         return f"error case {case_id!r} does not exist (model {self._model!r})"
 
 
+# What an ErrorCase holds: a read selects these, not the bookkeeping columns (ingested_at, state_changed_at),
+# each of which costs a conversion per row (an export reads a hundred thousand rows).
+_CASE_COLUMNS = tuple(cases_table.c[name] for name in (
+    "id", "created_at", "source", "model_version", "audio_uri", "audio_hash", "prediction", "correction",
+    "error_types", "error_score", "annotator", "meta", "content_hash", "state", "state_reason", "consumed_by_run",
+    "payload", "audio_duration_s", "audio_sample_rate"))
+
+
 def _case_from_row(row: sa.Row[Any]) -> ErrorCase:
+    """A row of ``_CASE_COLUMNS`` (unpacked by position: by name costs more than the rest of the read). The JSON
+    values are the row's own, decoded for it: nothing else holds them, so they are not copied."""
+    (case_id, created_at, source, model_version, audio_uri, audio_hash, prediction, correction, error_types,
+     error_score, annotator, meta, content_hash, state, state_reason, consumed_by_run, payload, duration,
+     sample_rate) = row
     return ErrorCase(
-        id=row.id, created_at=row.created_at, source=row.source, model_version=row.model_version,
-        audio_uri=row.audio_uri, audio_hash=row.audio_hash, prediction=row.prediction, correction=row.correction,
-        error_types=tuple(row.error_types or ()), error_score=row.error_score, annotator=row.annotator,
-        metadata=dict(row.meta or {}), content_hash=row.content_hash, state=row.state,
-        state_reason=row.state_reason, consumed_by_run=row.consumed_by_run,
-        payload=dict(row.payload) if row.payload is not None else None,
+        id=case_id, created_at=created_at, source=source, model_version=model_version, audio_uri=audio_uri,
+        audio_hash=audio_hash, prediction=prediction, correction=correction, error_types=tuple(error_types or ()),
+        error_score=error_score, annotator=annotator, metadata=meta if meta is not None else {},
+        content_hash=content_hash, state=state, state_reason=state_reason, consumed_by_run=consumed_by_run,
+        payload=payload, audio_duration_s=duration,
+        audio_sample_rate=sample_rate,
     )

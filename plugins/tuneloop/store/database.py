@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
@@ -92,6 +93,16 @@ def _grouped(conn: Connection, key: sa.ColumnElement[Any], aggregate: sa.ColumnE
     return {k: v for k, v in conn.execute(sa.select(key, aggregate).where(where).group_by(key)).tuples()}
 
 
+def _decode_json(text: str | bytes) -> Any:
+    """The JSON columns' reader: msgspec's decoder (several times faster than ``json.loads``; an export reads
+    three JSON values per case), and ``json.loads`` for what msgspec refuses but ``json.dumps`` may have written
+    (NaN, integers beyond 64 bits)."""
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return json.loads(text)
+
+
 def _make_engine(url: str) -> Engine:
     """An engine for ``url``; a bad URL or a missing driver is a StoreError naming the URL."""
     try:
@@ -101,7 +112,7 @@ def _make_engine(url: str) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed)
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        return sa.create_engine(parsed, pool_pre_ping=True, json_deserializer=_decode_json)
     except (ArgumentError, ImportError) as error:
         raise StoreError(f"store_url {parsed.render_as_string(hide_password=True)}: {error}") from error
 
@@ -112,10 +123,11 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     of one failing with "database is locked" when it upgrades a read to a write."""
     database = url.database or ""
     if database in ("", ":memory:"):
-        engine = sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        engine = sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False},
+                                  json_deserializer=_decode_json)
     else:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, json_deserializer=_decode_json)
     sa.event.listen(engine, "connect", _sqlite_connect)
     sa.event.listen(engine, "begin", _sqlite_begin)
     return engine

@@ -200,5 +200,37 @@ def _unique_name(inspector: sa.Inspector, table: str, columns: list[str]) -> str
                      "are not those of a version-1 store")
 
 
+# ---------------------------------------------------------------------------------------------- version 2 -> 3
+
+_V3_CORRECTED = "correction IS NOT NULL"
+
+
+def _v2_to_v3(ops: Operations, conn: Connection) -> None:
+    """The store at a million cases: cases keep what ingest's probe found (duration, sample rate), so the export
+    does not decode every file again; indexes that match the trigger's, the export's and the statistics' queries
+    replace the single-column ones on ``created_at``, ``model_version`` and ``state`` (each query led by
+    ``model``). Columns are added and indexes made without rebuilding the table (both databases can), so a large
+    store upgrades in the time its indexes take to build. Existing cases have no duration: the export probes
+    those when it reads them."""
+    table = "tuneloop_error_cases"
+    ops.add_column(table, sa.Column("audio_duration_s", sa.Float))
+    ops.add_column(table, sa.Column("audio_sample_rate", sa.Integer))
+    existing = {index["name"] for index in sa.inspect(conn).get_indexes(table)}
+    for old in ("ix_tuneloop_error_cases_created_at", "ix_tuneloop_error_cases_model_version",
+                "ix_tuneloop_error_cases_state"):
+        if old in existing:
+            ops.drop_index(old, table_name=table)
+    ops.create_index("ix_tuneloop_error_cases_model_created_at", table, ["model", "created_at"])
+    ops.create_index("ix_tuneloop_error_cases_model_model_version_created_at", table,
+                     ["model", "model_version", "created_at"])
+    ops.create_index("ix_tuneloop_error_cases_corrected", table, ["model", "state", "created_at", "id"],
+                     sqlite_where=sa.text(_V3_CORRECTED), postgresql_where=sa.text(_V3_CORRECTED))
+    if conn.dialect.name == "sqlite":
+        ops.create_index("ix_tuneloop_error_cases_model_error_types", table, ["model", "error_types"])
+    if sa.inspect(conn).has_table("tuneloop_inference_counts"):
+        ops.create_index("ix_tuneloop_inference_counts_model_period_start", "tuneloop_inference_counts",
+                         ["model", "period_start"])
+
+
 # MIGRATIONS[n] takes a store from version n to n + 1.
-MIGRATIONS: dict[int, Callable[[Operations, Connection], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Operations, Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}

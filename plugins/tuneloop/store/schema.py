@@ -18,8 +18,9 @@ import sqlalchemy as sa
 
 from tuneloop.intake import as_utc
 
-SCHEMA_VERSION = 2  # the version these tables are; version 1 had no ``model`` columns (one model per store) and
-# suite results only of speech (WER and CER required, no metric and score)
+SCHEMA_VERSION = 3  # the version these tables are; version 1 had no ``model`` columns (one model per store) and
+# suite results only of speech (WER and CER required, no metric and score); version 2 kept no audio duration and
+# sample rate (the export decoded every file again) and had no indexes for the trigger's window and backlog counts
 DEFAULT_MODEL = "default"
 MAX_MODEL_CHARS = 200
 
@@ -44,17 +45,21 @@ def model_column() -> sa.Column[str]:
 
 metadata = sa.MetaData()
 
+CORRECTED = "correction IS NOT NULL"  # the rows of the partial index of corrected cases
+
 cases_table = sa.Table(
     "tuneloop_error_cases",
     metadata,
     model_column(),
     sa.Column("id", sa.String(128), nullable=False),
-    sa.Column("created_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("ingested_at", UTCDateTime, nullable=False),
     sa.Column("source", sa.String(200), nullable=False),
-    sa.Column("model_version", sa.String(200), index=True),
+    sa.Column("model_version", sa.String(200)),
     sa.Column("audio_uri", sa.Text),  # None for cases without audio (chat)
     sa.Column("audio_hash", sa.String(64), index=True),
+    sa.Column("audio_duration_s", sa.Float),  # what ingest's probe found (None: not probed yet, e.g. remote audio)
+    sa.Column("audio_sample_rate", sa.Integer),
     sa.Column("prediction", sa.Text, nullable=False),
     sa.Column("correction", sa.Text),
     sa.Column("error_types", sa.JSON, nullable=False),
@@ -62,14 +67,23 @@ cases_table = sa.Table(
     sa.Column("annotator", sa.String(200)),
     sa.Column("metadata", sa.JSON, nullable=False, key="meta"),
     sa.Column("content_hash", sa.String(64), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False),
     sa.Column("state_reason", sa.Text),
     sa.Column("state_changed_at", UTCDateTime),
     sa.Column("consumed_by_run", sa.String(250)),
     sa.Column("payload", sa.JSON),  # what a task keeps beside the common fields (a chat's messages, ...)
     sa.PrimaryKeyConstraint("model", "id", name="pk_tuneloop_error_cases"),
     sa.UniqueConstraint("model", "content_hash", name="uq_tuneloop_error_cases_model_content_hash"),
-    sa.Index("ix_tuneloop_error_cases_model_state_created_at", "model", "state", "created_at"),  # export, trigger
+    # Each query on cases has an index that matches it, so its cost follows what it asks, not the store's size:
+    sa.Index("ix_tuneloop_error_cases_model_state_created_at", "model", "state", "created_at"),  # new cases
+    sa.Index("ix_tuneloop_error_cases_model_created_at", "model", "created_at"),  # the error-rate window
+    sa.Index("ix_tuneloop_error_cases_model_model_version_created_at", "model", "model_version", "created_at"),
+    # cases that carry a correction, by state and age (the trigger's count, speech's export): only those rows
+    sa.Index("ix_tuneloop_error_cases_corrected", "model", "state", "created_at", "id",
+             sqlite_where=sa.text(CORRECTED), postgresql_where=sa.text(CORRECTED)),
+    # error-type totals (``tuneloop status``) group the stored lists: SQLite reads them in order from here instead
+    # of sorting every case's list; PostgreSQL's ``json`` has no btree order (it scans in parallel instead)
+    sa.Index("ix_tuneloop_error_cases_model_error_types", "model", "error_types").ddl_if(dialect="sqlite"),
 )
 
 rejections_table = sa.Table(
@@ -95,6 +109,7 @@ inferences_table = sa.Table(
     sa.Column("period_start", UTCDateTime, nullable=False),
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.PrimaryKeyConstraint("model", "model_version", "period_start", name="pk_tuneloop_inference_counts"),
+    sa.Index("ix_tuneloop_inference_counts_model_period_start", "model", "period_start"),  # every version's window
 )
 
 runs_table = sa.Table(
