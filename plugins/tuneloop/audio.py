@@ -24,12 +24,13 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import soundfile as sf
 
-AudioProblem = Literal["missing", "undecodable", "empty", "non-finite", "silent"]
+AudioProblem = Literal["missing", "undecodable", "empty", "non-finite", "silent", "changed"]
 SILENCE_PEAK = 1e-4  # -80 dBFS: below one PCM16 step of dither, nothing a model can learn from
 
 
 class AudioError(ValueError):
-    """An audio file cannot be used; ``reason`` is one of missing, undecodable, empty, non-finite, silent."""
+    """An audio file cannot be used; ``reason`` is one of missing, undecodable, empty, non-finite, silent, changed
+    (not the recording that was probed at ingestion)."""
 
     def __init__(self, path: str | Path, reason: AudioProblem, detail: str = "") -> None:
         self.path = str(path)
@@ -70,15 +71,33 @@ def probe_audio(path: str | Path, *, trainable: bool = True) -> AudioInfo:
         raise AudioError(path, "empty", "no audio frames")
     if trainable:
         _check_trainable(path, data)
-    digest = hashlib.sha256(f"{sample_rate}:{data.shape[1]}:".encode())
-    digest.update(np.ascontiguousarray(data).tobytes())
     return AudioInfo(
         sample_rate=int(sample_rate),
         channels=int(data.shape[1]),
         frames=int(data.shape[0]),
         duration_s=data.shape[0] / sample_rate,
-        content_hash=digest.hexdigest(),
+        content_hash=_content_hash(data, sample_rate),
     )
+
+
+def _content_hash(data: np.ndarray, sample_rate: int) -> str:
+    digest = hashlib.sha256(f"{sample_rate}:{data.shape[1]}:".encode())
+    digest.update(np.ascontiguousarray(data).tobytes())
+    return digest.hexdigest()
+
+
+def convert_verified(source: str | Path, target: str | Path, sample_rate: int, content_hash: str) -> None:
+    """Write ``source`` as a ``sample_rate`` mono PCM16 WAV at ``target``, decoding it once: the export's copy,
+    which also proves the file is still the recording probed at ingestion (its content hash), so the export need
+    not probe it a second time. Raises AudioError (the trainability rules of :func:`probe_audio` first, then
+    "changed" when the content differs)."""
+    data, source_rate = _read(source)
+    if data.shape[0] == 0:
+        raise AudioError(source, "empty", "no audio frames")
+    _check_trainable(source, data)
+    if _content_hash(data, source_rate) != content_hash:
+        raise AudioError(source, "changed", "no longer matches the content hash stored at ingestion")
+    write_wav16(target, _to_mono(data, source_rate, sample_rate), sample_rate)
 
 
 def _check_trainable(path: str | Path, data: np.ndarray) -> None:
@@ -95,6 +114,10 @@ def load_mono(path: str | Path, sample_rate: int) -> np.ndarray:
     data, source_rate = _read(path)
     if data.shape[0] == 0:
         raise AudioError(path, "empty", "no audio frames")
+    return _to_mono(data, source_rate, sample_rate)
+
+
+def _to_mono(data: np.ndarray, source_rate: int, sample_rate: int) -> np.ndarray:
     mono = data.mean(axis=1)
     if source_rate != sample_rate:
         from scipy.signal import resample_poly  # ~3 s to import: only the export pays it, not every store user

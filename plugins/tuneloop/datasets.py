@@ -8,6 +8,8 @@ needs, deduplication keys) comes from the model's task (:mod:`tuneloop.tasks`). 
                                original files staying where they were
     train.jsonl, eval.jsonl    {"id", "audio": "audio/<hash>.wav", "text", "duration_s", "sample_rate",
                                 "created_at", "model_version", "source", <config.slice_fields from metadata>}
+    duplicates.jsonl           the cases left out as duplicates or superseded by a newer case (the manifest
+                               only counts them)
     manifest.json              DatasetManifest.to_dict()
 
 (chat: train.jsonl and eval.jsonl in OpenAI's chat fine-tuning format, plus the other formats asked for in
@@ -30,37 +32,58 @@ never failing the export. They are not store cases, so nothing consumes them.
 ``dataset_id`` hashes the rows, the split and the dataset config — never times or run ids — so the same input
 gives the same id, and an existing complete dataset is reused untouched. A dataset is written to a staging
 folder and renamed into place, so a reader sees all of it or nothing.
+
+At scale (a hundred thousand cases and more): cases are read from the store newest first in batches, their
+rows spooled to a file, so memory holds one batch and a few bytes per case; audio probed at ingestion is not
+decoded to be checked (its stored hash and duration are used); ``max_cases`` acts before any work on a case's
+files; the files (speech: 16 kHz WAV copies) are written last, only for a dataset that does not exist yet, by a
+pool of threads into a cache beside the datasets (``.cache/``), so an export killed half way resumes where it
+stopped, and linked from there into the dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import gc
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
+import msgspec
+
+from tuneloop.audio import AudioError
 from tuneloop.config import DatasetConfig
 from tuneloop.regression import LeakageGuard
 from tuneloop.storage import StoragePath, as_path, is_local
-from tuneloop.store import ErrorCaseStore
+from tuneloop.store import ErrorCase, ErrorCaseStore
 from tuneloop.tasks import ExportItem, Note, Task, task_for
 
 log = logging.getLogger(__name__)
 
-DATASET_FORMAT = 1
+DATASET_FORMAT = 2  # 2: the id hashes the files' bytes; duplicates and superseded cases in duplicates.jsonl
 MANIFEST_FILE = "manifest.json"
+DUPLICATES_FILE = "duplicates.jsonl"  # one line per duplicate or superseded case: the manifest only counts them
+EXPORT_BATCH = 2000  # cases read from the store, and rows written, at a time
+STALE_AFTER_S = 7 * 24 * 3600  # an export's leftovers (work folders, unused cached files) kept this long
 SPLIT_FILES = {"train": "train.jsonl", "eval": "eval.jsonl"}
 
 AudioFetcher = Callable[[str], Path]
+_T = TypeVar("_T")
 REPLAY_PREFIX = "replay:"
 # Replay rows carry no time of their own that matters; a fixed one keeps the dataset id content-addressed.
 REPLAY_CREATED_AT = datetime(1970, 1, 1, tzinfo=UTC)
@@ -150,18 +173,28 @@ class DatasetManifest:
         return self.directory / self.files[split]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["directory"], data["reused"]
+        """What ``manifest.json`` holds: everything but the duplicates and superseded cases, which are counted in
+        ``counts`` and listed in ``duplicates_file`` (a frequent recording would otherwise fill the manifest)."""
+        left_out = ("directory", "reused", "duplicates", "superseded")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in left_out}  # no deep copy
+        for name in ("quarantined", "skipped", "held_back", "replay_dropped", "filtered"):
+            data[name] = [asdict(note) for note in data[name]]
+        data["config"], data["stats"] = copy.deepcopy(self.config), copy.deepcopy(self.stats)
         data["created_at"] = self.created_at.isoformat()
         data["case_ids"] = {split: list(ids) for split, ids in self.case_ids.items()}
         data["excluded_ids"] = list(self.excluded_ids)
+        data["duplicates_file"] = DUPLICATES_FILE
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, directory: Path | None = None, reused: bool = False) -> DatasetManifest:
+        """From ``to_dict``'s shape; the duplicates and superseded cases are read from ``duplicates_file`` in
+        ``directory`` (a format-1 manifest listed them itself)."""
         notes = {name: tuple(CaseNote(**note) for note in data.get(name, ()))
                  for name in ("quarantined", "superseded", "duplicates", "skipped", "held_back", "replay_dropped",
                               "filtered")}
+        if "duplicates_file" in data and directory is not None:
+            notes |= _read_duplicates(as_path(directory) / data["duplicates_file"])
         return cls(
             dataset_id=data["dataset_id"],
             created_at=datetime.fromisoformat(data["created_at"]),
@@ -180,6 +213,15 @@ class DatasetManifest:
         )
 
 
+def _read_duplicates(path: Path) -> dict[str, tuple[CaseNote, ...]]:
+    """The ``duplicates`` and ``superseded`` notes of a dataset's duplicates file."""
+    kinds: dict[str, list[CaseNote]] = {"duplicate": [], "superseded": []}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        note = json.loads(line)
+        kinds[note.pop("kind")].append(CaseNote(**note))
+    return {"duplicates": tuple(kinds["duplicate"]), "superseded": tuple(kinds["superseded"])}
+
+
 def load_manifest(path: str | Path | StoragePath) -> DatasetManifest:
     """Read ``manifest.json`` (give the file or the dataset folder, local or in object storage); raise
     DatasetError when absent or broken."""
@@ -190,7 +232,7 @@ def load_manifest(path: str | Path | StoragePath) -> DatasetManifest:
         data = json.loads(file.read_text())
         return DatasetManifest.from_dict(data, directory=file.parent)
     except FileNotFoundError as error:
-        raise DatasetError(f"{file}: no dataset manifest") from error
+        raise DatasetError(f"{file}: no dataset manifest, or its {DUPLICATES_FILE} is missing") from error
     except (ValueError, KeyError, TypeError) as error:
         raise DatasetError(f"{file}: not a valid dataset manifest ({error})") from error
 
@@ -209,6 +251,7 @@ def export_dataset(
     guard: LeakageGuard | None = None,
     fetch_audio: AudioFetcher | None = None,
     task: Task | None = None,
+    workers: int | None = None,
 ) -> DatasetManifest:
     """Export the store's new cases as a dataset under ``root/datasets`` and return its manifest.
 
@@ -221,63 +264,247 @@ def export_dataset(
         other error fails the export (it may be transient).
     :param task: what kind of model the dataset is for (default speech to text): it checks and filters cases
         and writes their rows; everything else here is the same for every task.
+    :param workers: threads that write the examples' files (speech: decode, resample, write WAV); default the
+        machine's cores, at most 8.
     :raises DatasetTooSmall: too few usable cases for train plus ``min_eval_cases``.
+
+    A case whose audio no longer holds the recording probed at ingestion is found while its copy is written:
+    it is quarantined and the export made again without it (the copies already made are kept in the cache).
     """
     task = task or task_for("speech_to_text")
     now = now or datetime.now(UTC)
-    cases = store.cases_for_export(corrected_only=task.needs_correction)
-    screened = task.screen(cases, config, fetch_audio, now)
-    for note in screened.quarantined:
-        store.quarantine(note.id, note.reason)
-    kept, duplicates, superseded = _deduplicate(task, screened.items)
     guard = (guard or LeakageGuard()) | LeakageGuard(hashes=frozenset(exclude_hashes))
-    reasons = {item.case.id: guard.reason(item.guard_key, item.text) for item in kept}
-    excluded = [case_id for case_id, reason in reasons.items() if reason]
-    kept = [item for item in kept if not reasons[item.case.id]]
-    capped = kept[-config.max_cases:] if config.max_cases else kept
-    counts = {
-        "candidates": len(cases), "quarantined": len(screened.quarantined), "skipped": len(screened.skipped),
-        "filtered": len(screened.filtered), "duplicates": len(duplicates), "superseded": len(superseded),
-        "excluded": len(excluded),
-        "excluded_suite_audio": sum(1 for r in reasons.values() if r and "audio" in r),
-        "excluded_suite_text": sum(1 for r in reasons.values() if r and task.text_noun in r),
-        "dropped_by_max_cases": len(kept) - len(capped), "usable": len(capped),
-    }
-    if excluded:
+    broken: list[CaseNote] = []
+    while True:
+        try:
+            return _export(store, as_path(root) / "datasets", config, task, guard, fetch_audio, run_id=run_id,
+                           now=now, workers=workers or min(8, os.cpu_count() or 1), broken=broken)
+        except _SourcesBroken as error:  # each round quarantines at least one case: this ends
+            replay = [note for note in error.notes if note.id.startswith(REPLAY_PREFIX)]
+            if replay:  # not a store case: it cannot be quarantined, and would be drawn again
+                raise DatasetError(f"replay example {replay[0].id} broke while the dataset was written: "
+                                   f"{replay[0].reason}") from error
+            for note in error.notes:
+                store.quarantine(note.id, note.reason)
+            broken = [*error.quarantined, *error.notes]  # no longer new: the next round would not report them
+            log.warning("export: quarantined %d case(s) whose audio changed or broke since ingestion; exporting "
+                        "again without them", len(error.notes))
+
+
+class _SourcesBroken(Exception):
+    """Some kept examples' files could not be written (their source changed or broke since it was checked)."""
+
+    def __init__(self, notes: list[CaseNote]) -> None:
+        super().__init__(f"{len(notes)} example(s) could not be written")
+        self.notes = notes
+        self.quarantined: list[CaseNote] = []  # what the attempt quarantined before it wrote files
+
+
+@dataclass(slots=True)
+class _Kept:
+    """What the export keeps of a usable case while it reads the store: its row is in the spool file, and what
+    writes its files is made again, a page at a time, when they are written (:func:`_writers`)."""
+
+    id: str
+    text: bytes  # digest of the item's text: the held-back rule compares texts
+    offset: int  # where its row starts in the spool
+
+
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    """One example's files, and what writes them (None: the example is no longer usable, ``problem`` says why)."""
+
+    id: str
+    write: Callable[[Path], None] | None
+    files: tuple[str, ...]
+    problem: str | None = None
+
+
+@dataclass
+class _Selection:
+    """The export's pass over the store: kept cases newest first, and what was left out, and why."""
+
+    kept: list[_Kept] = field(default_factory=list)
+    quarantined: list[CaseNote] = field(default_factory=list)
+    skipped: list[CaseNote] = field(default_factory=list)
+    filtered: list[CaseNote] = field(default_factory=list)
+    duplicates: list[CaseNote] = field(default_factory=list)
+    superseded: list[CaseNote] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=Counter)
+    spooled: int = 0  # bytes written to the spool: where the next row starts
+    latest: dict[bytes, tuple[str, bytes]] = field(default_factory=dict)  # key digest -> newest case, text digest
+
+
+def _export(store: ErrorCaseStore, datasets: Path, config: DatasetConfig, task: Task, guard: LeakageGuard,
+            fetch_audio: AudioFetcher | None, *, run_id: str, now: datetime, workers: int,
+            broken: list[CaseNote]) -> DatasetManifest:
+    """One attempt of :func:`export_dataset`; ``broken``: cases an earlier attempt quarantined while writing
+    their files (reported with this attempt's quarantined cases)."""
+    local = is_local(datasets)
+    if local:
+        datasets.mkdir(parents=True, exist_ok=True)
+        _remove_stale(datasets.glob(".export-*"), now=time.time())
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=datasets if local else None) as work, _no_cycle_gc():
+        spool = Path(work) / "spool.jsonl"
+        with spool.open("w+b") as rows_file:
+            selection = _select(store, task, config, guard, fetch_audio, now, rows_file)
+            selection.quarantined = [*broken, *selection.quarantined]
+            selection.counts["quarantined"] = len(selection.quarantined)
+            kept = selection.kept[::-1]  # oldest first, as the splits are written
+            counts = dict(selection.counts)
+            counts["usable"] = len(kept)
+            train, evaluation = _time_split(kept, config, counts)
+            eval_texts = {item.text for item in evaluation}
+            held_back = [CaseNote(item.id, f"same {task.text_noun} as an eval case")
+                         for item in train if item.text in eval_texts]
+            train = [item for item in train if item.text not in eval_texts]
+            if not train:
+                raise DatasetTooSmall(len(kept) - len(held_back), config.min_eval_cases + 1, counts)
+            counts["held_back_same_text_as_eval"] = len(held_back)
+            in_dataset = {item.id for item in [*train, *evaluation]}
+            taken = {key for key, (case_id, _) in selection.latest.items() if case_id in in_dataset}
+            replay, replay_dropped = _replay(task, config, guard, taken, eval_texts)
+            counts |= {"train": len(train), "eval": len(evaluation), "replay": len(replay),
+                       "replay_dropped": len(replay_dropped)}
+            staging = Path(tempfile.mkdtemp(prefix="dataset-", dir=work))
+            staging.chmod(0o755)  # mkdtemp makes it private; trainers may run as another user
+            files, stats = _write_splits(staging, task, config, rows_file, train, evaluation, replay)
+        dataset_id = _dataset_id(staging, files, config)
+        manifest = DatasetManifest(
+            dataset_id=dataset_id, created_at=now, run_id=run_id,
+            case_ids={"train": tuple(i.id for i in train), "eval": tuple(i.id for i in evaluation),
+                      "replay": tuple(i.case.id for i in replay)},
+            counts=counts, quarantined=tuple(selection.quarantined), superseded=tuple(selection.superseded),
+            duplicates=tuple(selection.duplicates), excluded_ids=tuple(selection.excluded),
+            skipped=tuple(selection.skipped), config=config.model_dump(mode="json"), stats=stats,
+            held_back=tuple(held_back), replay_dropped=tuple(replay_dropped), filtered=tuple(selection.filtered),
+            files=files, task=task.name,
+        )
+        existing = _complete_manifest(datasets / dataset_id)
+        if existing is not None:
+            log.info("dataset %s already exists at %s: reused", dataset_id, datasets / dataset_id)
+            return existing
+        writers = _writers(store, task, config, fetch_audio, now, replay, [i.id for i in [*train, *evaluation]])
+        cache = _file_cache(datasets, config, task)
+        try:
+            _write_files(writers, staging, cache, workers)
+        except _SourcesBroken as error:
+            error.quarantined = selection.quarantined
+            raise
+        _write_records(staging, manifest)
+        published = _publish(datasets, staging, manifest)
+    _remove_stale(_unlinked(cache), now=time.time())
+    return published
+
+
+def _select(store: ErrorCaseStore, task: Task, config: DatasetConfig, guard: LeakageGuard,
+            fetch_audio: AudioFetcher | None, now: datetime, spool: BinaryIO) -> _Selection:
+    """Read the store's new cases newest first, batch by batch, and decide each one: quarantined, skipped or
+    filtered by the task; a duplicate or superseded by a newer case of the same key (the most recent wins); excluded
+    by the leakage guard; beyond ``max_cases``; or kept, its row appended to ``spool``.
+
+    Reading newest first lets ``max_cases`` act before any work on a case's files: once the dataset is full, the
+    older cases are only matched against the kept ones (a duplicate of a kept case is settled with it), without
+    fetching remote audio. Memory holds one batch of cases, and a few small values per case.
+    """
+    chosen = _Selection()
+    latest = chosen.latest
+    pages = store.iter_cases_for_export(corrected_only=task.needs_correction, batch_size=EXPORT_BATCH)
+    for batch in _read_ahead(pages):
+        full = bool(config.max_cases) and len(chosen.kept) >= config.max_cases
+        screened = task.screen(batch, config, None if full else fetch_audio, now)
+        chosen.counts["candidates"] += len(batch)
+        for note in screened.quarantined:
+            store.quarantine(note.id, note.reason)
+        chosen.quarantined += screened.quarantined
+        chosen.filtered += screened.filtered
+        if full:
+            chosen.counts["dropped_by_max_cases"] += len(screened.skipped)  # not fetched: the dataset is full
+        else:
+            chosen.skipped += screened.skipped
+        for item in screened.items:
+            _decide(item, task, config, guard, latest, chosen, spool)
+    chosen.counts = {  # a plain dict from here on: Counter's operators drop zeros, the manifest lists them
+        "candidates": chosen.counts["candidates"], "quarantined": len(chosen.quarantined),
+        "skipped": len(chosen.skipped), "filtered": len(chosen.filtered), "duplicates": len(chosen.duplicates),
+        "superseded": len(chosen.superseded), "excluded": len(chosen.excluded),
+        "excluded_suite_audio": chosen.counts["excluded_suite_audio"],
+        "excluded_suite_text": chosen.counts["excluded_suite_text"],
+        "dropped_by_max_cases": chosen.counts["dropped_by_max_cases"]}
+    if chosen.excluded:
         log.info("leakage guard: excluded %d case(s) matching regression-suite items (%d by audio, %d by text)",
-                 len(excluded), counts["excluded_suite_audio"], counts["excluded_suite_text"])
-    train, evaluation = _time_split(capped, config, counts)
-    eval_texts = {item.text for item in evaluation}
-    held_back = [CaseNote(item.case.id, f"same {task.text_noun} as an eval case")
-                 for item in train if item.text in eval_texts]
-    train = [item for item in train if item.text not in eval_texts]
-    if not train:
-        raise DatasetTooSmall(len(capped) - len(held_back), config.min_eval_cases + 1, counts)
-    counts["held_back_same_text_as_eval"] = len(held_back)
-    taken = {item.key for item in [*train, *evaluation]}
-    replay, replay_dropped = _replay(task, config, guard, taken, eval_texts)
-    rows = {"train": [item.row for item in [*train, *replay]], "eval": [item.row for item in evaluation]}
-    counts |= {"train": len(train), "eval": len(evaluation), "replay": len(replay),
-               "replay_dropped": len(replay_dropped)}
-    extra = task.extra_files(rows, config)
-    dataset_id = _dataset_id({**rows, **extra}, config)
-    manifest = DatasetManifest(
-        dataset_id=dataset_id, created_at=now, run_id=run_id,
-        case_ids={"train": tuple(i.case.id for i in train), "eval": tuple(i.case.id for i in evaluation),
-                  "replay": tuple(i.case.id for i in replay)},
-        counts=counts, quarantined=tuple(screened.quarantined), superseded=tuple(superseded),
-        duplicates=tuple(duplicates), excluded_ids=tuple(excluded), skipped=tuple(screened.skipped),
-        config=config.model_dump(mode="json"),
-        stats={split: task.split_stats(split_rows, config) for split, split_rows in rows.items()},
-        held_back=tuple(held_back), replay_dropped=tuple(replay_dropped), filtered=tuple(screened.filtered),
-        files={**SPLIT_FILES, **{name: f"{name}.jsonl" for name in extra}}, task=task.name,
-    )
-    contents = {**rows, **extra}
-    return _write_once(as_path(root) / "datasets", manifest, contents, [*train, *evaluation, *replay])
+                 len(chosen.excluded), chosen.counts["excluded_suite_audio"], chosen.counts["excluded_suite_text"])
+    return chosen
+
+
+def _read_ahead(pages: Iterator[list[ErrorCase]]) -> Iterator[list[ErrorCase]]:
+    """``pages``, the next one read by a thread while the caller works on this one: the database's part of a read
+    (and SQLite's, which runs without the GIL) overlaps the task's checks."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-read") as reader:
+        upcoming = reader.submit(next, pages, None)
+        while (page := upcoming.result()) is not None:
+            upcoming = reader.submit(next, pages, None)
+            yield page
+
+
+@contextlib.contextmanager
+def _no_cycle_gc() -> Iterator[None]:
+    """Python's cycle collector paused while the export holds a few objects per case: with a hundred thousand
+    cases alive it runs again and again over all of them (a third of the export's time) and finds nothing, as
+    the export makes no reference cycles; reference counting still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _decide(item: ExportItem, task: Task, config: DatasetConfig, guard: LeakageGuard,
+            latest: dict[bytes, tuple[str, bytes]], chosen: _Selection, spool: BinaryIO) -> None:
+    """One usable item, met newest first (see :func:`_select`)."""
+    text = _digest(item.text)
+    key = _digest(item.key)
+    newer = latest.get(key)
+    if newer is not None:
+        if newer[1] == text:
+            chosen.duplicates.append(CaseNote(item.case.id, f"same {task.example_noun} and text as a newer case",
+                                              newer[0]))
+        else:
+            chosen.superseded.append(CaseNote(item.case.id, f"a newer case corrects the same {task.example_noun} "
+                                                            "differently", newer[0]))
+        return
+    latest[key] = (item.case.id, text)
+    reason = guard.reason(item.guard_key, item.text)
+    if reason:
+        chosen.excluded.append(item.case.id)
+        chosen.counts["excluded_suite_audio"] += "audio" in reason
+        chosen.counts["excluded_suite_text"] += task.text_noun in reason
+        return
+    if config.max_cases and len(chosen.kept) >= config.max_cases:
+        chosen.counts["dropped_by_max_cases"] += 1
+        return
+    line = _json_line(item.row)
+    spool.write(line)  # appended: the spool is only read after the selection
+    chosen.kept.append(_Kept(item.case.id, text, chosen.spooled))
+    chosen.spooled += len(line)
+
+
+def _digest(text: str) -> bytes:
+    """16 bytes standing for a key or a text the export compares (a collision would take 2^64 of them)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def _json_line(row: dict[str, Any]) -> bytes:
+    """One row as a line of a split file: compact JSON, keys sorted (so the same row is the same bytes, which the
+    dataset id hashes), UTF-8."""
+    return msgspec.json.encode(row, order="sorted") + b"\n"
 
 
 def _replay(
-    task: Task, config: DatasetConfig, guard: LeakageGuard, taken: set[str], eval_texts: set[str]
+    task: Task, config: DatasetConfig, guard: LeakageGuard, taken: set[bytes], eval_texts: set[bytes],
 ) -> tuple[list[ExportItem], list[CaseNote]]:
     """The replay rows for this export: the task's draw from ``replay_path``, never a suite item, an example
     already in the dataset, or an eval text."""
@@ -294,44 +521,15 @@ def _replay(
     return kept, notes
 
 
-def _replay_overlap(task: Task, item: ExportItem, taken: set[str], eval_texts: set[str]) -> str | None:
-    if item.key in taken:
+def _replay_overlap(task: Task, item: ExportItem, taken: set[bytes], eval_texts: set[bytes]) -> str | None:
+    if _digest(item.key) in taken:
         return f"same {task.example_noun} as a case in this dataset"
-    if item.text in eval_texts:
+    if _digest(item.text) in eval_texts:
         return f"same {task.text_noun} as an eval case"
     return None
 
 
-def _deduplicate(task: Task, items: list[ExportItem]) -> tuple[list[ExportItem], list[CaseNote], list[CaseNote]]:
-    """One item per key (speech: per recording): the most recent wins (its correction is the latest word).
-
-    Returns the kept items oldest first, then duplicates (same text as the kept one) and superseded items.
-    """
-    latest: dict[str, ExportItem] = {}
-    for item in sorted(items, key=_age):
-        latest[item.key] = item
-    duplicates: list[CaseNote] = []
-    superseded: list[CaseNote] = []
-    for item in items:
-        kept = latest[item.key]
-        if kept is item:
-            continue
-        if kept.text == item.text:
-            duplicates.append(CaseNote(item.case.id, f"same {task.example_noun} and text as a newer case",
-                                       kept.case.id))
-        else:
-            superseded.append(CaseNote(item.case.id, f"a newer case corrects the same {task.example_noun} "
-                                                     "differently", kept.case.id))
-    return sorted(latest.values(), key=_age), duplicates, superseded
-
-
-def _age(item: ExportItem) -> tuple[datetime, str]:
-    return item.case.created_at, item.case.id
-
-
-def _time_split(
-    items: list[ExportItem], config: DatasetConfig, counts: dict[str, int]
-) -> tuple[list[ExportItem], list[ExportItem]]:
+def _time_split(items: list[_Kept], config: DatasetConfig, counts: dict[str, int]) -> tuple[list[_Kept], list[_Kept]]:
     """Oldest cases train, the most recent ``eval_fraction`` (rounded half up, at least min_eval_cases) evaluate."""
     eval_size = max(config.min_eval_cases, math.floor(len(items) * config.eval_fraction + 0.5))
     if len(items) - eval_size < 1:
@@ -339,78 +537,216 @@ def _time_split(
     return items[:-eval_size], items[-eval_size:]
 
 
-def _dataset_id(rows: dict[str, list[dict[str, Any]]], config: DatasetConfig) -> str:
-    """Hash of what a trainer would see: rows (audio named by content hash), split and the dataset config."""
-    canonical = json.dumps({"format": DATASET_FORMAT, "config": config.model_dump(mode="json"), "rows": rows},
-                           sort_keys=True, separators=(",", ":"))
-    return "ds-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
-
-
 # ---------------------------------------------------------------------------------------------------- write
 
 
-def _write_once(
-    datasets: Path, manifest: DatasetManifest, rows: dict[str, list[dict[str, Any]]], items: list[ExportItem],
-) -> DatasetManifest:
-    """Reuse a complete dataset with this id; otherwise write into staging and rename into place."""
-    final = datasets / manifest.dataset_id
-    existing = _complete_manifest(final)
-    if existing is not None:
-        log.info("dataset %s already exists at %s: reused", manifest.dataset_id, final)
-        return existing
-    if not is_local(datasets):
-        return _upload(final, manifest, rows, items)
-    datasets.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{manifest.dataset_id}-", dir=datasets))
-    staging.chmod(0o755)  # mkdtemp makes it private; trainers may run as another user
+def _write_splits(folder: Path, task: Task, config: DatasetConfig, spool: BinaryIO, train: list[_Kept],
+                  evaluation: list[_Kept], replay: list[ExportItem]) -> tuple[dict[str, str], dict[str, Any]]:
+    """Write train.jsonl and eval.jsonl (rows copied from the spool as they were serialised, replay rows after
+    the train cases) and the task's other formats, batch by batch; return the files written (name -> file) and
+    each split's statistics, read back from its file in one pass."""
+    files = dict(SPLIT_FILES)
+    handles: dict[str, BinaryIO] = {}
+    formats = bool(task.extra_files({"train": []}, config))  # rows are parsed back only for other formats
     try:
-        _write_contents(staging, manifest, rows, items)
-        if final.exists():
-            aside = datasets / f".incomplete-{manifest.dataset_id}-{uuid.uuid4().hex[:8]}"
-            log.warning("dataset folder %s has no complete manifest; moving it to %s", final, aside)
-            os.rename(final, aside)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            winner = _complete_manifest(final)  # another export of the same content finished first
-            if winner is None:
-                raise
-            return winner
+        for split, items in (("train", train), ("eval", evaluation)):
+            lines = (_spooled(spool, item.offset) for item in items)
+            if split == "train":
+                lines = itertools.chain(lines, (_json_line(item.row) for item in replay))
+            with (folder / files[split]).open("wb") as out:
+                for batch in _batches(lines, EXPORT_BATCH):
+                    out.writelines(batch)
+                    if not formats:
+                        continue
+                    extra = task.extra_files({split: [msgspec.json.decode(line) for line in batch]}, config)
+                    for name, rows in extra.items():
+                        if name not in handles:
+                            files[name] = f"{name}.jsonl"
+                            handles[name] = (folder / files[name]).open("wb")
+                        handles[name].writelines(_json_line(row) for row in rows)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for handle in handles.values():
+            handle.close()
+    for split in SPLIT_FILES:  # a split whose other formats got no rows still has their (empty) files
+        for name in task.extra_files({split: []}, config):
+            if name not in files:
+                files[name] = f"{name}.jsonl"
+                (folder / files[name]).touch()
+    stats = {split: task.split_stats(_read_rows(folder / files[split]), config) for split in SPLIT_FILES}
+    return files, stats
+
+
+def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _spooled(spool: BinaryIO, offset: int) -> bytes:
+    spool.seek(offset)
+    return spool.readline()
+
+
+def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as handle:
+        for line in handle:
+            yield msgspec.json.decode(line)
+
+
+def _dataset_id(folder: Path, files: dict[str, str], config: DatasetConfig) -> str:
+    """Hash of what a trainer would see: the bytes of every split and format file (rows name their audio by
+    content hash) and the dataset config -- never times or run ids."""
+    digest = hashlib.sha256(json.dumps({"format": DATASET_FORMAT, "config": config.model_dump(mode="json")},
+                                       sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    for name in sorted(files):
+        file_digest = hashlib.sha256()
+        with (folder / files[name]).open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                file_digest.update(chunk)
+        digest.update(f"\n{name}:{file_digest.hexdigest()}".encode())
+    return "ds-" + digest.hexdigest()[:16]
+
+
+def _file_cache(datasets: Path, config: DatasetConfig, task: Task) -> Path:
+    """Where examples' files are kept between exports (a retried or repeated export does not write them again):
+    beside the datasets when they are local, else in this machine's temporary folder. Keyed by the task and the
+    dataset config, which decide what a file named by its content holds (e.g. the sample rate)."""
+    settings = json.dumps([task.name, config.model_dump(mode="json")], sort_keys=True)
+    key = hashlib.sha256(settings.encode("utf-8")).hexdigest()[:16]
+    base = datasets / ".cache" if is_local(datasets) else Path(tempfile.gettempdir()) / "tuneloop-export-cache"
+    return base / key
+
+
+def _writers(store: ErrorCaseStore, task: Task, config: DatasetConfig, fetch_audio: AudioFetcher | None,
+             now: datetime, replay: list[ExportItem], case_ids: list[str]) -> Iterator[_Writer]:
+    """What writes each example's files: the replay items', then the kept cases', read again from the store a
+    page at a time and screened again by the task (its checks are what they were a moment ago; remote audio is
+    fetched once per export, see :func:`tuneloop.storage.audio_fetcher`), so memory holds a page of writers, not
+    one per case of the dataset."""
+    for item in replay:
+        yield _Writer(item.case.id, item.write, item.files)
+    for start in range(0, len(case_ids), EXPORT_BATCH):
+        page = case_ids[start:start + EXPORT_BATCH]
+        cases = store.cases_by_id(page)
+        screened = task.screen([cases[i] for i in page if i in cases], config, fetch_audio, now)
+        items = {item.case.id: item for item in screened.items}
+        notes = {note.id: note.reason for note in [*screened.quarantined, *screened.skipped, *screened.filtered]}
+        for case_id in page:
+            item = items.get(case_id)
+            if item is None:
+                yield _Writer(case_id, None, (), notes.get(case_id, "no longer in the store"))
+            else:
+                yield _Writer(case_id, item.write, item.files)
+
+
+def _write_files(writers: Iterable[_Writer], folder: Path, cache: Path, workers: int) -> None:
+    """Each example's files into ``folder``: written once into the cache by ``workers`` threads (atomically, so
+    an export killed half way resumes where it stopped), then linked (or copied) into the dataset, a page at a
+    time. Examples whose source broke are gathered and raised together as ``_SourcesBroken``."""
+    started, written, cached, broken = time.monotonic(), 0, 0, []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="export-files") as pool:
+        for page in _batches(writers, EXPORT_BATCH):
+            broken += [CaseNote(w.id, w.problem) for w in page if w.problem]
+            todo = [w for w in page if w.write and not all((cache / name).is_file() for name in w.files)]
+            if todo:
+                cache.mkdir(parents=True, exist_ok=True)
+            for writer, problem in zip(todo, pool.map(lambda w: _cache_files(w, cache), todo), strict=True):
+                if problem:
+                    broken.append(CaseNote(writer.id, problem))
+            written += len(todo)
+            cached += sum(1 for w in page if w.files) - len(todo)
+            if not broken:
+                for writer in page:
+                    for name in writer.files:
+                        _link(cache / name, folder / name)
+    if broken:
+        raise _SourcesBroken(broken)
+    if written or cached:
+        elapsed = time.monotonic() - started
+        log.info("example files: %d written by %d thread(s) in %.1f s (%.0f/s), %d already in the cache %s",
+                 written, workers, elapsed, written / elapsed if elapsed else 0.0, cached, cache)
+
+
+def _cache_files(writer: _Writer, cache: Path) -> str | None:
+    """Write one example's files into the cache (each file appears whole or not at all: ``write`` writes
+    atomically, as :func:`~tuneloop.audio.write_wav16` does); return why its source is unusable, or None."""
+    assert writer.write is not None
+    try:
+        writer.write(cache)
+    except AudioError as error:
+        detail = f" ({error.detail})" if error.detail else ""
+        return f"audio {error.reason}: {error.path}{detail}"
+    return None
+
+
+def _unlinked(cache: Path) -> Iterator[Path]:
+    """Cached files no dataset links to any more (a dataset removed, or a copy made instead of a link)."""
+    if not cache.is_dir():
+        return
+    for folder, _, names in os.walk(cache):
+        for name in names:
+            path = Path(folder) / name
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_nlink == 1:
+                    yield path
+
+
+def _remove_stale(paths: Iterable[Path], *, now: float) -> None:
+    """Remove what an export left behind (a killed export's work folder, cached files no dataset uses) once it
+    is ``STALE_AFTER_S`` old: younger ones may belong to an export still running, or be reused by the next."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            if now - path.stat().st_mtime > STALE_AFTER_S:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
+
+
+def _link(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        pass
+    except OSError:  # another filesystem, or links not allowed: a copy
+        shutil.copyfile(source, target)
+
+
+def _write_records(folder: Path, manifest: DatasetManifest) -> None:
+    """The duplicates and superseded cases, one line each, beside the manifest (which only counts them)."""
+    with (folder / DUPLICATES_FILE).open("wb") as out:
+        for kind, notes in (("duplicate", manifest.duplicates), ("superseded", manifest.superseded)):
+            out.writelines(_json_line({"kind": kind, **asdict(note)}) for note in notes)
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _publish(datasets: Path, staging: Path, manifest: DatasetManifest) -> DatasetManifest:
+    """Move the finished folder into place: a rename locally (a reader sees all of it or nothing), an upload to
+    object storage with the manifest last (its presence is what "complete" means)."""
+    final = datasets / manifest.dataset_id
+    if not is_local(datasets):
+        files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+        for file in files:
+            (final / file.relative_to(staging).as_posix()).write_bytes(file.read_bytes())
+        (final / MANIFEST_FILE).write_bytes((staging / MANIFEST_FILE).read_bytes())
+        log.info("uploaded dataset %s: %d train, %d eval cases, %d files to %s", manifest.dataset_id,
+                 len(manifest.train_ids), len(manifest.eval_ids), len(files) + 1, final)
+        return replace(manifest, directory=final)
+    if final.exists():
+        aside = datasets / f".incomplete-{manifest.dataset_id}-{uuid.uuid4().hex[:8]}"
+        log.warning("dataset folder %s has no complete manifest; moving it to %s", final, aside)
+        os.rename(final, aside)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        winner = _complete_manifest(final)  # another export of the same content finished first
+        if winner is None:
+            raise
+        return winner
     log.info("wrote dataset %s: %d train, %d eval cases at %s", manifest.dataset_id,
              len(manifest.train_ids), len(manifest.eval_ids), final)
     return replace(manifest, directory=final)
-
-
-def _upload(
-    final: StoragePath, manifest: DatasetManifest, rows: dict[str, list[dict[str, Any]]], items: list[ExportItem],
-) -> DatasetManifest:
-    """Object storage has no atomic folder rename: write the files locally, upload them, the manifest last (its
-    presence is what "complete" means, and one object upload is atomic). Two exports of the same content upload
-    the same bytes, so a race is harmless."""
-    with tempfile.TemporaryDirectory(prefix=f"tuneloop-{manifest.dataset_id}-") as tmp:
-        local = Path(tmp)
-        _write_contents(local, manifest, rows, items)
-        files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
-        for file in files:
-            (final / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
-        (final / MANIFEST_FILE).write_bytes((local / MANIFEST_FILE).read_bytes())
-    log.info("uploaded dataset %s: %d train, %d eval cases, %d files to %s", manifest.dataset_id,
-             len(manifest.train_ids), len(manifest.eval_ids), len(files) + 1, final)
-    return replace(manifest, directory=final)
-
-
-def _write_contents(
-    folder: Path, manifest: DatasetManifest, rows: dict[str, list[dict[str, Any]]], items: list[ExportItem],
-) -> None:
-    for item in items:
-        if item.write is not None:
-            item.write(folder)
-    for split, split_rows in rows.items():
-        lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in split_rows)
-        (folder / manifest.files[split]).write_text(lines, encoding="utf-8")
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def _complete_manifest(folder: Path) -> DatasetManifest | None:

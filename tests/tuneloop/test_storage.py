@@ -38,7 +38,8 @@ def test_export_writes_a_complete_dataset_to_gcs_and_reuses_it(tmp_path, wav_fac
     manifest = export_dataset(store, bucket, CONFIG, run_id="run-1", now=T0)
     folder = bucket / "datasets" / manifest.dataset_id
     assert str(manifest.directory) == str(folder) and manifest.train_ids == tuple(ids[:7])
-    assert sorted(p.name for p in folder.iterdir()) == ["audio", "eval.jsonl", "manifest.json", "train.jsonl"]
+    assert sorted(p.name for p in folder.iterdir()) == ["audio", "duplicates.jsonl", "eval.jsonl", "manifest.json",
+                                                         "train.jsonl"]
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 7 and (folder / rows[0]["audio"]).read_bytes()[:4] == b"RIFF"
     assert load_manifest(folder).dataset_id == manifest.dataset_id  # read back through gs://

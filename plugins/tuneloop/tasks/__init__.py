@@ -46,8 +46,11 @@ class ExportItem:
     the audio content; chat: the normalised prompt and response). ``text`` is what the eval split must not see in
     training and what the regression suites' leakage guard matches (speech: the normalised transcript; chat: the
     normalised prompt); ``guard_key`` is the guard's other identity (speech: the audio content hash; chat: the
-    normalised prompt's hash). ``row`` is the dataset row, ``write`` writes the files it refers to (relative to
-    the dataset folder), if any.
+    normalised prompt's hash). ``row`` is the dataset row; ``write`` writes the files it refers to, ``files``
+    (paths relative to the folder it is given; named by content, so the export keeps them in a cache and a
+    retried export does not write them again), if any. ``write`` runs in the export's worker threads, writes each
+    file atomically (a reader never sees half of one) and raises ``AudioError`` when the example's source is no
+    longer usable.
     """
 
     case: ErrorCase
@@ -56,6 +59,7 @@ class ExportItem:
     guard_key: str
     row: dict[str, Any]
     write: Callable[[Path], None] | None = field(default=None, compare=False)
+    files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,13 +107,15 @@ class Task(Protocol):
         """Known-good examples mixed into every train split (``dataset.replay_path``), and those left out."""
         ...
 
-    def split_stats(self, rows: list[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
-        """What the manifest reports about one split."""
+    def split_stats(self, rows: Iterable[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
+        """What the manifest reports about one split, in one pass over its rows (a split is read back from its
+        file, not held in memory)."""
         ...
 
     def extra_files(self, rows: dict[str, list[dict[str, Any]]],
                     config: DatasetConfig) -> dict[str, list[dict[str, Any]]]:
-        """Other formats of the splits written beside them (file name -> rows), e.g. ``train.alpaca.jsonl``."""
+        """Other formats of the splits written beside them (file name -> rows), e.g. ``train.alpaca.jsonl``. The
+        export calls it batch by batch of a split's rows, so each row must be converted on its own."""
         ...
 
 

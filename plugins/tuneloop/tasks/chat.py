@@ -560,34 +560,53 @@ def _chatml(row: Mapping[str, Any]) -> dict[str, Any]:
             "text": "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in row["messages"])}
 
 
-def split_stats(rows: list[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
-    """What the manifest reports about one split: cases; counts per domain, task type and rating (``unrated``
-    too); characters of the prompts (every message before the final reply, system included) and of the replies;
-    a tokenizer-free token estimate; rows per slice field and model version."""
-    prompts = ["".join(m["content"] for m in row["messages"][:-1]) for row in rows]
-    responses = [row["messages"][-1]["content"] for row in rows]
-    ratings = Counter(str(row["rating"]) if row.get("rating") is not None else "unrated" for row in rows)
+def split_stats(rows: Iterable[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
+    """What the manifest reports about one split, in one pass: cases; counts per domain, task type and rating
+    (``unrated`` too); characters of the prompts (every message before the final reply, system included) and of
+    the replies; a tokenizer-free token estimate; rows per slice field and model version."""
+    cases = 0
+    counters: dict[str, Counter[str]] = {name: Counter() for name in ("domain", "task_type")}
+    slices: dict[str, Counter[str]] = {name: Counter() for name in (*config.slice_fields, "model_version")}
+    ratings: Counter[str] = Counter()
+    prompt_chars, response_chars = _Lengths(), _Lengths()
+    tokens = {"prompt": 0, "response": 0}
+    for row in rows:
+        cases += 1
+        *prompt, reply = row["messages"]
+        prompt_chars.add(sum(len(m["content"]) for m in prompt))
+        response_chars.add(len(reply["content"]))
+        tokens["prompt"] += sum(_token_count(m["content"]) for m in prompt)
+        tokens["response"] += _token_count(reply["content"])
+        ratings[str(row["rating"]) if row.get("rating") is not None else "unrated"] += 1
+        for name, counter in (*counters.items(), *slices.items()):
+            if row.get(name) is not None:
+                counter[str(row[name])] += 1
     return {
-        "cases": len(rows),
-        "domains": _counts(row.get("domain") for row in rows),
-        "task_types": _counts(row.get("task_type") for row in rows),
+        "cases": cases,
+        "domains": dict(sorted(counters["domain"].items())),
+        "task_types": dict(sorted(counters["task_type"].items())),
         "ratings": {key: ratings.get(key, 0) for key in (*_RATINGS, "unrated")},
-        "prompt_chars": _lengths(prompts),
-        "response_chars": _lengths(responses),
-        "tokens": {"prompt": sum(_token_count(m["content"]) for row in rows for m in row["messages"][:-1]),
-                   "response": sum(_token_count(text) for text in responses), "method": TOKEN_METHOD},
-        "slices": {name: _counts(row.get(name) for row in rows) for name in (*config.slice_fields, "model_version")},
+        "prompt_chars": prompt_chars.summary(),
+        "response_chars": response_chars.summary(),
+        "tokens": {**tokens, "method": TOKEN_METHOD},
+        "slices": {name: dict(sorted(counter.items())) for name, counter in slices.items()},
     }
 
 
-def _counts(values: Iterable[Any]) -> dict[str, int]:
-    return dict(sorted(Counter(str(value) for value in values if value is not None).items()))
+class _Lengths:
+    """Min, max, total and mean of sizes seen one at a time."""
 
+    def __init__(self) -> None:
+        self.count, self.total, self.low, self.high = 0, 0, 0, 0
 
-def _lengths(texts: list[str]) -> dict[str, float | int]:
-    sizes = [len(text) for text in texts]
-    return {"min": min(sizes, default=0), "max": max(sizes, default=0), "total": sum(sizes),
-            "mean": round(sum(sizes) / len(sizes), 3) if sizes else 0.0}
+    def add(self, size: int) -> None:
+        self.low = size if self.count == 0 else min(self.low, size)
+        self.high = max(self.high, size)
+        self.count, self.total = self.count + 1, self.total + size
+
+    def summary(self) -> dict[str, float | int]:
+        return {"min": self.low, "max": self.high, "total": self.total,
+                "mean": round(self.total / self.count, 3) if self.count else 0.0}
 
 
 def _token_count(text: str) -> int:

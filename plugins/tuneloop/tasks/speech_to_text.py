@@ -9,6 +9,7 @@ audio content (the most recent correction of a recording wins) and the manifest'
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -16,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneloop.audio import AudioError, AudioInfo, load_mono, local_audio_path, probe_audio, write_wav16
+from tuneloop.audio import AudioError, AudioInfo, convert_verified, local_audio_path, probe_audio
 from tuneloop.intake import CaseDraft, IngestLimits, parse_case, transcript_too_long
 from tuneloop.tasks import ExportItem, Fetcher, Note, Screened, Serving
 from tuneloop.text import normalize_transcript
@@ -47,13 +48,26 @@ class SpeechToText:
 
     def screen(self, cases: Iterable[ErrorCase], config: DatasetConfig, fetch: Fetcher | None,
                now: datetime | None = None) -> Screened:
-        """Usable cases as items; broken audio or text quarantined; remote audio without a fetcher skipped."""
+        """Usable cases as items; broken audio or text quarantined; remote audio without a fetcher skipped.
+
+        Audio probed at ingestion is not decoded here: its content hash, duration and sample rate are stored, and
+        the export's copy (:func:`~tuneloop.audio.convert_verified`) proves the file still holds that recording.
+        Only audio never probed (remote, or ingested before the store kept durations) is fetched and probed now.
+        """
         screened = Screened(items=[])
         for case in cases:
             text = normalize_transcript(case.correction or "")
             if not text:
                 screened.quarantined.append(Note(case.id, f"correction is empty after normalisation: "
                                                           f"{case.correction!r}"))
+                continue
+            stored = _stored_info(case)
+            if stored is not None:  # the file is opened only to be copied, if the case is kept
+                problem = audio_problem(case, stored, config, text)
+                if problem:
+                    screened.quarantined.append(Note(case.id, problem))
+                else:
+                    screened.items.append(_item(case, text, stored, case.audio_uri or "", config))
                 continue
             try:
                 path = _local_file(case.audio_uri or "", fetch)
@@ -65,7 +79,7 @@ class SpeechToText:
                 detail = f" ({error.detail})" if error.detail else ""
                 screened.quarantined.append(Note(case.id, f"audio {error.reason}: {case.audio_uri}{detail}"))
                 continue
-            problem = audio_problem(case, info, config)
+            problem = audio_problem(case, info, config, text)
             if problem:
                 screened.quarantined.append(Note(case.id, problem))
                 continue
@@ -109,17 +123,24 @@ class SpeechToText:
             kept.append(_item(case, text, info, Path(row["audio"]), config))
         return kept, dropped
 
-    def split_stats(self, rows: list[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
-        durations = [row["duration_s"] for row in rows]
+    def split_stats(self, rows: Iterable[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
+        cases, total, low, high = 0, 0.0, math.inf, 0.0
+        slices: dict[str, Counter[str]] = {name: Counter() for name in (*config.slice_fields, "model_version")}
+        for row in rows:
+            duration = row["duration_s"]
+            cases, total, low, high = cases + 1, total + duration, min(low, duration), max(high, duration)
+            for name, counter in slices.items():
+                if row.get(name) is not None:
+                    counter[str(row[name])] += 1
         return {
-            "cases": len(rows),
+            "cases": cases,
             "duration_s": {
-                "total": round(sum(durations), 3),
-                "min": min(durations, default=0.0),
-                "max": max(durations, default=0.0),
-                "mean": round(sum(durations) / len(durations), 3) if durations else 0.0,
+                "total": round(total, 3),
+                "min": low if cases else 0.0,
+                "max": high,
+                "mean": round(total / cases, 3) if cases else 0.0,
             },
-            "slices": slice_counts(rows, config),
+            "slices": {name: dict(sorted(counter.items())) for name, counter in slices.items()},
         }
 
     def extra_files(self, rows: dict[str, list[dict[str, Any]]],
@@ -217,15 +238,12 @@ def numbers(flat: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def slice_counts(rows: list[dict[str, Any]], config: DatasetConfig) -> dict[str, dict[str, int]]:
-    """Rows per value of each slice field (and model version), for the manifest."""
-    return {name: dict(sorted(Counter(str(row[name]) for row in rows if row.get(name) is not None).items()))
-            for name in (*config.slice_fields, "model_version")}
-
-
-def audio_problem(case: ErrorCase, info: AudioInfo, config: DatasetConfig) -> str | None:
-    """Why a decodable recording cannot train (or evaluate) the model, or None."""
-    too_long = transcript_too_long(case.correction, info.duration_s, config.max_chars_per_second)
+def audio_problem(case: ErrorCase, info: AudioInfo, config: DatasetConfig, text: str | None = None) -> str | None:
+    """Why a decodable recording cannot train (or evaluate) the model, or None. ``text``: the case's normalised
+    correction, when the caller has it."""
+    too_long = (transcript_too_long(text, info.duration_s, config.max_chars_per_second, normalized=True)
+                if text is not None else
+                transcript_too_long(case.correction, info.duration_s, config.max_chars_per_second))
     if too_long:
         return f"correction too long for its audio: {too_long}"
     if case.audio_hash is not None and case.audio_hash != info.content_hash:
@@ -237,6 +255,19 @@ def audio_problem(case: ErrorCase, info: AudioInfo, config: DatasetConfig) -> st
     return None
 
 
+def _stored_info(case: ErrorCase) -> AudioInfo | None:
+    """What ingestion's probe found about a local recording, or None when it must be probed now."""
+    if case.audio_hash is None or case.audio_duration_s is None or case.audio_sample_rate is None:
+        return None
+    uri = case.audio_uri or ""
+    if "://" in uri and not uri.startswith("file://"):  # local_audio_path's rule, without making a Path
+        return None
+    frames = round(case.audio_duration_s * case.audio_sample_rate)
+    # channels are not stored (0: unknown); nothing before the copy needs them, and the copy reads the file
+    return AudioInfo(sample_rate=case.audio_sample_rate, channels=0, frames=frames,
+                     duration_s=case.audio_duration_s, content_hash=case.audio_hash)
+
+
 def _local_file(uri: str, fetch: Fetcher | None) -> Path | None:
     """The local file for ``uri``: the path itself, a fetched copy of a remote URI, or None if unfetchable."""
     path = local_audio_path(uri)
@@ -245,7 +276,7 @@ def _local_file(uri: str, fetch: Fetcher | None) -> Path | None:
     return path
 
 
-def _item(case: ErrorCase, text: str, info: AudioInfo, path: Path, config: DatasetConfig) -> ExportItem:
+def _item(case: ErrorCase, text: str, info: AudioInfo, path: Path | str, config: DatasetConfig) -> ExportItem:
     audio = f"audio/{info.content_hash}.wav"
     row: dict[str, Any] = {
         "id": case.id,
@@ -262,9 +293,11 @@ def _item(case: ErrorCase, text: str, info: AudioInfo, path: Path, config: Datas
             row[name] = case.metadata[name]
 
     def write(folder: Path) -> None:
-        write_wav16(folder / audio, load_mono(path, config.sample_rate), config.sample_rate)
+        source = local_audio_path(path) if isinstance(path, str) else path
+        convert_verified(source or path, folder / audio, config.sample_rate, info.content_hash)
 
-    return ExportItem(case=case, key=info.content_hash, text=text, guard_key=info.content_hash, row=row, write=write)
+    return ExportItem(case=case, key=info.content_hash, text=text, guard_key=info.content_hash, row=row, write=write,
+                      files=(audio,))
 
 
 TASK = SpeechToText()
