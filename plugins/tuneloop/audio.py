@@ -1,9 +1,10 @@
 """Audio checks and conversion for ingestion and dataset export, without torch.
 
 Error cases arrive from production systems that record at any rate, in mono or stereo, as WAV or FLAC. Ingestion
-only needs to know that a file decodes and what it contains (:func:`probe_audio`); the export converts every
-accepted file to the model's format (:func:`load_mono` then :func:`write_wav16`) so a dataset never depends on
-the original files staying where they were.
+only needs to know that a file decodes and what it contains (:func:`probe_audio`, whose findings the store keeps);
+the export converts every accepted file to the model's format, checking on the way that it is still the recording
+ingestion probed (:func:`convert_verified`), so a dataset never depends on the original files staying where they
+were.
 
 The content hash is taken over the decoded samples (plus rate and channel count), not the file bytes: the same
 recording saved as WAV or FLAC, or with different header chunks, is one recording. A 16 kHz mono PCM16 source

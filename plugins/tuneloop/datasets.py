@@ -16,7 +16,8 @@ needs, deduplication keys) comes from the model's task (:mod:`tuneloop.tasks`). 
 ``dataset.chat.formats``, e.g. ``train.alpaca.jsonl``; see :mod:`tuneloop.tasks.chat`.)
 
 Steps, in order: the task screens each case (bad ones are quarantined in the store with the reason; ones its
-filters leave out stay new), deduplicate by the task's key (speech: audio content; the most recent case of a
+filters leave out stay new; a file that broke since ingestion is found when it is copied, last, and quarantined
+then), deduplicate by the task's key (speech: audio content; the most recent case of a
 recording wins; older ones with the same text are duplicates, with a different text superseded), drop cases the
 leakage guard names (the audio or the transcript of a regression-suite item: those must never be trained on),
 keep the ``max_cases`` most recent, and hold out the most recent ``eval_fraction`` (at least
@@ -29,16 +30,16 @@ rows, ids prefixed ``replay:``), so fine-tuning on new mistakes does not erode w
 They pass the same checks and the leakage guard; a bad one is left out with its reason (``replay_dropped``),
 never failing the export. They are not store cases, so nothing consumes them.
 
-``dataset_id`` hashes the rows, the split and the dataset config — never times or run ids — so the same input
-gives the same id, and an existing complete dataset is reused untouched. A dataset is written to a staging
-folder and renamed into place, so a reader sees all of it or nothing.
+``dataset_id`` hashes the split files' bytes (the rows, each split's and each format's) and the dataset config —
+never times or run ids — so the same input gives the same id, and an existing complete dataset is reused
+untouched. A dataset is written to a staging folder and renamed into place, so a reader sees all of it or nothing.
 
 At scale (a hundred thousand cases and more): cases are read from the store newest first in batches, their
-rows spooled to a file, so memory holds one batch and a few bytes per case; audio probed at ingestion is not
-decoded to be checked (its stored hash and duration are used); ``max_cases`` acts before any work on a case's
-files; the files (speech: 16 kHz WAV copies) are written last, only for a dataset that does not exist yet, by a
-pool of threads into a cache beside the datasets (``.cache/``), so an export killed half way resumes where it
-stopped, and linked from there into the dataset.
+rows (and what writes their files) spooled to files, so memory holds one batch and a few bytes per case; audio
+probed at ingestion is not decoded to be checked (its stored hash and duration are used); ``max_cases`` acts
+before any work on a case's files; the files (speech: 16 kHz WAV copies) are written last, only for a dataset
+that does not exist yet, by a pool of threads into a cache beside the datasets (``.cache/``), so an export killed
+half way resumes where it stopped, and linked from there into the dataset.
 """
 
 from __future__ import annotations
@@ -232,7 +233,8 @@ def load_manifest(path: str | Path | StoragePath) -> DatasetManifest:
         data = json.loads(file.read_text())
         return DatasetManifest.from_dict(data, directory=file.parent)
     except FileNotFoundError as error:
-        raise DatasetError(f"{file}: no dataset manifest, or its {DUPLICATES_FILE} is missing") from error
+        raise DatasetError(f"{error.filename or file}: missing (a dataset needs its manifest and "
+                           f"{DUPLICATES_FILE})") from error
     except (ValueError, KeyError, TypeError) as error:
         raise DatasetError(f"{file}: not a valid dataset manifest ({error})") from error
 
@@ -274,21 +276,22 @@ def export_dataset(
     task = task or task_for("speech_to_text")
     now = now or datetime.now(UTC)
     guard = (guard or LeakageGuard()) | LeakageGuard(hashes=frozenset(exclude_hashes))
-    broken: list[CaseNote] = []
+    earlier: list[CaseNote] = []
     while True:
         try:
             return _export(store, as_path(root) / "datasets", config, task, guard, fetch_audio, run_id=run_id,
-                           now=now, workers=workers or min(8, os.cpu_count() or 1), broken=broken)
+                           now=now, workers=workers or min(8, os.cpu_count() or 1), earlier=earlier)
         except _SourcesBroken as error:  # each round quarantines at least one case: this ends
+            cases = [note for note in error.notes if not note.id.startswith(REPLAY_PREFIX)]
+            for note in cases:
+                store.quarantine(note.id, note.reason)
             replay = [note for note in error.notes if note.id.startswith(REPLAY_PREFIX)]
             if replay:  # not a store case: it cannot be quarantined, and would be drawn again
                 raise DatasetError(f"replay example {replay[0].id} broke while the dataset was written: "
                                    f"{replay[0].reason}") from error
-            for note in error.notes:
-                store.quarantine(note.id, note.reason)
-            broken = [*error.quarantined, *error.notes]  # no longer new: the next round would not report them
+            earlier = [*error.quarantined, *cases]  # no longer new: the next round would not report them
             log.warning("export: quarantined %d case(s) whose audio changed or broke since ingestion; exporting "
-                        "again without them", len(error.notes))
+                        "again without them", len(cases))
 
 
 class _SourcesBroken(Exception):
@@ -302,22 +305,61 @@ class _SourcesBroken(Exception):
 
 @dataclass(slots=True)
 class _Kept:
-    """What the export keeps of a usable case while it reads the store: its row is in the spool file, and what
-    writes its files is made again, a page at a time, when they are written (:func:`_writers`)."""
+    """What the export keeps in memory of a usable case while it reads the store: its row and what writes its
+    files are in the spool files (:class:`_Spool`), not here."""
 
     id: str
     text: bytes  # digest of the item's text: the held-back rule compares texts
-    offset: int  # where its row starts in the spool
+    offset: int  # where its row starts in the rows spool
+    files_at: int  # where its files' line starts in the files spool (-1: no files)
 
 
 @dataclass(frozen=True, slots=True)
 class _Writer:
-    """One example's files, and what writes them (None: the example is no longer usable, ``problem`` says why)."""
+    """One example's files and the task's ``source`` for them; ``name`` names it in a reason (the case's audio
+    URI, else its id)."""
 
     id: str
-    write: Callable[[Path], None] | None
+    name: str
     files: tuple[str, ...]
-    problem: str | None = None
+    source: dict[str, Any]
+
+
+class _Spool:
+    """Two append-only temporary files, read back by offset: the kept rows (copied into the splits as they are)
+    and what writes each kept example's files. Memory holds offsets, not rows."""
+
+    def __init__(self, folder: Path) -> None:
+        self.rows = (folder / "rows.jsonl").open("w+b")
+        self.files = (folder / "files.jsonl").open("w+b")
+        self._ends = {"rows": 0, "files": 0}
+
+    def add(self, item: ExportItem) -> tuple[int, int]:
+        """Append the item's row (and its files' line, if it has files); return their offsets."""
+        offset = self._append("rows", self.rows, _json_line(item.row))
+        if not item.files:
+            return offset, -1
+        entry = {"name": item.case.audio_uri or item.case.id, "files": item.files, "source": item.source}
+        return offset, self._append("files", self.files, _json_line(entry))
+
+    def row(self, offset: int) -> bytes:
+        self.rows.seek(offset)
+        return self.rows.readline()
+
+    def writer(self, case_id: str, offset: int) -> _Writer:
+        self.files.seek(offset)
+        entry = msgspec.json.decode(self.files.readline())
+        return _Writer(case_id, entry["name"], tuple(entry["files"]), entry["source"])
+
+    def close(self) -> None:
+        self.rows.close()
+        self.files.close()
+
+    def _append(self, which: str, handle: BinaryIO, line: bytes) -> int:
+        offset = self._ends[which]
+        handle.write(line)
+        self._ends[which] += len(line)
+        return offset
 
 
 @dataclass
@@ -331,110 +373,133 @@ class _Selection:
     duplicates: list[CaseNote] = field(default_factory=list)
     superseded: list[CaseNote] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=Counter)
-    spooled: int = 0  # bytes written to the spool: where the next row starts
+    tally: Counter[str] = field(default_factory=Counter)  # candidates, excluded by audio/text, beyond max_cases
     latest: dict[bytes, tuple[str, bytes]] = field(default_factory=dict)  # key digest -> newest case, text digest
+
+    def counts(self) -> dict[str, int]:
+        """The manifest's counts of this selection (every key, zeros too)."""
+        return {"candidates": self.tally["candidates"], "quarantined": len(self.quarantined),
+                "skipped": len(self.skipped), "filtered": len(self.filtered), "duplicates": len(self.duplicates),
+                "superseded": len(self.superseded), "excluded": len(self.excluded),
+                "excluded_suite_audio": self.tally["excluded_suite_audio"],
+                "excluded_suite_text": self.tally["excluded_suite_text"],
+                "dropped_by_max_cases": self.tally["dropped_by_max_cases"], "usable": len(self.kept)}
+
+
+@dataclass
+class _Splits:
+    """The kept cases split (oldest first), the replay rows, and what was held back or dropped on the way."""
+
+    train: list[_Kept]
+    evaluation: list[_Kept]
+    held_back: list[CaseNote]
+    replay: list[ExportItem]
+    replay_dropped: list[CaseNote]
 
 
 def _export(store: ErrorCaseStore, datasets: Path, config: DatasetConfig, task: Task, guard: LeakageGuard,
             fetch_audio: AudioFetcher | None, *, run_id: str, now: datetime, workers: int,
-            broken: list[CaseNote]) -> DatasetManifest:
-    """One attempt of :func:`export_dataset`; ``broken``: cases an earlier attempt quarantined while writing
-    their files (reported with this attempt's quarantined cases)."""
+            earlier: list[CaseNote]) -> DatasetManifest:
+    """One attempt of :func:`export_dataset`; ``earlier``: cases earlier attempts quarantined (reported with this
+    attempt's, and counted among its candidates)."""
     local = is_local(datasets)
     if local:
         datasets.mkdir(parents=True, exist_ok=True)
         _remove_stale(datasets.glob(".export-*"), now=time.time())
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=datasets if local else None) as work, _no_cycle_gc():
-        spool = Path(work) / "spool.jsonl"
-        with spool.open("w+b") as rows_file:
-            selection = _select(store, task, config, guard, fetch_audio, now, rows_file)
-            selection.quarantined = [*broken, *selection.quarantined]
-            selection.counts["quarantined"] = len(selection.quarantined)
-            kept = selection.kept[::-1]  # oldest first, as the splits are written
-            counts = dict(selection.counts)
-            counts["usable"] = len(kept)
-            train, evaluation = _time_split(kept, config, counts)
-            eval_texts = {item.text for item in evaluation}
-            held_back = [CaseNote(item.id, f"same {task.text_noun} as an eval case")
-                         for item in train if item.text in eval_texts]
-            train = [item for item in train if item.text not in eval_texts]
-            if not train:
-                raise DatasetTooSmall(len(kept) - len(held_back), config.min_eval_cases + 1, counts)
-            counts["held_back_same_text_as_eval"] = len(held_back)
-            in_dataset = {item.id for item in [*train, *evaluation]}
-            taken = {key for key, (case_id, _) in selection.latest.items() if case_id in in_dataset}
-            replay, replay_dropped = _replay(task, config, guard, taken, eval_texts)
-            counts |= {"train": len(train), "eval": len(evaluation), "replay": len(replay),
-                       "replay_dropped": len(replay_dropped)}
-            staging = Path(tempfile.mkdtemp(prefix="dataset-", dir=work))
-            staging.chmod(0o755)  # mkdtemp makes it private; trainers may run as another user
-            files, stats = _write_splits(staging, task, config, rows_file, train, evaluation, replay)
-        dataset_id = _dataset_id(staging, files, config)
-        manifest = DatasetManifest(
-            dataset_id=dataset_id, created_at=now, run_id=run_id,
-            case_ids={"train": tuple(i.id for i in train), "eval": tuple(i.id for i in evaluation),
-                      "replay": tuple(i.case.id for i in replay)},
-            counts=counts, quarantined=tuple(selection.quarantined), superseded=tuple(selection.superseded),
-            duplicates=tuple(selection.duplicates), excluded_ids=tuple(selection.excluded),
-            skipped=tuple(selection.skipped), config=config.model_dump(mode="json"), stats=stats,
-            held_back=tuple(held_back), replay_dropped=tuple(replay_dropped), filtered=tuple(selection.filtered),
-            files=files, task=task.name,
-        )
-        existing = _complete_manifest(datasets / dataset_id)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=datasets if local else None) as work, \
+            contextlib.closing(_Spool(Path(work))) as spool, _no_cycle_gc():
+        selection = _select(store, task, config, guard, fetch_audio, now, spool)
+        selection.quarantined[:0] = earlier
+        selection.tally["candidates"] += len(earlier)
+        counts = selection.counts()
+        splits = _split(selection, task, config, guard, counts)
+        staging = Path(tempfile.mkdtemp(prefix="dataset-", dir=work))
+        staging.chmod(0o755)  # mkdtemp makes it private; trainers may run as another user
+        files, stats = _write_splits(staging, task, config, spool, splits)
+        manifest = _manifest(_dataset_id(staging, files, config), selection, splits, counts, files, stats,
+                             config=config, task=task, run_id=run_id, now=now)
+        existing = _complete_manifest(datasets / manifest.dataset_id)
         if existing is not None:
-            log.info("dataset %s already exists at %s: reused", dataset_id, datasets / dataset_id)
+            log.info("dataset %s already exists at %s: reused", manifest.dataset_id, existing.directory)
             return existing
-        writers = _writers(store, task, config, fetch_audio, now, replay, [i.id for i in [*train, *evaluation]])
-        cache = _file_cache(datasets, config, task)
+        writers = _writers(splits, spool)
         try:
-            _write_files(writers, staging, cache, workers)
+            _write_files(writers, task, config, staging, _file_cache(datasets, config, task), workers)
         except _SourcesBroken as error:
             error.quarantined = selection.quarantined
             raise
         _write_records(staging, manifest)
         published = _publish(datasets, staging, manifest)
-    _remove_stale(_unlinked(cache), now=time.time())
+    _after_publish(datasets, config, task)
     return published
 
 
+def _split(selection: _Selection, task: Task, config: DatasetConfig, guard: LeakageGuard,
+           counts: dict[str, int]) -> _Splits:
+    """The time split of the kept cases, the held-back rule, and the replay draw; ``counts`` gets their numbers."""
+    kept = selection.kept[::-1]  # oldest first, as the splits are written
+    train, evaluation = _time_split(kept, config, counts)
+    eval_texts = {item.text for item in evaluation}
+    held_back = [CaseNote(item.id, f"same {task.text_noun} as an eval case") for item in train
+                 if item.text in eval_texts]
+    train = [item for item in train if item.text not in eval_texts]
+    if not train:
+        raise DatasetTooSmall(len(kept) - len(held_back), config.min_eval_cases + 1, counts)
+    in_dataset = {item.id for item in [*train, *evaluation]}
+    taken = {key for key, (case_id, _) in selection.latest.items() if case_id in in_dataset}
+    replay, replay_dropped = _replay(task, config, guard, taken, eval_texts)
+    counts |= {"held_back_same_text_as_eval": len(held_back), "train": len(train), "eval": len(evaluation),
+               "replay": len(replay), "replay_dropped": len(replay_dropped)}
+    return _Splits(train, evaluation, held_back, replay, replay_dropped)
+
+
+def _manifest(dataset_id: str, selection: _Selection, splits: _Splits, counts: dict[str, int],
+              files: dict[str, str], stats: dict[str, Any], *, config: DatasetConfig, task: Task, run_id: str,
+              now: datetime) -> DatasetManifest:
+    return DatasetManifest(
+        dataset_id=dataset_id, created_at=now, run_id=run_id,
+        case_ids={"train": tuple(i.id for i in splits.train), "eval": tuple(i.id for i in splits.evaluation),
+                  "replay": tuple(i.case.id for i in splits.replay)},
+        counts=counts, quarantined=tuple(selection.quarantined), superseded=tuple(selection.superseded),
+        duplicates=tuple(selection.duplicates), excluded_ids=tuple(selection.excluded),
+        skipped=tuple(selection.skipped), config=config.model_dump(mode="json"), stats=stats,
+        held_back=tuple(splits.held_back), replay_dropped=tuple(splits.replay_dropped),
+        filtered=tuple(selection.filtered), files=files, task=task.name,
+    )
+
+
 def _select(store: ErrorCaseStore, task: Task, config: DatasetConfig, guard: LeakageGuard,
-            fetch_audio: AudioFetcher | None, now: datetime, spool: BinaryIO) -> _Selection:
+            fetch_audio: AudioFetcher | None, now: datetime, spool: _Spool) -> _Selection:
     """Read the store's new cases newest first, batch by batch, and decide each one: quarantined, skipped or
     filtered by the task; a duplicate or superseded by a newer case of the same key (the most recent wins); excluded
-    by the leakage guard; beyond ``max_cases``; or kept, its row appended to ``spool``.
+    by the leakage guard; beyond ``max_cases``; or kept, its row (and its files' source) appended to ``spool``.
 
-    Reading newest first lets ``max_cases`` act before any work on a case's files: once the dataset is full, the
-    older cases are only matched against the kept ones (a duplicate of a kept case is settled with it), without
-    fetching remote audio. Memory holds one batch of cases, and a few small values per case.
+    Reading newest first lets ``max_cases`` act before the files are touched: no file is read before the copy
+    (audio probed at ingestion is not decoded again), and once the dataset is full the older cases are only matched
+    against the kept ones (a duplicate of a kept case is settled with it), without fetching remote audio (those
+    count as beyond ``max_cases``, not as skipped). Only audio never probed (ingested before the store kept
+    durations) is still decoded while the cases are screened. Memory holds one batch of cases, and a few small
+    values per case.
     """
     chosen = _Selection()
-    latest = chosen.latest
     pages = store.iter_cases_for_export(corrected_only=task.needs_correction, batch_size=EXPORT_BATCH)
-    for batch in _read_ahead(pages):
+    for batch in pages if store.single_connection else _read_ahead(pages):
         full = bool(config.max_cases) and len(chosen.kept) >= config.max_cases
         screened = task.screen(batch, config, None if full else fetch_audio, now)
-        chosen.counts["candidates"] += len(batch)
+        chosen.tally["candidates"] += len(batch)
         for note in screened.quarantined:
             store.quarantine(note.id, note.reason)
         chosen.quarantined += screened.quarantined
         chosen.filtered += screened.filtered
         if full:
-            chosen.counts["dropped_by_max_cases"] += len(screened.skipped)  # not fetched: the dataset is full
+            chosen.tally["dropped_by_max_cases"] += len(screened.skipped)  # not fetched: the dataset is full
         else:
             chosen.skipped += screened.skipped
         for item in screened.items:
-            _decide(item, task, config, guard, latest, chosen, spool)
-    chosen.counts = {  # a plain dict from here on: Counter's operators drop zeros, the manifest lists them
-        "candidates": chosen.counts["candidates"], "quarantined": len(chosen.quarantined),
-        "skipped": len(chosen.skipped), "filtered": len(chosen.filtered), "duplicates": len(chosen.duplicates),
-        "superseded": len(chosen.superseded), "excluded": len(chosen.excluded),
-        "excluded_suite_audio": chosen.counts["excluded_suite_audio"],
-        "excluded_suite_text": chosen.counts["excluded_suite_text"],
-        "dropped_by_max_cases": chosen.counts["dropped_by_max_cases"]}
+            _decide(item, task, config, guard, chosen, spool)
     if chosen.excluded:
         log.info("leakage guard: excluded %d case(s) matching regression-suite items (%d by audio, %d by text)",
-                 len(chosen.excluded), chosen.counts["excluded_suite_audio"], chosen.counts["excluded_suite_text"])
+                 len(chosen.excluded), chosen.tally["excluded_suite_audio"], chosen.tally["excluded_suite_text"])
     return chosen
 
 
@@ -452,7 +517,8 @@ def _read_ahead(pages: Iterator[list[ErrorCase]]) -> Iterator[list[ErrorCase]]:
 def _no_cycle_gc() -> Iterator[None]:
     """Python's cycle collector paused while the export holds a few objects per case: with a hundred thousand
     cases alive it runs again and again over all of them (a third of the export's time) and finds nothing, as
-    the export makes no reference cycles; reference counting still frees everything."""
+    the export makes no reference cycles; reference counting still frees everything. The pause is the process's
+    (the collector has no other switch): an Airflow task process runs nothing else meanwhile."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -462,9 +528,10 @@ def _no_cycle_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _decide(item: ExportItem, task: Task, config: DatasetConfig, guard: LeakageGuard,
-            latest: dict[bytes, tuple[str, bytes]], chosen: _Selection, spool: BinaryIO) -> None:
+def _decide(item: ExportItem, task: Task, config: DatasetConfig, guard: LeakageGuard, chosen: _Selection,
+            spool: _Spool) -> None:
     """One usable item, met newest first (see :func:`_select`)."""
+    latest = chosen.latest
     text = _digest(item.text)
     key = _digest(item.key)
     newer = latest.get(key)
@@ -480,16 +547,13 @@ def _decide(item: ExportItem, task: Task, config: DatasetConfig, guard: LeakageG
     reason = guard.reason(item.guard_key, item.text)
     if reason:
         chosen.excluded.append(item.case.id)
-        chosen.counts["excluded_suite_audio"] += "audio" in reason
-        chosen.counts["excluded_suite_text"] += task.text_noun in reason
+        chosen.tally["excluded_suite_audio"] += "audio" in reason
+        chosen.tally["excluded_suite_text"] += task.text_noun in reason
         return
     if config.max_cases and len(chosen.kept) >= config.max_cases:
-        chosen.counts["dropped_by_max_cases"] += 1
+        chosen.tally["dropped_by_max_cases"] += 1
         return
-    line = _json_line(item.row)
-    spool.write(line)  # appended: the spool is only read after the selection
-    chosen.kept.append(_Kept(item.case.id, text, chosen.spooled))
-    chosen.spooled += len(line)
+    chosen.kept.append(_Kept(item.case.id, text, *spool.add(item)))
 
 
 def _digest(text: str) -> bytes:
@@ -540,8 +604,8 @@ def _time_split(items: list[_Kept], config: DatasetConfig, counts: dict[str, int
 # ---------------------------------------------------------------------------------------------------- write
 
 
-def _write_splits(folder: Path, task: Task, config: DatasetConfig, spool: BinaryIO, train: list[_Kept],
-                  evaluation: list[_Kept], replay: list[ExportItem]) -> tuple[dict[str, str], dict[str, Any]]:
+def _write_splits(folder: Path, task: Task, config: DatasetConfig, spool: _Spool,
+                  splits: _Splits) -> tuple[dict[str, str], dict[str, Any]]:
     """Write train.jsonl and eval.jsonl (rows copied from the spool as they were serialised, replay rows after
     the train cases) and the task's other formats, batch by batch; return the files written (name -> file) and
     each split's statistics, read back from its file in one pass."""
@@ -549,10 +613,10 @@ def _write_splits(folder: Path, task: Task, config: DatasetConfig, spool: Binary
     handles: dict[str, BinaryIO] = {}
     formats = bool(task.extra_files({"train": []}, config))  # rows are parsed back only for other formats
     try:
-        for split, items in (("train", train), ("eval", evaluation)):
-            lines = (_spooled(spool, item.offset) for item in items)
+        for split, items in (("train", splits.train), ("eval", splits.evaluation)):
+            lines = (spool.row(item.offset) for item in items)
             if split == "train":
-                lines = itertools.chain(lines, (_json_line(item.row) for item in replay))
+                lines = itertools.chain(lines, (_json_line(item.row) for item in splits.replay))
             with (folder / files[split]).open("wb") as out:
                 for batch in _batches(lines, EXPORT_BATCH):
                     out.writelines(batch)
@@ -582,11 +646,6 @@ def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
         yield batch
 
 
-def _spooled(spool: BinaryIO, offset: int) -> bytes:
-    spool.seek(offset)
-    return spool.readline()
-
-
 def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
     with path.open("rb") as handle:
         for line in handle:
@@ -607,58 +666,59 @@ def _dataset_id(folder: Path, files: dict[str, str], config: DatasetConfig) -> s
     return "ds-" + digest.hexdigest()[:16]
 
 
+FILE_CACHE = ".cache"  # beside local datasets: each example's files, kept between exports
+_FILE_CACHE_VERSION = 1  # bump when what a cached file holds changes for the same name (e.g. resampling)
+
+
 def _file_cache(datasets: Path, config: DatasetConfig, task: Task) -> Path:
     """Where examples' files are kept between exports (a retried or repeated export does not write them again):
-    beside the datasets when they are local, else in this machine's temporary folder. Keyed by the task and the
-    dataset config, which decide what a file named by its content holds (e.g. the sample rate)."""
-    settings = json.dumps([task.name, config.model_dump(mode="json")], sort_keys=True)
+    beside the datasets when they are local, else in the user's own cache folder (never a shared temporary one).
+    Keyed by what decides what a file named by its content holds: the task, the dataset config, the dataset
+    format and this cache's version."""
+    settings = json.dumps([_FILE_CACHE_VERSION, DATASET_FORMAT, task.name, config.model_dump(mode="json")],
+                          sort_keys=True)
     key = hashlib.sha256(settings.encode("utf-8")).hexdigest()[:16]
-    base = datasets / ".cache" if is_local(datasets) else Path(tempfile.gettempdir()) / "tuneloop-export-cache"
-    return base / key
+    return _cache_root(datasets) / key
 
 
-def _writers(store: ErrorCaseStore, task: Task, config: DatasetConfig, fetch_audio: AudioFetcher | None,
-             now: datetime, replay: list[ExportItem], case_ids: list[str]) -> Iterator[_Writer]:
-    """What writes each example's files: the replay items', then the kept cases', read again from the store a
-    page at a time and screened again by the task (its checks are what they were a moment ago; remote audio is
-    fetched once per export, see :func:`tuneloop.storage.audio_fetcher`), so memory holds a page of writers, not
-    one per case of the dataset."""
-    for item in replay:
-        yield _Writer(item.case.id, item.write, item.files)
-    for start in range(0, len(case_ids), EXPORT_BATCH):
-        page = case_ids[start:start + EXPORT_BATCH]
-        cases = store.cases_by_id(page)
-        screened = task.screen([cases[i] for i in page if i in cases], config, fetch_audio, now)
-        items = {item.case.id: item for item in screened.items}
-        notes = {note.id: note.reason for note in [*screened.quarantined, *screened.skipped, *screened.filtered]}
-        for case_id in page:
-            item = items.get(case_id)
-            if item is None:
-                yield _Writer(case_id, None, (), notes.get(case_id, "no longer in the store"))
-            else:
-                yield _Writer(case_id, item.write, item.files)
+def _cache_root(datasets: Path) -> Path:
+    if is_local(datasets):
+        return datasets / FILE_CACHE
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneloop" / "export-files"
 
 
-def _write_files(writers: Iterable[_Writer], folder: Path, cache: Path, workers: int) -> None:
+def _writers(splits: _Splits, spool: _Spool) -> Iterator[_Writer]:
+    """The examples whose files the dataset needs: the replay items', then the kept cases' (read back from the
+    spool one at a time)."""
+    for item in splits.replay:
+        if item.files:
+            yield _Writer(item.case.id, item.case.audio_uri or item.case.id, item.files, item.source or {})
+    for kept in [*splits.train, *splits.evaluation]:
+        if kept.files_at >= 0:
+            yield spool.writer(kept.id, kept.files_at)
+
+
+def _write_files(writers: Iterable[_Writer], task: Task, config: DatasetConfig, folder: Path, cache: Path,
+                 workers: int) -> None:
     """Each example's files into ``folder``: written once into the cache by ``workers`` threads (atomically, so
     an export killed half way resumes where it stopped), then linked (or copied) into the dataset, a page at a
     time. Examples whose source broke are gathered and raised together as ``_SourcesBroken``."""
     started, written, cached, broken = time.monotonic(), 0, 0, []
+
+    def write(writer: _Writer) -> str | None:
+        return _cache_files(writer, task, config, cache)
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="export-files") as pool:
         for page in _batches(writers, EXPORT_BATCH):
-            broken += [CaseNote(w.id, w.problem) for w in page if w.problem]
-            todo = [w for w in page if w.write and not all((cache / name).is_file() for name in w.files)]
+            todo = [w for w in page if not all((cache / name).is_file() for name in w.files)]
             if todo:
                 cache.mkdir(parents=True, exist_ok=True)
-            for writer, problem in zip(todo, pool.map(lambda w: _cache_files(w, cache), todo), strict=True):
-                if problem:
-                    broken.append(CaseNote(writer.id, problem))
-            written += len(todo)
-            cached += sum(1 for w in page if w.files) - len(todo)
+            broken += [CaseNote(w.id, problem) for w, problem in zip(todo, pool.map(write, todo), strict=True)
+                       if problem]
+            written, cached = written + len(todo), cached + len(page) - len(todo)
             if not broken:
                 for writer in page:
-                    for name in writer.files:
-                        _link(cache / name, folder / name)
+                    _link_files(writer, task, config, cache, folder)
     if broken:
         raise _SourcesBroken(broken)
     if written or cached:
@@ -667,16 +727,40 @@ def _write_files(writers: Iterable[_Writer], folder: Path, cache: Path, workers:
                  written, workers, elapsed, written / elapsed if elapsed else 0.0, cached, cache)
 
 
-def _cache_files(writer: _Writer, cache: Path) -> str | None:
-    """Write one example's files into the cache (each file appears whole or not at all: ``write`` writes
-    atomically, as :func:`~tuneloop.audio.write_wav16` does); return why its source is unusable, or None."""
-    assert writer.write is not None
+def _cache_files(writer: _Writer, task: Task, config: DatasetConfig, cache: Path) -> str | None:
+    """Write one example's files into the cache (each file appears whole or not at all); return why its source
+    is unusable, or None."""
     try:
-        writer.write(cache)
+        task.write_files(writer.source, cache, config)
     except AudioError as error:
         detail = f" ({error.detail})" if error.detail else ""
-        return f"audio {error.reason}: {error.path}{detail}"
+        return f"audio {error.reason}: {writer.name}{detail}"
     return None
+
+
+def _link_files(writer: _Writer, task: Task, config: DatasetConfig, cache: Path, folder: Path) -> None:
+    """Link one example's cached files into the dataset; a cached file removed meanwhile (another export pruned
+    it as stale) is written again."""
+    for attempt in (1, 2):
+        try:
+            for name in writer.files:
+                _link(cache / name, folder / name)
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+            problem = _cache_files(writer, task, config, cache)
+            if problem:
+                raise _SourcesBroken([CaseNote(writer.id, problem)]) from None
+
+
+def _after_publish(datasets: Path, config: DatasetConfig, task: Task) -> None:
+    """Tidy the file cache: for datasets in object storage this export's files are uploaded, so its cache goes;
+    for local ones, cached files no dataset links to any more are removed once a week old (any config's)."""
+    if not is_local(datasets):
+        shutil.rmtree(_file_cache(datasets, config, task), ignore_errors=True)
+        return
+    _remove_stale(_unlinked(_cache_root(datasets)), now=time.time())
 
 
 def _unlinked(cache: Path) -> Iterator[Path]:
@@ -704,11 +788,15 @@ def _remove_stale(paths: Iterable[Path], *, now: float) -> None:
 
 
 def _link(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (a copy across filesystems); FileNotFoundError if ``source`` is
+    gone."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
     except FileExistsError:
         pass
+    except FileNotFoundError:
+        raise
     except OSError:  # another filesystem, or links not allowed: a copy
         shutil.copyfile(source, target)
 

@@ -202,17 +202,12 @@ def audio_fetcher(conn_id: str | None, folder: Path) -> Callable[[str], Path]:
     (the export quarantines that case); other errors (network) propagate, so the task retries."""
     from tuneloop.audio import AudioError
 
-    fetched: dict[str, Path] = {}  # an export asks twice (screening, then writing the copy): one download
-
     def fetch_audio(audio_uri: str) -> Path:
-        if audio_uri in fetched and fetched[audio_uri].is_file():
-            return fetched[audio_uri]
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            fetched[audio_uri] = fetch(storage_root(audio_uri, folder, conn_id), folder)
+            return fetch(storage_root(audio_uri, folder, conn_id), folder)
         except FileNotFoundError as error:
             raise AudioError(audio_uri, "missing", "no such object") from error
-        return fetched[audio_uri]
 
     return fetch_audio
 

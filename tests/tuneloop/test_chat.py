@@ -414,7 +414,7 @@ def test_rows_weigh_only_the_target_and_keep_the_cases_fields():
         "created_at": (NOW - timedelta(days=1)).isoformat(), "model_version": "7", "source": "production",
         "domain": "geo", "task_type": "qa", "rating": 2, "lang": "en",
     }
-    assert item.case is subject and item.write is None
+    assert item.case is subject and not item.files
     assert item.text == prompt_text(conversation)  # the case's own conversation: not the configured system prompt
     own = case(messages=[{"role": "system", "content": "Be brief."}, *conversation])
     [item] = screen([own], chat_config(system_prompt="You are a travel agent.")).items

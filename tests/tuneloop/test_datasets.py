@@ -395,3 +395,15 @@ def test_cached_audio_no_dataset_uses_is_removed_once_stale(store, wav_factory, 
     second = export_dataset(store, tmp_path, CONFIG, run_id="r2", now=NOW)
     left = sorted((tmp_path / "datasets" / ".cache").rglob("*.wav"))
     assert len(left) == 7 and {p.name for p in left} == {p.name for p in (second.directory / "audio").iterdir()}
+
+
+def test_an_in_memory_store_exports(wav_factory, tmp_path, monkeypatch):
+    """One connection serves every use of an in-memory store, so its export reads its pages on the calling thread
+    (a second thread would share the connection with the quarantines; a race a test cannot force)."""
+    monkeypatch.setattr("tuneloop.datasets.EXPORT_BATCH", 2)
+    with ErrorCaseStore("sqlite://", clock=lambda: NOW) as memory:
+        assert memory.single_connection
+        ids = add_cases(memory, wav_factory, 6)
+        memory.store_failed_case(wav_factory("short.wav", seconds=0.1), "x", "hi")  # quarantined on the way
+        manifest = export_dataset(memory, tmp_path, CONFIG, run_id="r1", now=NOW)
+    assert set(manifest.train_ids + manifest.eval_ids) == set(ids) and len(manifest.quarantined) == 1

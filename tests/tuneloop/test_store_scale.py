@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 import threading
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -34,11 +36,13 @@ class Row:
 
 
 def random_rows(rng: random.Random, count: int, prefix: str = "c") -> list[Row]:
-    """Cases over the last 30 days, times rounded to the hour so many share one (ties in the ordering)."""
+    """Cases over the last 30 days, times rounded to the hour so many share one (ties in the ordering), ids that
+    a locale's collation orders otherwise than code points do (case, accents, punctuation)."""
     rows = []
     for i in range(count):
         at = NOW - timedelta(hours=rng.randrange(0, 30 * 24))
-        rows.append(Row(rng.choice(MODELS), f"{prefix}{i:05d}", at, rng.choice(VERSIONS),
+        case_id = f"{rng.choice((prefix, prefix.upper(), 'b', 'é', 'Z', '_', 'a-'))}{i:05d}"
+        rows.append(Row(rng.choice(MODELS), case_id, at, rng.choice(VERSIONS),
                         rng.choice(("new", "new", "consumed", "quarantined")), rng.random() < 0.7))
     return rows
 
@@ -142,6 +146,7 @@ def test_trigger_counts_stay_consistent_while_cases_are_stored(store):
 
 @pytest.mark.parametrize("corrected_only", [True, False])
 def test_export_pages_hold_every_new_case_once_newest_first(store, corrected_only):
+    """Ties in time are ordered by id in code points on both databases, so both export the same dataset."""
     rng = random.Random(11)
     rows = random_rows(rng, 300)
     insert(store, rows)
@@ -153,3 +158,31 @@ def test_export_pages_hold_every_new_case_once_newest_first(store, corrected_onl
         assert [c.id for page in pages for c in page] == [r.id for r in expected]
     oldest_first = store.cases_for_export(corrected_only=corrected_only)
     assert [c.id for c in oldest_first] == [r.id for r in reversed(expected)]
+
+
+@pytest.fixture
+def locale_store(postgres_url) -> Iterator[ErrorCaseStore]:
+    """A PostgreSQL store whose database orders text by a language's rules (ICU "en": "_ a- b c C é Z"), as
+    production databases created with en_US.UTF-8 do; the test server's default (C.UTF-8) orders by code point."""
+    admin = sa.create_engine(sa.make_url(postgres_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    name = f"tuneloop_icu_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}" LOCALE_PROVIDER icu ICU_LOCALE \'en\' '
+                             "LOCALE 'C.UTF-8' TEMPLATE template0"))  # identifier from uuid hex: safe
+    store = ErrorCaseStore(admin.url.set(database=name).render_as_string(hide_password=False))
+    try:
+        yield store
+    finally:
+        store.close()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_ties_in_time_are_ordered_by_code_point_whatever_the_collation(locale_store):
+    rows = [Row("default", case_id, NOW, "1", "new", True) for case_id in ("_1", "a-1", "b1", "c1", "C1", "é1", "Z1")]
+    insert(locale_store, rows)
+    newest_first = [c.id for page in locale_store.iter_cases_for_export(batch_size=3) for c in page]
+    assert newest_first == sorted((r.id for r in rows), reverse=True)
+    assert [c.id for c in locale_store.cases_for_export()] == sorted(r.id for r in rows)

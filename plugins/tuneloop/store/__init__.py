@@ -26,7 +26,7 @@ the hash of its content (speech: audio content and normalised text), so storing 
 returns the existing id. Times are stored as UTC; naive datetimes given to this module are taken to be UTC.
 
 What makes a row a valid case is the model's task (:mod:`tuneloop.tasks`, built on :mod:`tuneloop.intake`); here
-rows are written a chunk at a time (one lookup, one insert), and row by row in savepoints when the database
+rows are written a chunk at a time (a few lookups, one insert), and row by row in savepoints when the database
 refuses the chunk, so a row the database refuses costs only itself, and only an unusable database (unreachable,
 locked) fails a batch.
 
@@ -46,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Self
 
 import sqlalchemy as sa
+from sqlalchemy.pool import StaticPool
 
 from tuneloop.config import TuneloopConfig
 from tuneloop.intake import IngestLimits, InvalidCase, as_utc
@@ -176,6 +177,12 @@ class ErrorCaseStore(CaseRecords, StatisticsRecords, RunRecords, DeploymentRecor
         other._model = _model_name(name)
         other._task = _task(task)
         return other
+
+    @property
+    def single_connection(self) -> bool:
+        """True when every use shares one connection (an in-memory SQLite store): two threads must not read and
+        write through it at once."""
+        return isinstance(self._engine.pool, StaticPool)
 
     @property
     def model(self) -> str:

@@ -414,20 +414,10 @@ class CaseRecords(StoreBase):
         where = [t.c.model == self._model, t.c.state == "new"]
         if corrected_only:
             where.append(t.c.correction.is_not(None))
-        query = sa.select(*_CASE_COLUMNS).where(*where).order_by(t.c.created_at, t.c.id).limit(limit)
+        query = (sa.select(*_CASE_COLUMNS).where(*where)
+                 .order_by(t.c.created_at, _ordered_id(self._engine.dialect.name)).limit(limit))
         with self._engine.connect() as conn:
             return [_case_from_row(row) for row in conn.execute(query)]
-
-    def cases_by_id(self, case_ids: Iterable[str]) -> dict[str, ErrorCase]:
-        """The model's cases with these ids, whatever their state (id -> case; unknown ids are left out), read
-        in chunks of 500."""
-        t = cases_table
-        found: dict[str, ErrorCase] = {}
-        with self._engine.connect() as conn:
-            for chunk in _chunks(sorted(set(case_ids)), 500):
-                query = sa.select(*_CASE_COLUMNS).where(t.c.model == self._model, t.c.id.in_(chunk))
-                found.update((case.id, case) for case in map(_case_from_row, conn.execute(query)))
-        return found
 
     def iter_cases_for_export(self, *, corrected_only: bool = True,
                               batch_size: int = 2000) -> Iterator[list[ErrorCase]]:
@@ -435,15 +425,16 @@ class CaseRecords(StoreBase):
         a batch, not the store. Each batch is its own short query (keyset pagination on ``(created_at, id)``), so
         no read stays open while the caller works on a batch, e.g. quarantines cases or fetches audio."""
         t = cases_table
+        case_id = _ordered_id(self._engine.dialect.name)
         where = [t.c.model == self._model, t.c.state == "new"]
         if corrected_only:
             where.append(t.c.correction.is_not(None))
         after: tuple[datetime, str] | None = None
         while True:
             page = list(where)
-            if after is not None:
-                page.append(sa.or_(t.c.created_at < after[0], sa.and_(t.c.created_at == after[0], t.c.id < after[1])))
-            query = (sa.select(*_CASE_COLUMNS).where(*page).order_by(t.c.created_at.desc(), t.c.id.desc())
+            if after is not None:  # written so that "created_at <= ..." bounds the index range on both databases
+                page += [t.c.created_at <= after[0], sa.or_(t.c.created_at < after[0], case_id < after[1])]
+            query = (sa.select(*_CASE_COLUMNS).where(*page).order_by(t.c.created_at.desc(), case_id.desc())
                      .limit(batch_size))
             with self._engine.connect() as conn:
                 batch = [_case_from_row(row) for row in conn.execute(query)]
@@ -508,6 +499,12 @@ class CaseRecords(StoreBase):
 
     def _no_case(self, case_id: str) -> str:
         return f"error case {case_id!r} does not exist (model {self._model!r})"
+
+
+def _ordered_id(dialect: str) -> sa.ColumnElement[str]:
+    """The id as ties in time are ordered: by code point on every database (PostgreSQL's default collation
+    follows the locale, SQLite's compares UTF-8 bytes), so the export picks the same case of a tie on both."""
+    return sa.collate(cases_table.c.id, "C") if dialect == "postgresql" else cases_table.c.id
 
 
 # What an ErrorCase holds: a read selects these, not the bookkeeping columns (ingested_at, state_changed_at),

@@ -46,11 +46,10 @@ class ExportItem:
     the audio content; chat: the normalised prompt and response). ``text`` is what the eval split must not see in
     training and what the regression suites' leakage guard matches (speech: the normalised transcript; chat: the
     normalised prompt); ``guard_key`` is the guard's other identity (speech: the audio content hash; chat: the
-    normalised prompt's hash). ``row`` is the dataset row; ``write`` writes the files it refers to, ``files``
-    (paths relative to the folder it is given; named by content, so the export keeps them in a cache and a
-    retried export does not write them again), if any. ``write`` runs in the export's worker threads, writes each
-    file atomically (a reader never sees half of one) and raises ``AudioError`` when the example's source is no
-    longer usable.
+    normalised prompt's hash). ``row`` is the dataset row. ``files`` are the files it refers to (paths relative
+    to the dataset folder; named by content, so the export keeps them in a cache and a retried export does not
+    write them again), if any, and ``source`` what the task's ``write_files`` needs to write them: plain JSON
+    values, which the export keeps on disk, not in memory, until it writes the files last.
     """
 
     case: ErrorCase
@@ -58,8 +57,8 @@ class ExportItem:
     text: str
     guard_key: str
     row: dict[str, Any]
-    write: Callable[[Path], None] | None = field(default=None, compare=False)
     files: tuple[str, ...] = ()
+    source: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -105,6 +104,12 @@ class Task(Protocol):
 
     def replay(self, config: DatasetConfig) -> tuple[list[ExportItem], list[Note]]:
         """Known-good examples mixed into every train split (``dataset.replay_path``), and those left out."""
+        ...
+
+    def write_files(self, source: dict[str, Any], folder: Path, config: DatasetConfig) -> None:
+        """Write an export item's ``files`` under ``folder`` from its ``source``, each file atomically (a reader
+        never sees half of one); raise ``AudioError`` when the source is no longer usable. Runs in the export's
+        worker threads."""
         ...
 
     def split_stats(self, rows: Iterable[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:

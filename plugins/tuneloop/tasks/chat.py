@@ -188,7 +188,10 @@ class ChatTask:
         kept.sort(key=lambda item: item.case.id)  # the draw decides which rows, not their order in the file
         return kept, dropped
 
-    def split_stats(self, rows: list[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
+    def write_files(self, source: dict[str, Any], folder: Path, config: DatasetConfig) -> None:
+        """Nothing to write: a chat example is its row."""
+
+    def split_stats(self, rows: Iterable[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
         return split_stats(rows, config)
 
     def extra_files(self, rows: dict[str, list[dict[str, Any]]],

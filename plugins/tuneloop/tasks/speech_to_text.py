@@ -123,6 +123,14 @@ class SpeechToText:
             kept.append(_item(case, text, info, Path(row["audio"]), config))
         return kept, dropped
 
+    def write_files(self, source: dict[str, Any], folder: Path, config: DatasetConfig) -> None:
+        """The 16 kHz mono WAV copy of one recording (``source``: its local path, or a ``file://`` URI; remote
+        audio was fetched to a local file when screened), verified against the content hash probed before."""
+        path = local_audio_path(source["path"])
+        if path is None:
+            raise ValueError(f"source path: not a local file: {source['path']!r}")
+        convert_verified(path, folder / source["audio"], config.sample_rate, source["hash"])
+
     def split_stats(self, rows: Iterable[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
         cases, total, low, high = 0, 0.0, math.inf, 0.0
         slices: dict[str, Counter[str]] = {name: Counter() for name in (*config.slice_fields, "model_version")}
@@ -292,12 +300,9 @@ def _item(case: ErrorCase, text: str, info: AudioInfo, path: Path | str, config:
         if name not in FIXED_ROW_KEYS and name in case.metadata:
             row[name] = case.metadata[name]
 
-    def write(folder: Path) -> None:
-        source = local_audio_path(path) if isinstance(path, str) else path
-        convert_verified(source or path, folder / audio, config.sample_rate, info.content_hash)
-
-    return ExportItem(case=case, key=info.content_hash, text=text, guard_key=info.content_hash, row=row, write=write,
-                      files=(audio,))
+    source = {"path": str(path), "audio": audio, "hash": info.content_hash}
+    return ExportItem(case=case, key=info.content_hash, text=text, guard_key=info.content_hash, row=row,
+                      files=(audio,), source=source)
 
 
 TASK = SpeechToText()
