@@ -92,9 +92,12 @@ STOPS = {  # how people stop it: Ctrl-C signals the terminal's process group; `k
     "ctrl-c": lambda pid: os.killpg(pid, signal.SIGINT),
     "kill": lambda pid: os.kill(pid, signal.SIGTERM),
 }
-# How each is started: from a terminal; `kill` also as a script's background job (`... &`, nohup), which starts
-# with SIGINT ignored -- an ignored signal survives exec, so standalone would never see the SIGINT that stops it.
-STARTS = {"ctrl-c": None, "kill": lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+# How each is started: from a terminal (SIGINT at its default, whatever the test runner inherited: pytest started
+# as a background job, as `... &` in a script, runs with SIGINT ignored, and an ignored signal survives exec); `kill`
+# also as a script's background job (`... &`, nohup), which starts with SIGINT ignored, so standalone would never
+# see the SIGINT that stops it.
+STARTS = {"ctrl-c": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+          "kill": lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)}
 
 
 @pytest.fixture(params=sorted(STOPS))
