@@ -49,6 +49,7 @@ import sqlalchemy as sa
 from tuneloop.audio import probe_audio, write_wav16
 from tuneloop.config import TuneloopConfig
 from tuneloop.store import ErrorCaseStore
+from tuneloop.store.database import _batched
 from tuneloop.store.schema import (
     DEFAULT_MODEL,
     SCHEMA_VERSION,
@@ -299,7 +300,7 @@ def _build(url: str, shape: Shape, cache: Path) -> None:
         with engine.begin() as conn:
             for index in cases_table.indexes:
                 index.drop(conn)
-            for chunk in _chunked(_case_rows(shape, timeline, files), 20_000):
+            for chunk in _batched(_case_rows(shape, timeline, files), 20_000):
                 conn.execute(sa.insert(cases_table), chunk)
             for index in cases_table.indexes:
                 index.create(conn)
@@ -454,14 +455,3 @@ def _rejection_rows(shape: Shape) -> list[dict[str, Any]]:
                      "batch": f"inbox/batch-{k // 50:05d}.jsonl", "line": k % 50 + 1, "field": field,
                      "reason": reason, "snippet": '{"id": "..."}', "at": at})
     return rows
-
-
-def _chunked(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

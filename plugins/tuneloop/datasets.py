@@ -63,7 +63,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO
 
 import msgspec
 
@@ -72,6 +72,7 @@ from tuneloop.config import DatasetConfig
 from tuneloop.regression import LeakageGuard
 from tuneloop.storage import StoragePath, as_path, is_local
 from tuneloop.store import ErrorCase, ErrorCaseStore
+from tuneloop.store.database import _batched
 from tuneloop.tasks import ExportItem, Note, Task, task_for
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,6 @@ STALE_AFTER_S = 7 * 24 * 3600  # an export's leftovers (work folders, unused cac
 SPLIT_FILES = {"train": "train.jsonl", "eval": "eval.jsonl"}
 
 AudioFetcher = Callable[[str], Path]
-_T = TypeVar("_T")
 REPLAY_PREFIX = "replay:"
 # Replay rows carry no time of their own that matters; a fixed one keeps the dataset id content-addressed.
 REPLAY_CREATED_AT = datetime(1970, 1, 1, tzinfo=UTC)
@@ -618,7 +618,7 @@ def _write_splits(folder: Path, task: Task, config: DatasetConfig, spool: _Spool
             if split == "train":
                 lines = itertools.chain(lines, (_json_line(item.row) for item in splits.replay))
             with (folder / files[split]).open("wb") as out:
-                for batch in _batches(lines, EXPORT_BATCH):
+                for batch in _batched(lines, EXPORT_BATCH):
                     out.writelines(batch)
                     if not formats:
                         continue
@@ -638,12 +638,6 @@ def _write_splits(folder: Path, task: Task, config: DatasetConfig, spool: _Spool
                 (folder / files[name]).touch()
     stats = {split: task.split_stats(_read_rows(folder / files[split]), config) for split in SPLIT_FILES}
     return files, stats
-
-
-def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
-    iterator = iter(items)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
 
 
 def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -709,7 +703,7 @@ def _write_files(writers: Iterable[_Writer], task: Task, config: DatasetConfig, 
         return _cache_files(writer, task, config, cache)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="export-files") as pool:
-        for page in _batches(writers, EXPORT_BATCH):
+        for page in _batched(writers, EXPORT_BATCH):
             todo = [w for w in page if not all((cache / name).is_file() for name in w.files)]
             if todo:
                 cache.mkdir(parents=True, exist_ok=True)
