@@ -3,7 +3,8 @@
 
 Weekly (cron from `schedule.weekly_cron`), or started by `finetune_on_errors`, or by hand from the trigger form.
 
-`check_trigger` → `approve_training` → `export_dataset` → `train` → `evaluate` → `validate` → `regression_suite`
+`check_trigger` → `approve_training` → `export_dataset` → `check_budget` → `approve_budget` → `train` → `evaluate`
+→ `validate` → `regression_suite`
 → `register` → `decide` → `approve_deploy` → `deploy` → `post_deploy_check` → (`rollback` only if the check fails)
 | `reject` → `report`.
 
@@ -30,8 +31,10 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, TriggerRule
 
+from tuneloop.backends import BACKENDS
 from tuneloop.config import TuneloopConfig
-from tuneloop.operators.approve import ApproveDeployOperator, ApproveTrainingOperator
+from tuneloop.operators.approve import ApproveBudgetOperator, ApproveDeployOperator, ApproveTrainingOperator
+from tuneloop.operators.check_budget import CheckBudgetOperator
 from tuneloop.operators.check_trigger import CheckTriggerOperator
 from tuneloop.operators.decide import DecideOperator
 from tuneloop.operators.deploy import DeployOperator, RejectOperator, RollbackOperator
@@ -71,8 +74,9 @@ def _params() -> dict[str, Param]:
                           description="true: LoRA (peft); false: full fine-tuning; empty: training.use_lora."),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="Empty: training.epochs."),
         "learning_rate": Param(None, type=["null", "number"], description="Empty: training.learning_rate."),
-        "backend": Param(None, type=["null", "string"], enum=[None, "local", "kubernetes", "gke", "gce"],
-                         description="Where the trainer runs (train and evaluate); empty: training.backend."),
+        "backend": Param(None, type=["null", "string"], enum=[None, *BACKENDS],
+                         description="Where the trainer runs (train and evaluate); openai: OpenAI's fine-tuning "
+                                     "API (chat models); empty: training.backend."),
         "label_noise": Param(
             "none", type="string", enum=["none", "shuffle"],
             description="shuffle: train on shuffled transcripts — a deliberately bad candidate, to test the gate.",
@@ -91,6 +95,14 @@ def _wire(model: TuneloopConfig) -> None:
         retries=0,
     )
     export_dataset = ExportDatasetOperator(task_id="export_dataset")
+    check_budget = CheckBudgetOperator(task_id="check_budget")
+    approve_budget = ApproveBudgetOperator(
+        task_id="approve_budget",
+        subject="Train over budget? ({{ run_id }})",
+        body="{{ ti.xcom_pull(task_ids='check_budget')['reasons'] | join('\n') }}",
+        response_timeout=approval_timeout("costs", model),
+        retries=0,
+    )
     train = trainer_step("train", execution_timeout=timedelta(hours=6))
     evaluate = trainer_step("evaluate", execution_timeout=timedelta(hours=2))
     validate = ValidateOperator(task_id="validate")
@@ -110,7 +122,8 @@ def _wire(model: TuneloopConfig) -> None:
     rollback = RollbackOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED)
     report = ReportOperator(task_id="report", trigger_rule=TriggerRule.ALL_DONE, retries=1)
 
-    check_trigger >> approve_training >> export_dataset >> train >> evaluate >> validate >> regression_suite
+    check_trigger >> approve_training >> export_dataset >> check_budget >> approve_budget >> train >> evaluate
+    evaluate >> validate >> regression_suite
     regression_suite >> register >> decide >> [approve_deploy, reject]
     approve_deploy >> deploy >> post_deploy_check >> rollback
     [post_deploy_check, rollback, reject] >> report

@@ -20,6 +20,7 @@ import argparse
 import getpass
 import json
 import sys
+import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
-ALL_MODELS_COMMANDS = ("status", "demo")  # these work on the whole installation when no --model is given
+ALL_MODELS_COMMANDS = ("status", "costs", "demo")  # these work on the whole installation when no --model is given
 
 
 def _model_config(config: TuneloopConfig, args: argparse.Namespace) -> TuneloopConfig:
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[model],
                             help="cases, trigger conditions, production model, last decisions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--registry", action="store_true",
+                        help="also read the MLflow registry: its aliases (flagged if they differ from tuneloop's "
+                             "history) and the production version's tags (slower: imports MLflow)")
     status.set_defaults(handler=cmd_status)
 
     history = sub.add_parser("history", parents=[model], help="deployment history")
@@ -88,14 +92,23 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--reason", help="why the run is ended by hand (kept in the run and the history)")
     runs.set_defaults(handler=cmd_runs)
 
+    costs = sub.add_parser("costs", parents=[model],
+                           help="what each run's training cost, per month against the budget, and ROI")
+    costs.add_argument("--months", type=int, default=12, help="how many calendar months back (default 12)")
+    costs.add_argument("--json", action="store_true")
+    costs.set_defaults(handler=cmd_costs)
+
     rollback = sub.add_parser("rollback", parents=[model], help="put a previous model version back into production")
     rollback.add_argument("--to", dest="to_version", help="version to restore (default: the 'previous' alias)")
     rollback.add_argument("--reason", default="manual rollback from the CLI")
     rollback.set_defaults(handler=cmd_rollback)
 
     bootstrap = sub.add_parser("bootstrap", parents=[model],
-                               help="register an existing HF model dir as the first production model")
-    bootstrap.add_argument("model_dir", type=Path)
+                               help="register an existing HF model dir (or an OpenAI model) as the first production "
+                                    "model")
+    bootstrap.add_argument("model_dir", type=Path, nargs="?")
+    bootstrap.add_argument("--openai-model", metavar="ID", help="chat models: an OpenAI model id (a base model or "
+                           "one fine-tuned earlier) served through the API, instead of a model directory")
     bootstrap.add_argument("--reason", default="initial production model")
     bootstrap.set_defaults(handler=cmd_bootstrap)
 
@@ -143,32 +156,63 @@ def cmd_ingest(config: TuneloopConfig, args: argparse.Namespace) -> int:
     return 0 if not data["rejected"] else 1
 
 
-def collect_status(config: TuneloopConfig) -> dict[str, Any]:
-    """The seed's get_system_status: everything an operator wants to see at a glance."""
+def collect_status(config: TuneloopConfig, *, registry: bool = False) -> dict[str, Any]:
+    """The seed's get_system_status: everything an operator wants to see at a glance.
+
+    The production and previous versions come from the store's deployment history, where every tuneloop move is
+    recorded with its reason: no MLflow import, so the command answers in well under a second. ``registry``
+    adds what MLflow itself says (aliases and the production version's tags) and flags any difference, e.g. an
+    alias moved by hand in the MLflow UI.
+    """
+    from tuneloop.deployment import aliases_from_history
     from tuneloop.pipeline import evaluate_trigger, training_approval_reason
-    from tuneloop.registry import ModelRegistry
     from tuneloop.store import ErrorCaseStore
 
     store = ErrorCaseStore.from_config(config)
-    registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
     trigger = evaluate_trigger(config, now=datetime.now(timezone.utc), force=False, store=store)
-    production = registry.production_version()
+    move = store.production_move(config.mlflow.model_name)
+    aliases = aliases_from_history([move] if move else [])
+    model: dict[str, Any] = {"name": config.mlflow.model_name, "production_version": aliases["production"],
+                             "previous_version": aliases["previous"],
+                             "production_since": move.to_dict() if move else None}
+    if registry:
+        model["registry"] = _registry_status(config, aliases)
     return {
         "cases": store.statistics().to_dict(),
         "trigger": trigger.to_dict() | {
             "approval_required": training_approval_reason(config, trigger.should_trigger, forced=False) is not None},
-        "model": {"name": config.mlflow.model_name, "production_version": production,
-                  "previous_version": registry.previous_version(),
-                  "production_tags": registry.get_version(production).tags if production else {}},
+        "model": model,
         "last_runs": [r.to_dict() for r in store.training_runs(limit=5)],
         "regression_suites": suite_status(config, store),
+        "costs": _month_costs(collect_costs(config, months=1)),
         "tracking_uri": config.tracking_uri,
     }
 
 
+def _month_costs(report: dict[str, Any]) -> dict[str, Any]:
+    """This month's training spend against the budget, and the latest ROI (status's share of ``costs``)."""
+    month = report["months"][-1] if report["months"] else {"training_usd": 0.0, "runs": 0, "unknown_runs": 0}
+    latest = next((run["roi"] for run in reversed(report["runs"]) if run.get("roi")), None)
+    return {"this_month_usd": month["training_usd"], "trained_runs": month["runs"],
+            "unknown_cost_runs": month["unknown_runs"], "monthly_budget_usd": report["monthly_budget_usd"],
+            "max_run_usd": report["max_run_usd"], "latest_roi": latest}
+
+
+def _registry_status(config: TuneloopConfig, history: dict[str, str | None]) -> dict[str, Any]:
+    """MLflow's aliases and production tags, and whether the aliases agree with tuneloop's history."""
+    from tuneloop.registry import ModelRegistry
+
+    registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
+    production = registry.production_version()
+    seen = {"production": production, "previous": registry.previous_version()}
+    return {"production_version": seen["production"], "previous_version": seen["previous"],
+            "production_tags": registry.get_version(production).tags if production else {},
+            "agrees_with_history": seen == history}
+
+
 def cmd_status(config: TuneloopConfig, args: argparse.Namespace) -> int:
     if config.several_models:
-        statuses = {model.name: collect_status(model) for model in config.each_model()}
+        statuses = {model.name: collect_status(model, registry=args.registry) for model in config.each_model()}
         if args.json:
             print(json.dumps({"models": statuses}, indent=2, default=str))
             return 0
@@ -176,7 +220,7 @@ def cmd_status(config: TuneloopConfig, args: argparse.Namespace) -> int:
             print(f"== model {name} ({config.for_model(name).task})")
             _print_status(status)
         return 0
-    status = collect_status(config)
+    status = collect_status(config, registry=args.registry)
     if args.json:
         print(json.dumps(status, indent=2, default=str))
         return 0
@@ -194,11 +238,12 @@ def _print_status(status: dict[str, Any]) -> None:
     print(f"trigger: {starts if trig['should_trigger'] else 'waiting'}")
     for reason in trig["reasons"]:
         print(f"  - {reason}")
-    model = status["model"]
-    print(f"model {model['name']}: production {version_label(model['production_version'])} "
-          f"(previous {version_label(model['previous_version'])})")
-    for key in sorted(k for k in model["production_tags"] if k.endswith(("wer", "cer")) or k == "dataset_id"):
-        print(f"  {key} = {model['production_tags'][key]}")
+    _print_model(status["model"])
+    costs = status["costs"]
+    budget = (f" of ${costs['monthly_budget_usd']:,.2f} budget" if costs["monthly_budget_usd"] is not None
+              else " (no monthly budget)")
+    unknown = f", {costs['unknown_cost_runs']} run(s) of unknown cost" if costs["unknown_cost_runs"] else ""
+    print(f"costs this month: ${costs['this_month_usd']:,.2f}{budget}{unknown}")
     print("regression suites:")
     if not status["regression_suites"]:
         print("  (none registered)")
@@ -210,6 +255,29 @@ def _print_status(status: dict[str, Any]) -> None:
     print("last runs:")
     for run in status["last_runs"] or [{"run_id": "(none yet)"}]:
         print(f"  {run.get('run_id')}  {run.get('status', '')}  {run.get('finished_at') or ''}")
+
+
+def _print_model(model: dict[str, Any]) -> None:
+    print(f"model {model['name']}: production {version_label(model['production_version'])} "
+          f"(previous {version_label(model['previous_version'])})")
+    since = model["production_since"]
+    if since:
+        print(f"  since {since['at'][:19].replace('T', ' ')} UTC, {since['action']} by {since['actor']}: "
+              f"{_first_line(since['reason'])}")
+    registry = model.get("registry")
+    if registry is None:
+        return
+    if not registry["agrees_with_history"]:
+        print(f"  WARNING: the MLflow registry says production {version_label(registry['production_version'])} "
+              f"(previous {version_label(registry['previous_version'])}): an alias was moved outside tuneloop")
+    tags = registry["production_tags"]
+    for key in sorted(k for k in tags if k.endswith(("wer", "cer")) or k == "dataset_id"):
+        print(f"  {key} = {tags[key]}")
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _suite_number(result: dict[str, Any]) -> str:
@@ -297,6 +365,53 @@ def cmd_history(config: TuneloopConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def collect_costs(config: TuneloopConfig, months: int = 12) -> dict[str, Any]:
+    """:func:`tuneloop.costs.cost_report` over the model's runs finished in the last ``months`` calendar months."""
+    from tuneloop.costs import cost_report
+    from tuneloop.store import ErrorCaseStore
+
+    now = datetime.now(timezone.utc)
+    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    for _ in range(max(months, 1) - 1):
+        first = (first - timedelta(days=1)).replace(day=1)
+    runs = ErrorCaseStore.from_config(config).finished_runs_since(first)
+    return cost_report(runs, monthly_budget_usd=config.costs.monthly_budget_usd, max_run_usd=config.costs.max_run_usd)
+
+
+def cmd_costs(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    reports = {model.name: collect_costs(model, args.months) for model in config.each_model()} \
+        if config.several_models else {config.name: collect_costs(config, args.months)}
+    if args.json:
+        print(json.dumps(reports if config.several_models else reports[config.name], indent=2, default=str))
+        return 0
+    for name, report in reports.items():
+        if config.several_models:
+            print(f"== model {name}")
+        _print_costs(report)
+    return 0
+
+
+def _print_costs(report: dict[str, Any]) -> None:
+    from tuneloop.costs import payback_label
+
+    def usd(value: float | None) -> str:
+        return "unknown" if value is None else f"${value:,.2f}"
+
+    limits = f"max per run {usd(report['max_run_usd'])}" if report["max_run_usd"] is not None else "no limit per run"
+    print(f"budget: {limits}; monthly {usd(report['monthly_budget_usd'])}"
+          if report["monthly_budget_usd"] is not None else f"budget: {limits}; no monthly budget")
+    for month in report["months"]:
+        left = f", {usd(month['left_usd'])} left" if month["left_usd"] is not None else ""
+        unknown = f" (+{month['unknown_runs']} of unknown cost)" if month["unknown_runs"] else ""
+        print(f"{month['month']}: {usd(month['training_usd'])} over {month['runs']} trained run(s){unknown}{left}")
+    print("runs:")
+    for run in report["runs"] or [{"run_id": "(none yet)", "status": "", "training_usd": None, "training_basis": ""}]:
+        cost = usd(run["training_usd"]) if run.get("training_basis") else "-"
+        roi = run.get("roi")
+        payback = f"  payback {payback_label(roi)}" if roi else ""
+        print(f"  {run['run_id']}  {run['status']:<12} {cost}{payback}")
+
+
 def cmd_runs(config: TuneloopConfig, args: argparse.Namespace) -> int:
     from tuneloop.store import ErrorCaseStore
 
@@ -365,18 +480,37 @@ def cmd_bootstrap(config: TuneloopConfig, args: argparse.Namespace) -> int:
     from tuneloop.deployment import bootstrap_production
     from tuneloop.registry import ModelRegistry
     from tuneloop.store import ErrorCaseStore
-    from tuneloop.tasks import task_for
 
-    if not (args.model_dir / "config.json").exists():
-        raise ValueError(f"model_dir: {args.model_dir} is not a Hugging Face model directory (no config.json)")
+    if (args.model_dir is None) == (args.openai_model is None):
+        raise ValueError("bootstrap: give a model directory or --openai-model, not both and not neither")
     registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
-    run_id = tracking.ensure_run(config, "bootstrap", dag_id="cli")
-    serving = task_for(config.task).serving()  # the model's kind: speech or chat pyfunc
-    event = bootstrap_production(registry, ErrorCaseStore.from_config(config), args.model_dir, run_id=run_id,
-                                 reason=args.reason, actor=f"cli:{getpass.getuser()}", serving_code=serving.code,
-                                 pip_requirements=serving.requirements, signature=serving.signature)
+    with tempfile.TemporaryDirectory(prefix="tuneloop-bootstrap-") as scratch:
+        model_dir, serving = _bootstrap_model(config, args, Path(scratch))
+        run_id = tracking.ensure_run(config, "bootstrap", dag_id="cli")
+        tags = {"provider": "openai", "provider_model": args.openai_model} if args.openai_model else None
+        event = bootstrap_production(registry, ErrorCaseStore.from_config(config), model_dir, run_id=run_id,
+                                     reason=args.reason, actor=f"cli:{getpass.getuser()}", tags=tags,
+                                     serving_code=serving.code,
+                                     pip_requirements=serving.requirements, signature=serving.signature,
+                                     model_config=serving.model_config)
     print(f"production: {version_label(event.to_version)} ({event.reason})")
     return 0
+
+
+def _bootstrap_model(config: TuneloopConfig, args: argparse.Namespace, scratch: Path) -> tuple[Path, Any]:
+    """The model directory to register and how it is served: the given HF directory with the task's pyfunc, or a
+    directory naming the OpenAI model with the API's pyfunc."""
+    from tuneloop.managed import reference
+    from tuneloop.tasks import task_for
+
+    if args.openai_model is None:
+        if not (args.model_dir / "config.json").exists():
+            raise ValueError(f"model_dir: {args.model_dir} is not a Hugging Face model directory (no config.json)")
+        return args.model_dir, task_for(config.task).serving()  # the model's kind: speech or chat pyfunc
+    if config.task != "chat":
+        raise ValueError(f"--openai-model: OpenAI serves chat models; this model's task is {config.task}")
+    reference.write_managed(scratch, reference.ManagedModel(provider="openai", model=args.openai_model))
+    return scratch, reference.serving()
 
 
 def cmd_demo(config: TuneloopConfig, args: argparse.Namespace) -> int:

@@ -153,10 +153,37 @@ class GceConfig(_Section):
     timeout_hours: float = Field(12, gt=0)
 
 
+class OpenAIFineTuningConfig(_Section):
+    """The ``openai`` backend (chat models): OpenAI's supervised fine-tuning API trains the candidate.
+
+    The key and endpoint come only from Airflow connection ``conn_id`` (type ``openai``: key in the password,
+    optional base URL in the host or ``extra.openai_client_kwargs.base_url``), never from this file. OpenAI is
+    winding down self-serve fine-tuning (no new jobs from 2027-01-06): see the README.
+    """
+
+    conn_id: str = Field("openai_default", min_length=1, description="Airflow connection (type openai)")
+    base_model: str = Field("gpt-4.1-mini-2025-04-14", min_length=1, description="the OpenAI model fine-tuned when "
+                            "no production version exists; later runs fine-tune production's model further")
+    n_epochs: int | Literal["auto"] = Field("auto", description="'auto': OpenAI's default for the dataset size; "
+                                            "the Params form's epochs overrides")
+    batch_size: int | Literal["auto"] = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+    max_example_tokens: int = Field(65536, ge=1, description="an example with more tokens is refused before upload")
+    min_examples: int = Field(10, ge=10, description="OpenAI needs at least 10 training examples")
+    poll_seconds: float = Field(30, gt=0, description="how often the triggerer reads the job and its events")
+    timeout_hours: float = Field(24, gt=0, description="after this the job is cancelled and the run fails")
+    request_timeout_seconds: float = Field(60, gt=0, description="per API request")
+    max_retries: int = Field(5, ge=0, description="retries of a request that failed with 408/409/429/5xx or a "
+                             "connection error, with the client's exponential backoff (honouring Retry-After)")
+    concurrency: int = Field(8, ge=1, le=64, description="evaluation requests in flight at once")
+    max_reply_tokens: int = Field(512, ge=1, description="max_completion_tokens of each evaluation reply")
+
+
 class TrainingConfig(_Section):
     """How the trainer runs (mirrors the trainer's spec; the Params form overrides per run)."""
 
-    backend: Literal["local", "kubernetes", "gke", "gce"] = Field("local", description="where the trainer runs")
+    backend: Literal["local", "kubernetes", "gke", "gce", "openai"] = Field(
+        "local", description="where the trainer runs; openai: OpenAI's fine-tuning API (chat models)")
     base_model: str | None = Field(None, description="HF model dir used when no production model is registered")
     epochs: int = Field(3, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -176,6 +203,12 @@ class TrainingConfig(_Section):
     pod: PodConfig = PodConfig()
     gke: GkeConfig = GkeConfig()
     gce: GceConfig = GceConfig()
+    openai: OpenAIFineTuningConfig = OpenAIFineTuningConfig()
+
+    def timeout_hours(self) -> float:
+        """How long the configured backend's training may take before it is stopped."""
+        return {"gce": self.gce.timeout_hours, "openai": self.openai.timeout_hours}.get(
+            self.backend, self.timeout_minutes / 60)
 
 
 # Fields every exported eval row carries whatever dataset.slice_fields says (tuneloop.datasets writes them); with
@@ -429,7 +462,40 @@ DEFAULT_MODEL = "default"
 TaskName = Literal["speech_to_text", "chat"]
 MODEL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"  # part of DAG ids, run folders and MLflow tags
 # Sections a model of ``models:`` may override; everything else (home, store, storage, mlflow server) is shared.
-MODEL_SECTIONS = ("trigger", "ingest", "dataset", "training", "validation", "regression", "deployment", "schedule")
+MODEL_SECTIONS = ("trigger", "ingest", "dataset", "training", "validation", "regression", "deployment", "schedule",
+                  "costs")
+
+
+class Price(_Section):
+    """What one priced thing costs, in dollars; set only what applies (see :mod:`tuneloop.costs`)."""
+
+    training_per_1m_tokens: float | None = Field(None, ge=0, description="managed fine-tuning, per 1M trained "
+                                                 "tokens (the base model's entry)")
+    input_per_1m_tokens: float | None = Field(None, ge=0, description="inference, per 1M prompt tokens")
+    output_per_1m_tokens: float | None = Field(None, ge=0, description="inference, per 1M completion tokens")
+    per_hour: float | None = Field(None, ge=0, description="a machine type, an accelerator (per unit) or a "
+                                   "backend's pod (kubernetes, gke), per hour")
+    per_request: float | None = Field(None, ge=0, description="inference, per request")
+
+
+class CostsConfig(_Section):
+    """Prices, budgets and the value of an avoided error (seed 004's cost tracker).
+
+    ``prices`` keys: an OpenAI model id, ``ft:<base model>`` (every model fine-tuned from it), a GCE machine type
+    or accelerator type, ``kubernetes`` / ``gke``. A budget that is set is checked before training starts (the
+    ``approve_budget`` step): over it, the run waits for a person's approval (``over_budget: approve``) or is
+    refused with the numbers (``refuse``); nothing is uploaded or started before that decision.
+    """
+
+    prices: dict[str, Price] = Field(default_factory=dict, description="name -> price (dollars); none are built in")
+    max_run_usd: float | None = Field(None, ge=0, description="one run's training may cost at most this")
+    monthly_budget_usd: float | None = Field(None, ge=0, description="this model's training per calendar month (UTC)")
+    over_budget: Literal["approve", "refuse"] = Field("approve", description="over budget: a person approves in "
+                                                      "Airflow, or the run is refused")
+    value_per_error_avoided_usd: float = Field(10.0, ge=0, description="what one avoided error is worth (seed 004)")
+    expected_requests_per_month: int | None = Field(None, ge=0, description="for ROI; None: production's recorded "
+                                                    "inferences over the last 30 days")
+    approval_timeout_hours: float = Field(24, gt=0, description="an unanswered over-budget approval is a reject")
 
 
 class ModelSpec(_Section):
@@ -451,6 +517,7 @@ class ModelSpec(_Section):
     regression: dict[str, Any] = Field(default_factory=dict)
     deployment: dict[str, Any] = Field(default_factory=dict)
     schedule: dict[str, Any] = Field(default_factory=dict)
+    costs: dict[str, Any] = Field(default_factory=dict)
 
 
 class TuneloopConfig(_Section):
@@ -482,19 +549,22 @@ class TuneloopConfig(_Section):
     deployment: DeploymentConfig = DeploymentConfig()
     mlflow: MlflowConfig = MlflowConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    costs: CostsConfig = CostsConfig()
 
     @model_validator(mode="after")
     def _deadline_above_the_waits(self) -> "TuneloopConfig":
         """A deadline shorter than a run may legitimately take would fail a live run and let a second one train
         on the same cases: it must exceed both approval waits plus one training budget."""
-        floor = (self.trigger.approval_timeout_hours + self.deployment.approval_timeout_hours
-                 + self.training.timeout_minutes / 60)
+        floor = (self.trigger.approval_timeout_hours + self.costs.approval_timeout_hours
+                 + self.deployment.approval_timeout_hours + self.training.timeout_hours())
         if self.schedule.run_timeout_hours <= floor:
             raise ValueError(
                 f"schedule.run_timeout_hours: {self.schedule.run_timeout_hours:g} h would fail runs still waiting or "
                 f"training: a run may wait trigger.approval_timeout_hours ({self.trigger.approval_timeout_hours:g}) "
+                f"+ costs.approval_timeout_hours ({self.costs.approval_timeout_hours:g}) "
                 f"+ deployment.approval_timeout_hours ({self.deployment.approval_timeout_hours:g}) and train "
-                f"training.timeout_minutes ({self.training.timeout_minutes:g}); set it above {floor:g} h")
+                f"for {self.training.timeout_hours():g} h (the {self.training.backend} backend's timeout); set it "
+                f"above {floor:g} h")
         return self
 
     @model_validator(mode="after")

@@ -76,6 +76,26 @@ def production_lineage(events: Sequence[DeploymentEvent]) -> list[str]:
     return list(seen)
 
 
+def production_move(events: Sequence[DeploymentEvent]) -> DeploymentEvent | None:
+    """The move that made the current production version (bootstrap, deploy or rollback); None before any."""
+    return next((e for e in _newest_first(events) if e.action in _PRODUCTION_MOVES), None)
+
+
+def aliases_from_history(events: Sequence[DeploymentEvent]) -> dict[str, str | None]:
+    """``production`` and ``previous`` as tuneloop's own moves left them, read from the history alone.
+
+    Every move writes the version it left as ``previous`` into the event's details (deploy: the production it
+    replaced; rollback: the new rollback target; bootstrap: none), so the latest production move names both
+    aliases. This lets ``tuneloop status`` answer without importing MLflow; an alias moved by hand in MLflow is
+    not seen here (``tuneloop status --registry`` compares the two).
+    """
+    move = production_move(events)
+    if move is None:
+        return {"production": None, "previous": None}
+    previous = move.details.get("previous")
+    return {"production": move.to_version, "previous": None if previous is None else str(previous)}
+
+
 def predecessor(events: Sequence[DeploymentEvent], version: str) -> str | None:
     """The production version that ``version`` replaced when it was (last) deployed; None if unknown or first."""
     for event in _newest_first(events):
@@ -428,6 +448,8 @@ def register(
     tags: Mapping[str, Any] | None = None,
     serving_code: Path | None = None,
     pip_requirements: Sequence[str] | None = None,
+    signature: Any = None,
+    model_config: Mapping[str, Any] | None = None,
     clock: Clock = _utcnow,
 ) -> str:
     """Register a trained model as the candidate (:meth:`ModelRegistry.register_candidate`), recorded once.
@@ -437,7 +459,8 @@ def register(
     """
     existed = registry.exists() and registry.find_version_by_run(airflow_run_id) is not None
     version = registry.register_candidate(model_dir, run_id=run_id, airflow_run_id=airflow_run_id, tags=tags,
-                                          serving_code=serving_code, pip_requirements=pip_requirements)
+                                          serving_code=serving_code, pip_requirements=pip_requirements,
+                                          signature=signature, model_config=model_config)
     if not existed:
         current = registry.production_version()
         _record(history, _event("register", registry, current, current, reason=reason, actor=actor,
@@ -459,6 +482,7 @@ def bootstrap_production(
     serving_code: Path | str | None = None,
     pip_requirements: Sequence[str] | None = None,
     signature: Any = None,
+    model_config: Mapping[str, Any] | None = None,
     clock: Clock = _utcnow,
 ) -> DeploymentEvent:
     """Give a model its first production version: ``model_dir`` registered now (logged into MLflow run
@@ -470,7 +494,7 @@ def bootstrap_production(
             raise DeploymentError("bootstrap_production with model_dir needs the MLflow run_id to log it into")
         version = registry.register_candidate(
             model_dir, run_id=run_id, airflow_run_id=airflow_run_id, tags=tags, serving_code=serving_code,
-            pip_requirements=pip_requirements, signature=signature,
+            pip_requirements=pip_requirements, signature=signature, model_config=model_config,
         )
     elif version is None or model_dir is not None:
         raise DeploymentError("bootstrap_production needs exactly one of model_dir and version")

@@ -9,6 +9,7 @@ Airflow run id (never the logical date), and every step can be re-run: it reuses
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import tempfile
@@ -215,6 +216,115 @@ class PipelineRun:
         tracking.log_artifact(self.config, mlflow_run, dataset_dir / "manifest.json", "dataset")
         return {"dataset_id": manifest.dataset_id, "dataset_dir": storage.uri(dataset_dir), "counts": manifest.counts}
 
+    # -- 2b. approve_budget -------------------------------------------------------------------------------
+    def budget_check(self, dataset_id: str) -> dict[str, Any]:
+        """The training's estimated cost against ``costs.max_run_usd`` and what is left of this month's
+        ``costs.monthly_budget_usd`` (written to budget.json). Nothing is uploaded or started here; for a managed
+        backend the splits are checked against the provider's rules, which gives the token count."""
+        from tuneloop.costs import budget_check
+
+        costs = self.config.costs
+        spent, unknown = self.spent_this_month()
+        check = budget_check(self.training_estimate(dataset_id), spent_this_month_usd=spent,
+                             unknown_runs_this_month=unknown, max_run_usd=costs.max_run_usd,
+                             monthly_budget_usd=costs.monthly_budget_usd)
+        _write_json(self.paths.root / "budget.json", check.to_dict())
+        for reason in check.reasons:
+            log.info("budget: %s", reason)
+        return check.to_dict() | {"over_budget": costs.over_budget}
+
+    def spent_this_month(self) -> tuple[float, int]:
+        """This model's training costs of runs finished this calendar month (UTC), this run excluded: the known
+        sum, and how many trained runs' cost is unknown (never counted as zero)."""
+        month = self._now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        trainings = [(r.summary.get("costs") or {}).get("training") for r in self.store.finished_runs_since(month)
+                     if r.run_id != self.run_id]
+        known = [t["usd"] for t in trainings if t and t.get("usd") is not None]
+        return sum(known), sum(1 for t in trainings if t and t.get("usd") is None)
+
+    def training_estimate(self, dataset_id: str) -> Any:
+        """What this run's training will cost (:class:`tuneloop.costs.Cost`): a managed job's estimated tokens at
+        the training price; a pod's or VM's hours at most its timeout; local nothing."""
+        from tuneloop.backends import MANAGED
+        from tuneloop.costs import hours_cost, openai_training_cost
+
+        backend = self.backend()
+        if backend in MANAGED:
+            prepared = self.prepare_train(dataset_id)
+            return openai_training_cost(self.config.costs.prices, self._priced_base_model(),
+                                        prepared["estimated_training_tokens"], estimate=True)
+        training = self.config.training
+        bound = training.gce.timeout_hours if backend == "gce" else training.timeout_minutes / 60
+        return hours_cost(self.config.costs.prices, self.machine_parts(backend), bound, upper_bound=backend != "local")
+
+    def training_cost(self) -> Any:
+        """What this run's training cost, from what the trainer or the job reported (metrics.json)."""
+        from tuneloop.backends import MANAGED
+        from tuneloop.costs import hours_cost, openai_training_cost
+
+        from tuneloop.costs import Cost
+
+        metrics = storage.read_json(self.paths.training / "metrics.json")
+        backend = self.backend()
+        if backend in MANAGED:
+            if metrics.get("trained_tokens") is None:
+                return Cost(None, "the job reported no trained_tokens")
+            return openai_training_cost(self.config.costs.prices, self._priced_base_model(),
+                                        int(metrics["trained_tokens"]))
+        if metrics.get("train_runtime_s") is None:
+            return Cost(None, "the trainer reported no train_runtime_s")
+        hours = float(metrics["train_runtime_s"]) / 3600
+        return hours_cost(self.config.costs.prices, self.machine_parts(backend), hours)
+
+    def machine_parts(self, backend: str) -> dict[str, int]:
+        """What a trainer backend bills by the hour: a GCE VM's machine type and accelerators, a pod's accelerator
+        per GPU (its node selector's ``cloud.google.com/gke-accelerator``) else the backend itself; local: none."""
+        training = self.config.training
+        if backend == "gce":
+            parts = {training.gce.machine_type: 1}
+            if training.gce.accelerator_count:
+                parts[training.gce.accelerator_type] = training.gce.accelerator_count
+            return parts
+        if backend in ("kubernetes", "gke"):
+            accelerator = training.pod.node_selector.get("cloud.google.com/gke-accelerator")
+            return {accelerator: training.pod.gpus} if accelerator and training.pod.gpus else {backend: 1}
+        return {}
+
+    def _priced_base_model(self) -> str:
+        """The model whose training price applies: the one fine-tuned, or the base of a fine-tuned one
+        (``ft:<base>:<org>:<suffix>:<id>``: training it further bills at the base's price)."""
+        from tuneloop.managed.reference import read_managed
+
+        name = read_managed(self.paths.base_model).model
+        return name.split(":")[1] if name.startswith("ft:") else name
+
+    def inference_costs(self) -> dict[str, dict[str, Any]]:
+        """Production's and the candidate's cost per request, from the token usage their eval predictions recorded
+        (a managed model's; a self-hosted model's predictions carry none and cost what its machine costs)."""
+        from tuneloop.costs import mean_request_cost
+        from tuneloop.managed.reference import is_managed, read_managed
+
+        costs = {}
+        for tag, model_dir in (("production", self.paths.base_model), ("candidate", self.paths.model)):
+            path = self.paths.predictions(tag)
+            if not (is_managed(model_dir) and path.exists()):
+                continue
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            costs[tag] = mean_request_cost(self.config.costs.prices, read_managed(model_dir).model, rows).to_dict()
+        return costs
+
+    def expected_requests(self) -> float:
+        """Requests a month for ROI: ``costs.expected_requests_per_month``, else the model's recorded inferences
+        (every version's) over the last 30 days."""
+        if self.config.costs.expected_requests_per_month is not None:
+            return float(self.config.costs.expected_requests_per_month)
+        return float(self.store.inferences_since(self._now() - timedelta(days=30)))
+
+    def budget_needs_approval(self, check: dict[str, Any]) -> str | None:
+        if check["within"]:
+            return None
+        return "over budget: " + "; ".join(check["reasons"])
+
     # -- 3. train ------------------------------------------------------------------------------------------
     def dataset_dir(self, dataset_id: str) -> StoragePath:
         return self.config.resolved_storage_root / "datasets" / dataset_id
@@ -225,8 +335,10 @@ class PipelineRun:
         Published under the run's folder (a pod or VM reads it from there) before ``base_model.json`` is written:
         a worker killed mid-download or mid-upload leaves nothing a retry could mistake for a model.
         """
+        from tuneloop.managed.reference import is_managed
+
         target = self.paths.base_model
-        if self.paths.base_source.exists() and (target / "config.json").exists():
+        if self.paths.base_source.exists() and ((target / "config.json").exists() or is_managed(target)):
             return target
         version = self.registry.production_version()
         with tempfile.TemporaryDirectory(prefix="tuneloop-base-") as tmp:
@@ -234,13 +346,22 @@ class PipelineRun:
                 local = self.registry.download_model_dir(version, Path(tmp) / "model")
                 source: dict[str, Any] = {"source": "production", "version": version}
             else:
-                local = self._configured_base_model()
+                local = self._configured_base_model(Path(tmp) / "model")
                 source = {"source": "base_model", "path": str(local), "version": None}
             storage.publish_dir(local, target)
         _write_json(self.paths.base_source, source)
         return target
 
-    def _configured_base_model(self) -> Path:
+    def _configured_base_model(self, scratch: Path) -> Path:
+        """``training.base_model``; for a managed backend, a model directory naming its configured base model."""
+        from tuneloop.backends import MANAGED
+
+        if self.backend() in MANAGED:
+            from tuneloop.managed import openai_training
+            from tuneloop.managed.reference import write_managed
+
+            write_managed(scratch, openai_training.configured_base(self))
+            return scratch
         if not self.config.training.base_model:
             raise ValueError("training.base_model: no production model is registered and no base model is "
                              "configured; set training.base_model to a Hugging Face model directory")
@@ -284,12 +405,15 @@ class PipelineRun:
 
     def backend(self) -> str:
         """Where the trainer runs in this run: the Params form's choice, else ``training.backend``."""
-        from tuneloop.backends import BACKENDS
+        from tuneloop.backends import BACKENDS, MANAGED, REMOTE_TRAINERS
 
         name = self.params.backend or self.config.training.backend
         if name not in BACKENDS:
             raise ValueError(f"training.backend: unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-        if name != "local" and storage.is_local(self.paths.root):
+        if name in MANAGED and self.config.task != "chat":
+            raise ValueError(f"training.backend={name} fine-tunes chat models; this model's task is "
+                             f"{self.config.task}: use local, kubernetes, gke or gce")
+        if name in REMOTE_TRAINERS and storage.is_local(self.paths.root):
             raise ValueError(f"training.backend={name} runs the trainer on another machine, which cannot read the "
                              f"local folder {self.paths.root}: set storage_root to object storage (gs://bucket/prefix)")
         return name
@@ -298,8 +422,14 @@ class PipelineRun:
         """Publish the base model and the training spec; return the trainer command for the chosen backend."""
         from tuneloop.backends.command import train_args
 
+        from tuneloop.backends import MANAGED
+
         backend = self.backend()
         base_model = self.prepare_base_model()
+        if backend in MANAGED:
+            from tuneloop.managed import openai_training
+
+            return openai_training.prepare(self, dataset_id)
         _write_json(self.paths.spec, self.training_spec(self.dataset_dir(dataset_id), base_model))
         return {"backend": backend, "args": train_args(storage.uri(self.paths.spec)), "done": False}
 
@@ -416,12 +546,40 @@ class PipelineRun:
         tags = {"dataset_id": dataset_id, "airflow_run_id": self.run_id, "verdict": verdict,
                 "gate_verdict": gate_result["verdict"], "regression_passed": str(regression["passed"]).lower(),
                 **{k: v for k, v in self.task.flat_metrics(gate_result).items()}}
-        serving = self.task.serving()
+        serving = self.serving()
+        tags |= self._managed_tags()
         with storage.local_dir(self.paths.model) as model_dir:
             version = self.registry.register_candidate(model_dir, run_id=self.mlflow_run_id(), tags=tags,
                                                        serving_code=serving.code, pip_requirements=serving.requirements,
-                                                       signature=serving.signature)
+                                                       signature=serving.signature,
+                                                       model_config=serving.model_config)
         return {"version": version, "production_version": self.registry.production_version()}
+
+    def serving(self) -> Any:
+        """How the candidate is served: the task's pyfunc, or the managed provider's for a managed model."""
+        from tuneloop.managed import reference
+
+        return reference.serving() if reference.is_managed(self.paths.model) else self.task.serving()
+
+    def served_model_config(self) -> dict[str, Any] | None:
+        """What loading the candidate's pyfunc needs besides its artifacts (``model_config``, kept in memory):
+        the API's credentials from the Airflow connection for a managed model, else nothing."""
+        from tuneloop.managed.reference import is_managed
+
+        if not is_managed(self.paths.model):
+            return None
+        from tuneloop.hooks.openai_connection import serving_config
+
+        return serving_config(self.config.training.openai)
+
+    def served_params(self) -> dict[str, Any] | None:
+        """The candidate's predict params that keep its served replies as long as its evaluated ones (a managed
+        model was evaluated with ``training.openai.max_reply_tokens``); None: the pyfunc's defaults."""
+        from tuneloop.managed.reference import is_managed
+
+        if not is_managed(self.paths.model):
+            return None
+        return {"max_new_tokens": self.config.training.openai.max_reply_tokens}
 
     # -- 7. decide -----------------------------------------------------------------------------------------
     def decide(self) -> Outcome:
@@ -452,7 +610,29 @@ class PipelineRun:
         event = deploy(self.registry, self.store, version, reason=self._gate_summary(), actor=actor.name,
                        run_id=self.run_id, keep_previous_versions=self.config.deployment.keep_previous_versions,
                        details=actor.details())
+        self._retire_managed_models(event.details.get("archived") or [])
         return event.to_dict()
+
+    def _managed_tags(self) -> dict[str, str]:
+        """A managed candidate's provider and model id, as version tags (retention reads them)."""
+        from tuneloop.managed.reference import is_managed, read_managed
+
+        if not is_managed(self.paths.model):
+            return {}
+        model = read_managed(self.paths.model)
+        job = {"provider_job_id": model.job_id} if model.job_id else {}
+        return {"provider": model.provider, "provider_model": model.model, **job}
+
+    def _retire_managed_models(self, archived: list[str]) -> None:
+        """Delete at the provider the fine-tuned models of the versions retention just archived."""
+        from tuneloop.managed.openai_training import retire_models
+
+        def client() -> Any:
+            from tuneloop.hooks.openai_connection import openai_client
+
+            return openai_client(self.config.training.openai)
+
+        retire_models(self.registry, archived, client, log.info)
 
     def reject(self, version: str, actor: RunActor | None = None) -> dict[str, Any]:
         from tuneloop.deployment import reject
@@ -486,7 +666,8 @@ class PipelineRun:
 
         production = self.registry.production_version()
         who = response.get("by") or "nobody (timed out)"
-        what = "training" if stage == "training" else f"deployment of version {response.get('version')}"
+        what = {"training": "training", "budget": "training over budget"}.get(
+            stage, f"deployment of version {response.get('version')}")
         event = DeploymentEvent(action="approval_rejected", model_name=self.config.mlflow.model_name,
                                 from_version=production, to_version=production,
                                 reason=f"{what} not approved: {response['summary']}", actor=str(who),

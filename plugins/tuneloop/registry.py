@@ -315,6 +315,7 @@ class ModelRegistry:
         airflow_run_id: str | None = None,
         pip_requirements: Sequence[str] | None = None,
         signature: Any = None,
+        model_config: Mapping[str, Any] | None = None,
     ) -> str:
         """Log ``model_dir`` as an MLflow pyfunc into MLflow run ``run_id``, register it, point ``candidate`` at it.
 
@@ -324,6 +325,8 @@ class ModelRegistry:
         (default: tuneloop_trainer's serving.py) defines the pyfunc and ``model_dir`` travels as its ``model``
         artifact. Non-string tag values (metrics) are stored as JSON. ``signature``: the pyfunc's MLflow signature
         (e.g. the chat model's ``max_new_tokens`` param; MLflow drops params a signature does not declare).
+        ``model_config``: the keys ``load_pyfunc(model_config=...)`` may set at load time, with their defaults
+        (MLflow ignores keys the logged model does not declare); never a secret: it is stored with the model.
         """
         key = airflow_run_id or (tags or {}).get(AIRFLOW_RUN_ID_TAG)
         if not key:
@@ -338,7 +341,7 @@ class ModelRegistry:
                 raise RegistryError(f"model directory {model_dir} does not exist")
             code, requirements = _serving(serving_code, pip_requirements)
             self.ensure_model()
-            model_uri, model_id = self._log_model(model_dir, run_id, code, requirements, signature)
+            model_uri, model_id = self._log_model(model_dir, run_id, code, requirements, signature, model_config)
             # the SQL store resolves models:/<model_id> through the fluent tracking URI, hence active()
             with self.active(), self._errors(f"registering {model_uri}"):
                 created = self.client.create_model_version(
@@ -353,7 +356,7 @@ class ModelRegistry:
         return version
 
     def _log_model(self, model_dir: Path, run_id: str, code: Path, requirements: list[str],
-                   signature: Any = None) -> tuple[str, str]:
+                   signature: Any = None, model_config: Mapping[str, Any] | None = None) -> tuple[str, str]:
         import mlflow
 
         with self.active(), self._errors(f"logging {model_dir} into run {run_id}"), mlflow.start_run(run_id=run_id):
@@ -363,16 +366,19 @@ class ModelRegistry:
                     artifacts={ARTIFACT_NAME: str(model_dir)},
                     pip_requirements=requirements,
                     signature=signature,
+                    model_config=dict(model_config) if model_config else None,
                 )
         return info.model_uri, info.model_id
 
-    def load_pyfunc(self, alias_or_version: str = "production") -> Any:
-        """Load the served model through its alias (exactly what serving does) or a version number."""
+    def load_pyfunc(self, alias_or_version: str = "production", model_config: dict[str, Any] | None = None) -> Any:
+        """Load the served model through its alias (exactly what serving does) or a version number.
+        ``model_config``: what its ``load_context`` needs besides the artifacts (a managed model's API
+        credentials), held in memory only."""
         import mlflow
 
         uri = self.model_uri(alias_or_version)
         with self.active(), self._errors(f"loading {uri}"):
-            return mlflow.pyfunc.load_model(uri)
+            return mlflow.pyfunc.load_model(uri, model_config=model_config)
 
     def download_model_dir(self, alias_or_version: str, target: Path | str) -> Path:
         """Copy the model directory a version was registered from (its ``model`` artifact) into ``target``.

@@ -27,6 +27,8 @@ def classify(outcome: dict[str, Any]) -> str:
         return "skipped"
     if _declined(outcome.get("approve_training")):
         return "not_approved"
+    if _declined(outcome.get("approve_budget")):
+        return "over_budget"
     if outcome.get("rollback"):
         return "rolled_back"
     if outcome.get("deploy") and states.get("post_deploy_check") == "success":
@@ -55,7 +57,9 @@ def build_record(run: PipelineRun, outcome: dict[str, Any], status: str) -> dict
         "reason_started": run.params.reason,
         "written_at": datetime.now(timezone.utc).isoformat(),
         "trigger": outcome.get("check_trigger"),
-        "approvals": {"training": outcome.get("approve_training"), "deployment": outcome.get("approve_deploy")},
+        "approvals": {"training": outcome.get("approve_training"), "budget": outcome.get("approve_budget"),
+                      "deployment": outcome.get("approve_deploy")},
+        "costs": run_costs(run, outcome),
         "dataset": outcome.get("export_dataset"),
         "training": (outcome.get("train") or {}).get("metrics"),
         "candidate_version": registered.get("version"),
@@ -71,6 +75,36 @@ def build_record(run: PipelineRun, outcome: dict[str, Any], status: str) -> dict
     }
 
 
+def run_costs(run: PipelineRun, outcome: dict[str, Any]) -> dict[str, Any]:
+    """What the run cost and what its candidate would save (:mod:`tuneloop.costs`): the budget check made before
+    training, the training's actual cost, production's and the candidate's inference cost per request where the
+    evaluation recorded token usage, and seed 004's ROI once the gate has compared them."""
+    from tuneloop.costs import roi
+
+    costs: dict[str, Any] = {"budget": outcome.get("check_budget")}
+    if outcome.get("train"):
+        costs["training"] = run.training_cost().to_dict()
+    costs["inference"] = run.inference_costs() if outcome.get("evaluate") else {}
+    rates = _error_rates(outcome.get("validate") or {})
+    if "training" in costs and rates is not None:
+        production, candidate = (costs["inference"].get(tag, {}).get("usd") for tag in ("production", "candidate"))
+        costs["roi"] = roi(training_usd=costs["training"]["usd"], expected_requests_per_month=run.expected_requests(),
+                           error_rate_production=rates[0], error_rate_candidate=rates[1],
+                           value_per_error_avoided_usd=run.config.costs.value_per_error_avoided_usd,
+                           request_cost_production_usd=production, request_cost_candidate_usd=candidate).to_dict()
+    return costs
+
+
+def _error_rates(gate: dict[str, Any]) -> tuple[float, float] | None:
+    """Share of requests production and the candidate get wrong: speech, utterances not transcribed exactly;
+    chat, one minus the primary metric's mean (exact match: the share answered wrong)."""
+    for base, cand in (("baseline_exact_match_rate", "candidate_exact_match_rate"),
+                       ("baseline_mean", "candidate_mean")):
+        if gate.get(base) is not None and gate.get(cand) is not None:
+            return 1 - float(gate[base]), 1 - float(gate[cand])
+    return None
+
+
 def summary_lines(record: dict[str, Any]) -> list[str]:
     """The record in plain words, one line per fact; printed in the task log and the top of decision.md."""
     lines = [f"Run {record['run_id']}: {record['status'].upper()} (started: {record['reason_started']})"]
@@ -82,6 +116,7 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     dataset = record.get("dataset") or {}
     if dataset:
         lines.append(f"dataset {dataset['dataset_id']}: {dataset['counts']}")
+    lines += _cost_lines(record.get("costs") or {})
     gate = record.get("gate") or {}
     if gate:
         lines.append(f"gate verdict: {gate.get('verdict')}")
@@ -104,6 +139,29 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     if record["status"] == "failed":
         failed = [t for t, s in (record.get("task_states") or {}).items() if s in ("failed", "upstream_failed")]
         lines.append(f"failed steps: {', '.join(failed) or 'unknown'}; cases stay available for the next run")
+    return lines
+
+
+def _cost_lines(costs: dict[str, Any]) -> list[str]:
+    from tuneloop.costs import payback_label
+
+    lines = []
+    budget = costs.get("budget") or {}
+    if budget and not budget.get("within"):
+        lines += [f"budget: {reason}" for reason in budget.get("reasons", [])]
+    training = costs.get("training")
+    if training:
+        usd = "unknown" if training["usd"] is None else f"${training['usd']:,.2f}"
+        lines.append(f"training cost: {usd} ({training['basis']})")
+    for tag, cost in (costs.get("inference") or {}).items():
+        if cost.get("usd") is not None:
+            lines.append(f"inference cost per request, {tag}: ${cost['usd']:.6f} ({cost['basis']})")
+    result = costs.get("roi")
+    if result:
+        payback = payback_label(result)
+        lines.append(f"ROI: {result['errors_avoided_per_month']:,.0f} errors avoided a month over "
+                     f"{result['expected_requests_per_month']:,.0f} requests, worth "
+                     f"${result['error_value_per_month_usd']:,.2f}; payback {payback}")
     return lines
 
 
@@ -235,7 +293,7 @@ def close_run(run: PipelineRun, record: dict[str, Any]) -> None:
     dataset_id = (record.get("dataset") or {}).get("dataset_id")
     consumed = _trained_case_ids(run, dataset_id) if status in CONSUMING and dataset_id else []
     run.store.finish_training_run(run.run_id, status, dataset_id=dataset_id, candidate_version=version,
-                                  summary={"lines": summary_lines(record)})
+                                  summary={"lines": summary_lines(record), "costs": record.get("costs")})
     for suite in (record.get("regression") or {}).get("results", []):
         run.store.record_suite_result(run.run_id, {**suite, "model_version": version})
     if consumed:

@@ -76,6 +76,20 @@ def log_metrics(config: TuneloopConfig, run_id: str, metrics: dict[str, float]) 
         _client(config).log_batch(run_id, metrics=values)
 
 
+def log_metric_history(config: TuneloopConfig, run_id: str, rows: list[dict[str, float]], *,
+                       prefix: str = "", step_key: str = "step") -> None:
+    """Metrics per step (e.g. a managed job's result file): each row's values at its ``step``, names prefixed."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    values = [Metric(f"{prefix}{key}", float(value), now, int(row[step_key]))
+              for row in rows for key, value in row.items() if key != step_key]
+    for start in range(0, len(values), 1000):  # MLflow's log_batch takes at most 1000 metrics per call
+        _client(config).log_batch(run_id, metrics=values[start:start + 1000])
+
+
 def set_tags(config: TuneloopConfig, run_id: str, tags: dict[str, Any]) -> None:
     client = _client(config)
     for key, value in tags.items():

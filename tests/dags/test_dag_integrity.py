@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tuneloop.backends import BACKENDS
+from tuneloop.operators.trainer_step import RUNNER
+
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 HEAVY = ("torch", "transformers", "peft", "mlflow", "jiwer", "tuneloop_trainer")
@@ -110,7 +113,7 @@ def test_weekly_shape(dagbag):
     assert dag.get_task("rollback").trigger_rule == "one_failed"
     assert dag.get_task("report").trigger_rule == "all_done"
     assert set(dag.params.keys()) >= {"force_trigger", "auto_deploy", "use_lora", "epochs", "backend"}
-    assert dag.params.get_param("backend").schema["enum"] == [None, "local", "kubernetes", "gke", "gce"]
+    assert dag.params.get_param("backend").schema["enum"] == [None, "local", "kubernetes", "gke", "gce", "openai"]
 
 
 @pytest.mark.parametrize("step", ["train", "evaluate"])
@@ -119,7 +122,10 @@ def test_trainer_steps_wire_every_backend(dagbag, step):
     GPU work takes a pool slot."""
     dag = dagbag.dags["finetune_weekly"]
     task = lambda name: dag.get_task(f"{step}.{name}")  # noqa: E731
-    assert task("prepare").downstream_task_ids == {f"{step}.{t}" for t in ("local", "pod", "create_vm", "result")}
+    runners = ("local", "pod", "create_vm", "managed", "result")
+    assert task("prepare").downstream_task_ids == {f"{step}.{t}" for t in runners}
+    assert set(RUNNER) == set(BACKENDS) and set(RUNNER.values()) <= set(runners)  # every backend has its runner
+    assert task("managed").downstream_task_ids == {f"{step}.result"}
     assert task("create_vm").downstream_task_ids == {f"{step}.wait_vm", f"{step}.delete_vm"}
     assert task("wait_vm").downstream_task_ids == {f"{step}.delete_vm", f"{step}.result"}
     assert task("delete_vm").is_teardown and task("delete_vm").trigger_rule == "all_done_setup_success"

@@ -24,7 +24,7 @@ CONFIG = {
     "deployment": {"approval_timeout_hours": 1.5},
 }
 # tasks that set their own retries in the DAG file; every other task takes schedule.retries
-OWN_RETRIES = {"approve_training": 0, "approve_deploy": 0, "post_deploy_check": 0, "report": 1}
+OWN_RETRIES = {"approve_training": 0, "approve_budget": 0, "approve_deploy": 0, "post_deploy_check": 0, "report": 1}
 
 
 @pytest.fixture

@@ -273,3 +273,53 @@ def test_suite_add_and_list_for_a_chat_model_beside_a_speech_one(home, capsys):
     assert main(["--config", str(config), "status"]) == 0
     out = capsys.readouterr().out
     assert out.split("== model support")[1].count("policies (critical): v4 exact_match 0.750 pass") == 1
+
+
+def test_status_reads_production_from_the_history_and_registry_compares(home, capsys, tmp_path_factory):
+    """`status` answers from the store's deployment history (no MLflow import); `--registry` reads MLflow too and
+    flags an alias moved outside tuneloop."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from tests.tuneloop.registry_testing import MlflowEnv, template_db
+    from tuneloop.config import load_config
+    from tuneloop.deployment import bootstrap_production, deploy
+    from tuneloop.store import ErrorCaseStore
+
+    config = load_config()
+    config.home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template_db(tmp_path_factory.getbasetemp()), config.home / "mlflow.db")
+    env = MlflowEnv(home, config.tracking_uri, MlflowClient(config.tracking_uri, config.registry_uri), "")
+    registry, store = env.registry(config.mlflow.model_name), ErrorCaseStore.from_config(config)
+    v1, v2 = (env.quick_version(registry, f"run-{i}") for i in (1, 2))
+    bootstrap_production(registry, store, version=v1)
+    deploy(registry, store, v2, reason="gate passed: WER 0.40 -> 0.30 (p=0.002)\nslices: all pass", actor="airflow",
+           run_id="scheduled__1")
+    registry.set_tags(v2, {"eval_wer": "0.30"})
+
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "production v2 (previous v1)" in out
+    assert "deploy by airflow: gate passed: WER 0.40 -> 0.30 (p=0.002)\n" in out
+    assert "eval_wer" not in out  # tags are the registry's: only with --registry
+
+    registry.set_alias("production", v1)  # moved by hand in the MLflow UI
+    assert main(["status", "--json", "--registry"]) == 0
+    model = json.loads(capsys.readouterr().out)["model"]
+    assert (model["production_version"], model["previous_version"]) == ("2", "1")
+    assert model["production_since"]["run_id"] == "scheduled__1"
+    assert model["registry"]["production_version"] == "1" and not model["registry"]["agrees_with_history"]
+    assert main(["status", "--registry"]) == 0
+    assert "WARNING: the MLflow registry says production v1" in capsys.readouterr().out
+
+
+def test_status_does_not_import_mlflow(home):
+    """MLflow's import alone takes longer than the whole status of a million cases; only --registry pays it."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from tuneloop.cli import main; code = main(['status', '--json']); "
+              "sys.exit(code or ('mlflow' in sys.modules and 3))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, "status imported mlflow" if done.returncode == 3 else done.stderr[-2000:]

@@ -87,7 +87,7 @@ def test_the_run_deadline_is_above_what_a_live_run_may_take(tmp_path, env, loads
     if loads:
         assert _load(tmp_path, **env).schedule.run_timeout_hours > 0
     else:
-        with pytest.raises(ConfigError, match=r"schedule\.run_timeout_hours: 100 h would fail runs .* above 146 h"):
+        with pytest.raises(ConfigError, match=r"schedule\.run_timeout_hours: 100 h would fail runs .* above 170 h"):
             _load(tmp_path, **env)
 
 

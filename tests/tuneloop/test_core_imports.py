@@ -19,7 +19,8 @@ CORE_MODULES = (
     "tuneloop.store.database", "tuneloop.store.cases", "tuneloop.store.training_runs", "tuneloop.store.deployments",
     "tuneloop.store.suites", "tuneloop.store.inferences", "tuneloop.store.migrations",
     "tuneloop.store.store_statistics", "tuneloop.tasks", "tuneloop.tasks.speech_to_text", "tuneloop.tasks.chat",
-    "tuneloop.tasks.chat_evaluation", "tuneloop.judge",
+    "tuneloop.tasks.chat_evaluation", "tuneloop.judge", "tuneloop.managed.reference", "tuneloop.managed.openai_jobs",
+    "tuneloop.managed.chat_api", "tuneloop.managed.openai_training", "tuneloop.tokens", "tuneloop.openai_dataset",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 
@@ -35,10 +36,22 @@ def test_core_modules_import_no_airflow_torch_or_mlflow():
     assert json.loads(result.stdout) == []
 
 
-def test_no_module_in_plugins_is_named_like_a_standard_library_module():
+def test_no_module_in_plugins_is_named_like_another_top_level_module():
     """Airflow's plugin loader imports every ``.py`` file under ``plugins/`` under its bare file name
     (``sys.modules["<name>"]``): a ``statistics.py`` anywhere in the package replaces the standard library's
-    ``statistics`` in every Airflow process, and whatever imports it next (MLflow does) breaks."""
-    clashes = sorted(str(path.relative_to(PLUGINS)) for path in PLUGINS.rglob("*.py")
-                     if path.stem in sys.stdlib_module_names)
-    assert clashes == []
+    ``statistics`` in every Airflow process, and whatever imports it next (MLflow does) breaks; a ``hooks/openai.py``
+    would replace the ``openai`` package the same way. So no file may share its name with a standard library
+    module or with any installed top-level module."""
+    import importlib.util
+
+    def clashes(path: Path) -> bool:
+        if path.stem in sys.stdlib_module_names:
+            return True
+        spec = importlib.util.find_spec(path.stem) if path.stem != "__init__" else None
+        if spec is None:
+            return False
+        places = [spec.origin] if spec.origin else list(spec.submodule_search_locations or ())
+        return any(PLUGINS.parent not in Path(place).parents or "site-packages" in Path(place).parts
+                   for place in places)  # an installed module, not this repository's tests or include/
+
+    assert sorted(str(path.relative_to(PLUGINS)) for path in PLUGINS.rglob("*.py") if clashes(path)) == []

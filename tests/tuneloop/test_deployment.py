@@ -13,6 +13,7 @@ from tests.tuneloop.registry_testing import SERVING_CODE, MemoryHistory, MlflowE
 from tuneloop.deployment import (
     DeploymentError,
     RollbackError,
+    aliases_from_history,
     bootstrap_production,
     choose_rollback_target,
     deploy,
@@ -128,6 +129,13 @@ def _versions(env: MlflowEnv, registry: ModelRegistry, count: int) -> list[str]:
     return [env.quick_version(registry, f"run-{i}") for i in range(1, count + 1)]
 
 
+def _history_agrees(registry: ModelRegistry, history: MemoryHistory) -> None:
+    """What `tuneloop status` reads from the history alone is what the registry's aliases say."""
+    aliases = registry.aliases()
+    assert aliases_from_history(history.deployment_history()) == {  # newest first, as the store gives them
+        "production": aliases.get("production"), "previous": aliases.get("previous")}
+
+
 def _deploy_all(registry: ModelRegistry, history: MemoryHistory, versions: list[str], keep: int = 5) -> None:
     bootstrap_production(registry, history, version=versions[0], clock=_clock())
     for version in versions[1:]:
@@ -147,6 +155,7 @@ def test_deploy_moves_aliases_tags_and_records_history(
     event = deploy(registry, history, v2, reason="gate passed: WER 0.30 -> 0.20", actor="airflow",
                    run_id="scheduled__2024-05-05", clock=lambda: T0)
     assert registry.aliases() == {"production": v2, "previous": v1}
+    _history_agrees(registry, history)
     assert event == history.events[-1]
     assert (event.action, event.from_version, event.to_version, event.actor, event.run_id, event.at) == (
         "deploy", v1, v2, "airflow", "scheduled__2024-05-05", T0
@@ -173,6 +182,7 @@ def test_reject_leaves_production(env: MlflowEnv, registry: ModelRegistry, histo
     event = reject(registry, history, v2, reason="WER improvement not significant (p=0.31)", actor="airflow",
                    run_id="r2")
     assert registry.aliases() == {"production": v1}
+    _history_agrees(registry, history)
     assert (event.action, event.from_version, event.to_version, event.details) == ("reject", v1, v1, {"version": v2})
     tags = registry.get_version(v2).tags
     assert tags["decision"] == "rejected" and tags["rejected_reason"].startswith("WER improvement not significant")
@@ -191,11 +201,13 @@ def test_rollback_to_previous_then_to_a_given_version(
     event = rollback(registry, history, reason="post-deploy WER 0.61 > 0.5", actor="airflow", run_id="rb-1")
     assert (event.action, event.from_version, event.to_version) == ("rollback", v3, v2)
     assert registry.aliases() == {"production": v2, "previous": v1}
+    _history_agrees(registry, history)
     assert registry.get_version(v3).tags["rolled_back_reason"] == "post-deploy WER 0.61 > 0.5"
     assert rollback(registry, history, reason="retry", run_id="rb-1") == event  # a task retry does not roll back twice
 
     rollback(registry, history, reason="still bad", actor="bob")
     assert registry.aliases() == {"production": v1}  # nothing older than v1: previous removed
+    _history_agrees(registry, history)
     with pytest.raises(RollbackError, match="nothing to roll back to"):
         rollback(registry, history, reason="and again")
 
@@ -203,6 +215,7 @@ def test_rollback_to_previous_then_to_a_given_version(
     deploy(registry, history, v4, reason="gate passed")
     event = rollback(registry, history, to_version=v3, reason="v3 was fine after all", actor="carol")
     assert registry.aliases() == {"production": v3, "previous": v2}
+    _history_agrees(registry, history)
     assert (event.from_version, event.to_version, event.actor, event.details["requested"]) == (v4, v3, "carol", v3)
 
     reject(registry, history, v5, reason="failed the gate")
@@ -218,6 +231,7 @@ def test_versions_outside_keep_previous_versions_are_archived(
     versions = _versions(env, registry, 5)
     _deploy_all(registry, history, versions, keep=2)
     archived = [v for v in versions if registry.get_version(v).archived]
+    _history_agrees(registry, history)
     assert archived == versions[:2]
     # each deploy names the version it pushed out of the window
     assert [e.details.get("archived") for e in history.events] == [None, None, None, [versions[0]], [versions[1]]]

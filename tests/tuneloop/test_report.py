@@ -17,6 +17,8 @@ EVENT = {"action": "deploy", "from_version": "1", "to_version": "2", "reason": "
     ({"reject": {**EVENT, "action": "reject"}, "states": {}}, "rejected"),
     ({"approve_deploy": {"approved": False, "by": "ana"}, "states": {"deploy": "skipped"}}, "declined"),
     ({"approve_training": {"approved": False, "by": None}, "states": {"export_dataset": "skipped"}}, "not_approved"),
+    ({"approve_budget": {"approved": False, "by": "policy"}, "states": {"train.prepare": "skipped"}}, "over_budget"),
+    ({"approve_budget": {"approved": False, "by": "ana"}, "states": {}}, "over_budget"),
     ({"approve_training": {"approved": True}, "reject": {**EVENT, "action": "reject"},
       "validate": {"verdict": "insufficient_evidence"}, "states": {}}, "insufficient_evidence"),
     ({"states": {"train": "failed"}}, "failed"),

@@ -15,10 +15,13 @@ from typing import Any
 
 from tuneloop_trainer.text import normalize_text, vocabulary
 
-__all__ = ["CHAT_SERVING_REQUIREMENTS", "SERVING_REQUIREMENTS", "normalize_text", "serving_path", "serving_signature",
-           "vocabulary"]
+__all__ = ["CHAT_SERVING_REQUIREMENTS", "OPENAI_SERVING_REQUIREMENTS", "SERVING_REQUIREMENTS", "normalize_text",
+           "serving_path", "serving_signature", "vocabulary"]
 
-SERVING_FILES = {"speech-to-text": "serving.py", "chat": "serving_chat.py"}
+# openai-chat: a chat model that OpenAI serves (trained by the openai backend); no torch code, it lives here beside
+# the other serving definitions because MLflow logs each as one file and Airflow's plugin loader would import it
+# from plugins/.
+SERVING_FILES = {"speech-to-text": "serving.py", "chat": "serving_chat.py", "openai-chat": "serving_openai.py"}
 
 # What a serving environment needs for serving.py (MLflow's pip_requirements); kept in step with requirements.txt.
 SERVING_REQUIREMENTS = [
@@ -39,10 +42,17 @@ CHAT_SERVING_REQUIREMENTS = [
     "pandas",
 ]
 
+# What a serving environment needs for serving_openai.py; kept in step with requirements.txt.
+OPENAI_SERVING_REQUIREMENTS = [
+    "openai==2.54.0",
+    "numpy",
+    "pandas",
+]
+
 
 def serving_path(task: str = "speech-to-text") -> str:
     """Filesystem path of the task's MLflow "models from code" file for ``mlflow.pyfunc.log_model``:
-    serving.py (speech-to-text) or serving_chat.py (chat)."""
+    serving.py (speech-to-text), serving_chat.py (chat) or serving_openai.py (openai-chat)."""
     if task not in SERVING_FILES:
         raise ValueError(f"task must be one of {', '.join(SERVING_FILES)}, got {task!r}")
     return str(Path(__file__).with_name(SERVING_FILES[task]))
@@ -51,13 +61,13 @@ def serving_path(task: str = "speech-to-text") -> str:
 def serving_signature(task: str = "speech-to-text") -> Any:
     """The ``signature`` to pass to ``mlflow.pyfunc.log_model`` with :func:`serving_path` (imports mlflow).
 
-    None for speech-to-text (no signature, as before). For chat: no input schema (predict accepts several input
+    None for speech-to-text (no signature, as before). For chat and openai-chat: no input schema (predict accepts several input
     shapes and checks them itself) and the ``max_new_tokens`` param, default 64: MLflow drops, with a warning, every
     param that the logged signature does not declare.
     """
     if task not in SERVING_FILES:
         raise ValueError(f"task must be one of {', '.join(SERVING_FILES)}, got {task!r}")
-    if task != "chat":
+    if task not in ("chat", "openai-chat"):
         return None
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec

@@ -1,6 +1,8 @@
 """Human approvals: Airflow's own human-in-the-loop ``ApprovalOperator``, asked only when the policy says so.
 
 ``approve_training`` waits when the trigger conditions hold but ``trigger.auto_approve_finetuning`` is false;
+``approve_budget`` when the training's estimated cost is over ``costs.max_run_usd`` or this month's
+``costs.monthly_budget_usd`` (with ``costs.over_budget: refuse`` it refuses at once, as a Reject by policy);
 ``approve_deploy`` waits when ``auto_deploy`` is off for the run or a first run's policy requires a person. When
 no approval is needed they succeed at once, so the DAG has one shape whatever the configuration.
 
@@ -41,6 +43,10 @@ class _PolicyApprovalOperator(ApprovalOperator):
     def approval_reason(self, context: Context, run: PipelineRun) -> str | None:
         raise NotImplementedError
 
+    def refused_by_policy(self, run: PipelineRun) -> bool:
+        """True when the policy answers Reject itself instead of asking a person."""
+        return False
+
     def execute(self, context: Context) -> Any:
         run = self.pipeline(context)
         reason = self.approval_reason(context, run)
@@ -49,8 +55,20 @@ class _PolicyApprovalOperator(ApprovalOperator):
             context["ti"].xcom_push(key=XCOM_KEY, value=result)
             self.log.info("%s approval: not needed", self.stage)
             return result
+        if self.refused_by_policy(run):
+            return self._refuse(context, run, reason)
         self.log.info("%s approval: waiting for a person (%s)", self.stage, reason)
         return super().execute(context)
+
+    def _refuse(self, context: Context, run: PipelineRun, reason: str) -> dict[str, Any]:
+        """Reject by policy: recorded like a person's Reject, and what follows is skipped."""
+        result = {"approved": False, "by": "policy", "auto": True, "summary": f"refused by policy: {reason}"}
+        context["ti"].xcom_push(key=XCOM_KEY, value=result)
+        self.log.info("%s approval: %s", self.stage, result["summary"])
+        run.record_approval_rejected(self.stage, result)
+        self.skip(ti=context["ti"], tasks=[t for t in context["task"].get_direct_relatives(upstream=False)
+                                            if not t.is_teardown])
+        return result
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         chosen = list(event.get("chosen_options") or [])
@@ -84,6 +102,19 @@ class ApproveTrainingOperator(_PolicyApprovalOperator):
     def approval_reason(self, context: Context, run: PipelineRun) -> str | None:
         trigger = context["ti"].xcom_pull(task_ids="check_trigger") or {}
         return trigger.get("approval_reason")
+
+
+class ApproveBudgetOperator(_PolicyApprovalOperator):
+    """``approve_budget``: the training's estimated cost is checked against the budgets before anything is
+    uploaded or started; over budget, a person approves (``costs.over_budget: approve``) or the run is refused."""
+
+    stage = "budget"
+
+    def approval_reason(self, context: Context, run: PipelineRun) -> str | None:
+        return run.budget_needs_approval(context["ti"].xcom_pull(task_ids="check_budget"))
+
+    def refused_by_policy(self, run: PipelineRun) -> bool:
+        return run.config.costs.over_budget == "refuse"
 
 
 class ApproveDeployOperator(_PolicyApprovalOperator):

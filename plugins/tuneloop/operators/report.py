@@ -8,9 +8,10 @@ from tuneloop.operators.links import MlflowRunLink
 from tuneloop.operators.approve import XCOM_KEY as APPROVAL_KEY
 from tuneloop.operators.base import PipelineStepOperator
 
-STEPS = ("check_trigger", "approve_training", "export_dataset", "train", "evaluate", "validate", "regression_suite",
-         "register", "decide", "approve_deploy", "deploy", "reject", "post_deploy_check", "rollback")
-APPROVALS = ("approve_training", "approve_deploy")
+STEPS = ("check_trigger", "approve_training", "export_dataset", "check_budget", "approve_budget", "train", "evaluate",
+         "validate", "regression_suite", "register", "decide", "approve_deploy", "deploy", "reject",
+         "post_deploy_check", "rollback")
+APPROVALS = ("approve_training", "approve_budget", "approve_deploy")
 GROUPS = ("train", "evaluate")  # task groups: their result is <group>.result, their state the worst of their tasks
 
 

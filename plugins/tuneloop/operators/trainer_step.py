@@ -2,7 +2,8 @@
 
     prepare ──► local ────────────────────────────► result
             ├─► pod (kubernetes | gke) ───────────► result
-            └─► create_vm ─► wait_vm ─► delete_vm ─► result
+            ├─► create_vm ─► wait_vm ─► delete_vm ─► result
+            └─► managed (openai) ─────────────────► result
 
 ``prepare`` writes the step's inputs into the run's folder and branches to the chosen backend (or straight to
 ``result`` when a retried run finds the step's outputs complete); ``result`` reads the outputs back and is what
@@ -20,11 +21,12 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import Context, TaskGroup, TriggerRule
 
 from tuneloop.operators.base import PipelineStepOperator
+from tuneloop.operators.managed_training import ManagedTrainerOperator
 from tuneloop.operators.trainer_vm import CreateTrainerVmOperator, DeleteTrainerVmOperator, TrainerVmSensor
 
 STEP_KEY = "trainer_step"  # XCom key of prepare's {"backend", "args", "done"}
 GPU_POOL = "gpu"  # Airflow pool: one slot per GPU, so GPU work never oversubscribes (created by the cluster's init)
-RUNNER = {"local": "local", "kubernetes": "pod", "gke": "pod", "gce": "create_vm"}
+RUNNER = {"local": "local", "kubernetes": "pod", "gke": "pod", "gce": "create_vm", "openai": "managed"}
 
 
 class PrepareTrainerStepOperator(PipelineStepOperator, BaseBranchOperator):
@@ -42,7 +44,7 @@ class PrepareTrainerStepOperator(PipelineStepOperator, BaseBranchOperator):
         if prepared["done"]:
             self.log.info("%s: every output exists already; nothing to run", self.step)
             return sibling(self, "result")
-        self.log.info("%s runs on the %s backend: %s", self.step, prepared["backend"], " ".join(prepared["args"]))
+        self.log.info("%s runs on the %s backend %s", self.step, prepared["backend"], " ".join(prepared["args"]))
         return sibling(self, RUNNER[prepared["backend"]])
 
 
@@ -126,16 +128,18 @@ def sibling(task: Any, name: str) -> str:
 
 def trainer_step(step: str, *, execution_timeout: Any) -> TaskGroup:
     """The task group of one trainer step; ``<step>.result`` carries its outcome."""
-    with TaskGroup(group_id=step, tooltip=f"{step} on the run's backend (local, kubernetes, gke, gce)") as group:
+    tooltip = f"{step} on the run's backend (local, kubernetes, gke, gce, openai)"
+    with TaskGroup(group_id=step, tooltip=tooltip) as group:
         prepare = PrepareTrainerStepOperator(task_id="prepare", step=step)
         local = LocalTrainerOperator(task_id="local", step=step, execution_timeout=execution_timeout)
         pod = TrainerPodOperator(task_id="pod", step=step, execution_timeout=execution_timeout)
         create_vm = CreateTrainerVmOperator(task_id="create_vm", step=step)
         wait_vm = TrainerVmSensor(task_id="wait_vm", step=step, pool=GPU_POOL)
         delete_vm = DeleteTrainerVmOperator(task_id="delete_vm", step=step)
+        managed = ManagedTrainerOperator(task_id="managed", step=step, execution_timeout=execution_timeout)
         result = TrainerStepResultOperator(task_id="result", step=step,
                                            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-        prepare >> [local, pod, create_vm, result]
+        prepare >> [local, pod, create_vm, managed, result]
         create_vm >> wait_vm >> delete_vm.as_teardown(setups=create_vm, on_failure_fail_dagrun=True)
-        [local, pod, wait_vm, delete_vm] >> result
+        [local, pod, wait_vm, delete_vm, managed] >> result
     return group

@@ -53,12 +53,18 @@ class DeploymentRecords(StoreBase):
         if model_name is not None:
             query = query.where(t.c.model_name == model_name)
         with self._engine.connect() as conn:
-            return [
-                DeploymentEvent(action=row.action, model_name=row.model_name, from_version=row.from_version,
-                                to_version=row.to_version, reason=row.reason, actor=row.actor, run_id=row.run_id,
-                                at=row.at, details=dict(row.details or {}))
-                for row in conn.execute(query)
-            ]
+            return [_event(row) for row in conn.execute(query)]
+
+    def production_move(self, model_name: str) -> DeploymentEvent | None:
+        """The latest bootstrap, deploy or rollback of ``model_name``: the move that made today's production
+        version (however many registrations and rejections came after it)."""
+        t = deployments_table
+        query = (sa.select(t)
+                 .where(t.c.model == self._model, t.c.model_name == model_name, t.c.action.in_(PRODUCTION_ACTIONS))
+                 .order_by(t.c.at.desc(), t.c.id.desc()).limit(1))
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _event(row)
 
     def deployed_versions(self, model_name: str) -> list[str]:
         """Versions that have been production (bootstrap, deploy, rollback), newest first, each once.
@@ -72,3 +78,9 @@ class DeploymentRecords(StoreBase):
                  .order_by(t.c.at.desc(), t.c.id.desc()))
         with self._engine.connect() as conn:
             return list(dict.fromkeys(conn.execute(query).scalars()))
+
+
+def _event(row: sa.Row) -> DeploymentEvent:
+    return DeploymentEvent(action=row.action, model_name=row.model_name, from_version=row.from_version,
+                           to_version=row.to_version, reason=row.reason, actor=row.actor, run_id=row.run_id,
+                           at=row.at, details=dict(row.details or {}))

@@ -37,3 +37,14 @@ class InferenceRecords(StoreBase):
                                                  count=count))
 
         self._transaction(write)
+
+    def inferences_since(self, since: datetime, model_version: str | None = None) -> int:
+        """Requests served in periods starting at or after ``since``: by every version of the model (its traffic,
+        ROI's expected requests), or by ``model_version``."""
+        t = inferences_table
+        query = sa.select(sa.func.coalesce(sa.func.sum(t.c.count), 0)).where(
+            t.c.model == self._model, t.c.period_start >= as_utc(since))
+        if model_version is not None:
+            query = query.where(t.c.model_version == model_version)
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())

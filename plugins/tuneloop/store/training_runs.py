@@ -22,15 +22,17 @@ from tuneloop.store.schema import runs_table
 log = logging.getLogger(__name__)
 
 RunStatus = Literal["running", "deployed", "rejected", "declined", "rolled_back", "insufficient_evidence",
-                    "not_approved", "failed", "skipped"]
+                    "not_approved", "over_budget", "failed", "skipped"]
 FINISHED_STATUSES: tuple[RunStatus, ...] = ("deployed", "rejected", "declined", "rolled_back",
-                                            "insufficient_evidence", "not_approved", "failed", "skipped")
+                                            "insufficient_evidence", "not_approved", "over_budget", "failed",
+                                            "skipped")
 # Runs whose data was judged (a verdict was reached): only these consume their cases. A failed run leaves them
 # new for the next run; a skipped or not-approved run never trained; an insufficient-evidence run keeps them so
 # that the next run, with more cases, has a bigger eval split.
 CONSUMING_STATUSES: tuple[RunStatus, ...] = ("deployed", "rejected", "declined", "rolled_back")
-# Runs that used training compute: they start the cooldown.
-TRAINED_STATUSES: tuple[RunStatus, ...] = (*CONSUMING_STATUSES, "insufficient_evidence", "failed")
+# Runs that used training compute start the cooldown; so does a run refused over budget (by policy: starting it
+# again every poke would only be refused again, until the month's budget or the prices change).
+TRAINED_STATUSES: tuple[RunStatus, ...] = (*CONSUMING_STATUSES, "insufficient_evidence", "failed", "over_budget")
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,14 @@ class RunRecords(StoreBase):
         t = runs_table
         query = (sa.select(t).where(t.c.model == self._model)
                  .order_by(t.c.started_at.desc(), t.c.run_id.desc()).limit(limit))
+        with self._engine.connect() as conn:
+            return [_run_from_row(row) for row in conn.execute(query)]
+
+    def finished_runs_since(self, since: datetime) -> list[TrainingRun]:
+        """Runs that finished at or after ``since``, oldest first (what a month's costs are summed over)."""
+        t = runs_table
+        query = (sa.select(t).where(t.c.model == self._model, t.c.finished_at >= as_utc(since))
+                 .order_by(t.c.finished_at, t.c.run_id))
         with self._engine.connect() as conn:
             return [_run_from_row(row) for row in conn.execute(query)]
 

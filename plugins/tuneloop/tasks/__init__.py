@@ -64,11 +64,13 @@ class ExportItem:
 @dataclass(frozen=True)
 class Serving:
     """How a version of this kind of model is served: the MLflow pyfunc definition ("models from code"), its pip
-    requirements and its signature (None: none)."""
+    requirements, its signature (None: none) and the ``model_config`` keys it takes at load time with their
+    defaults (None: none; a managed model's API credentials are given there, never logged)."""
 
     code: str
     requirements: list[str]
     signature: Any = None
+    model_config: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,9 @@ def post_deploy_check(run: PipelineRun, dataset_id: str, deployed_version: str) 
     expected = {r["id"]: r for r in _read_jsonl(run.paths.predictions("candidate"))}
     uri = f"models:/{config.mlflow.model_name}@production"
     try:
-        model = run.registry.load_pyfunc("production")  # the generic pyfunc loader, as serving does
-        served = [str(reply) for reply in model.predict([row["messages"][:-1] for row in rows])]
+        model = run.registry.load_pyfunc("production", run.served_model_config())  # as serving loads it
+        served = [str(reply) for reply in model.predict([row["messages"][:-1] for row in rows],
+                                                        params=run.served_params())]
     except Exception as error:  # a model that cannot load or reply is the clearest failure of all
         return _check(False, None, None, len(rows), len(rows), [f"{uri} failed to serve: {error}"])
     references = [row["messages"][-1]["content"] for row in rows]

@@ -1,0 +1,8 @@
+"""Managed fine-tuning: a provider's API trains the model (OpenAI today), tuneloop keeps every contract.
+
+The trainer backends (``local``, ``kubernetes``, ``gke``, ``gce``) run tuneloop's trainer somewhere; a managed
+backend replaces the trainer with a provider's fine-tuning job. Everything around it stays as it is: the run's
+folder holds the job's record and results, ``training/model`` is a model directory (holding a reference to the
+provider's model instead of weights: :mod:`tuneloop.managed.reference`), evaluation writes the same predictions
+files, the same gate judges them and the registry versions the reference like any model.
+"""

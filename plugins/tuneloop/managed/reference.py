@@ -1,0 +1,79 @@
+"""A model that lives at a provider (an OpenAI fine-tuned model id), stored as a model directory.
+
+Model directories are what the pipeline moves around: the base model published into the run's folder, the
+trainer's ``training/model``, a registered version's artifacts. A managed model's directory holds one file,
+``managed_model.json``: the provider, the model id to call, and where it came from. So a production version
+trained by OpenAI is downloaded, fine-tuned further, evaluated, registered and rolled back like any other, and
+no weights ever leave the provider.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from tuneloop import storage
+from tuneloop.storage import StoragePath
+
+if TYPE_CHECKING:
+    from tuneloop.tasks import Serving
+
+MANAGED_FILE = "managed_model.json"
+# What the managed pyfunc takes at load time (``model_config``), logged with these empty defaults so that MLflow
+# lets a loader set them: the credentials themselves are only ever given in memory.
+SERVING_CONFIG_KEYS = {"api_key": "", "base_url": "", "max_retries": 5, "timeout": 60.0}
+Provider = Literal["openai"]
+PROVIDERS: tuple[Provider, ...] = ("openai",)
+
+
+class ManagedModelError(ValueError):
+    """A model directory's managed_model.json is missing or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ManagedModel:
+    """``model``: the id the provider serves (``gpt-4.1-mini-2025-04-14``, ``ft:gpt-4.1-mini-...:suffix:id``);
+    ``base_model``: what it was fine-tuned from (None for a base model); ``job_id``: the job that made it."""
+
+    provider: Provider
+    model: str
+    base_model: str | None = None
+    job_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_managed(model_dir: StoragePath) -> bool:
+    return (model_dir / MANAGED_FILE).exists()
+
+
+def write_managed(model_dir: StoragePath, model: ManagedModel) -> None:
+    storage.write_json(model_dir / MANAGED_FILE, model.to_dict())
+
+
+def read_managed(model_dir: StoragePath | Path) -> ManagedModel:
+    path = model_dir / MANAGED_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManagedModelError(f"{storage.uri(path)}: missing; this directory holds no managed model") from None
+    except json.JSONDecodeError as error:
+        raise ManagedModelError(f"{storage.uri(path)}: not JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("provider") not in PROVIDERS or not isinstance(data.get("model"), str):
+        raise ManagedModelError(f"{storage.uri(path)}: needs provider (one of {', '.join(PROVIDERS)}) and model "
+                                f"(a string), got {data!r}")
+    return ManagedModel(provider=data["provider"], model=data["model"], base_model=data.get("base_model"),
+                        job_id=data.get("job_id"))
+
+
+def serving() -> Serving:
+    """How a managed model version is served: a pyfunc calling the provider's chat API with the model id (no
+    credentials inside; they are given at load time)."""
+    from tuneloop.tasks import Serving
+    from tuneloop_trainer import OPENAI_SERVING_REQUIREMENTS, serving_path, serving_signature
+
+    return Serving(serving_path("openai-chat"), list(OPENAI_SERVING_REQUIREMENTS), serving_signature("openai-chat"),
+                   model_config=dict(SERVING_CONFIG_KEYS))
