@@ -260,9 +260,7 @@ class PipelineRun:
     def training_cost(self) -> Any:
         """What this run's training cost, from what the trainer or the job reported (metrics.json)."""
         from tuneloop.backends import MANAGED
-        from tuneloop.costs import hours_cost, openai_training_cost
-
-        from tuneloop.costs import Cost
+        from tuneloop.costs import Cost, hours_cost, openai_training_cost
 
         metrics = storage.read_json(self.paths.training / "metrics.json")
         backend = self.backend()

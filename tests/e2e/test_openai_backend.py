@@ -7,9 +7,9 @@ question with the old replies; the returns and shipping policy changed and peopl
 The stand-in plays OpenAI's part in what a fine-tuned model knows: a fine-tuned model answers each kind of
 question with the reply most often given to it in the training file its job was created with (so what tuneloop
 uploaded is what the candidate learns); the base model answers the old replies. The runs share one
-installation, in order: a job that fails; a run over its budget, refused before anything is uploaded; a run whose
-worker is killed while it waits (its retry re-attaches: one job), and through it the deployed candidate, with its
-costs and ROI; a run over budget that a person approves, which goes on.
+installation, in order: a run over its budget, refused before anything is uploaded; a run whose worker is killed
+while it waits (its retry re-attaches: one job), and through it the deployed candidate, with its costs and ROI; a
+run over budget that a person approves, which goes on to a job that OpenAI fails.
 """
 
 from __future__ import annotations
@@ -116,20 +116,7 @@ def _weekly(scenario: Scenario, conf: dict[str, Any]) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def failed(installation, api) -> dict[str, Any]:
-    """OpenAI fails the job while it runs: the task fails with OpenAI's code and message, once."""
-    api.fail_running = ("server_error", "The job failed due to an internal error.")
-    try:
-        jobs_before = api.jobs_created
-        folder, output = _weekly(installation, {"force_trigger": True, "reason": "e2e openai: the job fails"})
-    finally:
-        api.fail_running = None
-    return {"folder": folder, "decision": _decision(installation, folder), "jobs": api.jobs_created - jobs_before,
-            "output": output}
-
-
-@pytest.fixture(scope="module")
-def refused(installation, api, failed) -> dict[str, Any]:
+def refused(installation, api) -> dict[str, Any]:
     """Over costs.max_run_usd with costs.over_budget: refuse: the run ends before anything is uploaded."""
     over = Scenario(installation.root, {**installation.env, **OVER_BUDGET, "TUNELOOP__COSTS__OVER_BUDGET": "refuse"})
     uploads, jobs = len(api.uploads), api.jobs_created
@@ -139,7 +126,7 @@ def refused(installation, api, failed) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def deployed(installation, api, failed, refused) -> dict[str, Any]:
+def deployed(installation, api, refused) -> dict[str, Any]:
     """A run whose worker is killed (SIGKILL) while its job runs; the same run again re-attaches to that job,
     which succeeds; the candidate is deployed."""
     conf = json.dumps({"force_trigger": True, "reason": "e2e openai: new returns and shipping policy"})
@@ -162,7 +149,7 @@ def deployed(installation, api, failed, refused) -> dict[str, Any]:
     killed = {"jobs": api.jobs_created - jobs_before, "uploads": len(api.uploads) - uploads_before,
               "status": api.jobs[-1]["status"]}
     api.hold_running = False
-    earlier = {failed["folder"], refused["folder"]}
+    earlier = {refused["folder"]}
     folders = set(_runs(installation).glob("*")) - earlier
     assert len(folders) == 1, folders  # the killed run's folder, with its job record
     installation.run(*command, check=False)  # the same DAG run again: the killed worker's retry
@@ -174,27 +161,21 @@ def deployed(installation, api, failed, refused) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def approved(installation, api, deployed) -> dict[str, Any]:
-    """Over budget again, and a person approves in Airflow (Required actions): the run goes on."""
+    """Over budget again, and a person approves in Airflow (Required actions): the run goes on to start its job,
+    which OpenAI fails while it runs (the failed-job case: each DAG run here costs half a minute of CI)."""
     over = Scenario(installation.root, {**installation.env, **OVER_BUDGET})
     jobs = api.jobs_created
-    seen = over.dags_test_answering({"force_trigger": True, "reason": "e2e openai: approved over budget"},
-                                    {"approve_budget": "Approve"})
+    api.fail_running = ("server_error", "The job failed due to an internal error.")
+    try:
+        seen = over.dags_test_answering({"force_trigger": True, "reason": "e2e openai: approved over budget"},
+                                        {"approve_budget": "Approve"})
+    finally:
+        api.fail_running = None
     folder = max(_runs(installation).glob("*"), key=lambda f: (f / "decision.json").stat().st_mtime
                  if (f / "decision.json").exists() else 0)
-    return {"seen": seen, "decision": _decision(installation, folder), "jobs": api.jobs_created - jobs}
-
-
-def test_a_failed_job_fails_the_run_with_openai_s_error_and_is_not_retried(failed):
-    decision = failed["decision"]
-    assert decision["status"] == "failed", decision["status"]
-    assert decision["task_states"]["train.managed"] == "failed"
-    assert decision["task_states"]["evaluate.prepare"] == "upstream_failed"
-    assert failed["jobs"] == 1  # not retried: a retry would have started a second job
-    record = json.loads((failed["folder"] / "training" / "openai" / "job.json").read_text())
-    assert record["ended_jobs"] == [record["job_id"]]
-    assert (f"fine-tuning job {record['job_id']} failed: server_error: The job failed due to an internal error."
-            in failed["output"])
-    assert "[openai " in failed["output"] and "Fine-tuning job started" in failed["output"]  # events in the log
+    output = (installation.root / "logs" / "dags-test-answering.log").read_text()
+    return {"seen": seen, "folder": folder, "decision": _decision(installation, folder),
+            "jobs": api.jobs_created - jobs, "output": output}
 
 
 def test_a_killed_worker_s_retry_re_attaches_and_the_candidate_is_deployed(installation, api, deployed):
@@ -260,13 +241,22 @@ def test_the_deployed_run_s_costs_and_roi(installation, deployed, api):
     assert "costs this month: $" in installation.tuneloop("status").stdout
 
 
-def test_an_over_budget_run_a_person_approves_goes_on(approved):
+def test_an_approved_over_budget_run_goes_on_and_its_failed_job_fails_it_once(approved):
     assert [(s["task_id"], s["response"]["chosen_options"]) for s in approved["seen"]] == [
         ("approve_budget", ["Approve"])]
     assert "costs.max_run_usd" in approved["seen"][0]["body"]  # the approver reads the numbers
     decision = approved["decision"]
     assert decision["approvals"]["budget"]["approved"] and decision["approvals"]["budget"]["by"]
-    assert approved["jobs"] == 1 and decision["status"] in ("deployed", "rejected"), decision["status"]
+    # the job OpenAI failed fails the run with its code and message, once: a retry would have made a second job
+    assert decision["status"] == "failed", decision["status"]
+    assert decision["task_states"]["train.managed"] == "failed"
+    assert decision["task_states"]["evaluate.prepare"] == "upstream_failed"
+    assert approved["jobs"] == 1
+    record = json.loads((approved["folder"] / "training" / "openai" / "job.json").read_text())
+    assert record["ended_jobs"] == [record["job_id"]]
+    assert (f"fine-tuning job {record['job_id']} failed: server_error: The job failed due to an internal error."
+            in approved["output"])
+    assert "[openai " in approved["output"] and "Fine-tuning job started" in approved["output"]  # events in the log
 
 
 def test_no_secret_is_written_anywhere(installation, approved):

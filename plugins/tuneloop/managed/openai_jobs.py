@@ -160,7 +160,9 @@ def start_or_attach(client: OpenAI, record_path: StoragePath, *, training: Path,
 
 
 def _upload_name(request: JobRequest, kind: str) -> str:
-    return f"tuneloop-{request.suffix}-{'train' if kind == 'training_file' else 'validation'}.jsonl"
+    """Unique to the model and run (two models' DAGs share run ids), so a retry finds only its own upload."""
+    model = request.metadata.get("tuneloop_model", "")
+    return f"tuneloop-{model}-{request.suffix}-{'train' if kind == 'training_file' else 'validation'}.jsonl"
 
 
 def _upload(client: OpenAI, path: Path, name: str, since: float, log_line: Callable[[str], None]) -> str:
