@@ -404,8 +404,8 @@ def _print_costs(report: dict[str, Any]) -> None:
         left = f", {usd(month['left_usd'])} left" if month["left_usd"] is not None else ""
         unknown = f" (+{month['unknown_runs']} of unknown cost)" if month["unknown_runs"] else ""
         print(f"{month['month']}: {usd(month['training_usd'])} over {month['runs']} trained run(s){unknown}{left}")
-    print("runs:")
-    for run in report["runs"] or [{"run_id": "(none yet)", "status": "", "training_usd": None, "training_basis": ""}]:
+    print("runs:" if report["runs"] else "runs: (none yet)")
+    for run in report["runs"]:
         cost = usd(run["training_usd"]) if run.get("training_basis") else "-"
         roi = run.get("roi")
         payback = f"  payback {payback_label(roi)}" if roi else ""

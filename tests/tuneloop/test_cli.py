@@ -323,3 +323,28 @@ def test_status_does_not_import_mlflow(home):
               "sys.exit(code or ('mlflow' in sys.modules and 3))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert done.returncode == 0, "status imported mlflow" if done.returncode == 3 else done.stderr[-2000:]
+
+
+def test_costs_lists_each_run_and_each_month_against_the_budget(home, capsys, monkeypatch):
+    from tuneloop.config import load_config
+    from tuneloop.store import ErrorCaseStore
+
+    assert main(["costs"]) == 0
+    assert "runs: (none yet)" in capsys.readouterr().out
+    monkeypatch.setenv("TUNELOOP__COSTS__MONTHLY_BUDGET_USD", "100")
+    store = ErrorCaseStore.from_config(load_config())
+    roi = {"payback_days": 2.5, "payback_note": None}
+    store.finish_training_run("run-a", "deployed", summary={"costs": {
+        "training": {"usd": 12.5, "basis": "2,500,000 trained tokens x $5/1M (gpt-4.1-mini)"}, "roi": roi}})
+    store.finish_training_run("run-b", "failed", summary={"costs": {"training": {"usd": None, "basis": "no price"}}})
+    assert main(["costs"]) == 0
+    out = capsys.readouterr().out
+    assert "budget: no limit per run; monthly $100.00" in out
+    assert "$12.50 over 2 trained run(s) (+1 of unknown cost), $87.50 left" in out
+    assert "run-a  deployed     $12.50  payback 2.5 days" in out and "run-b  failed       unknown" in out
+    assert main(["costs", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["training_usd"] for r in report["runs"]] == [12.5, None]
+    assert main(["status", "--json"]) == 0
+    costs = json.loads(capsys.readouterr().out)["costs"]
+    assert (costs["this_month_usd"], costs["unknown_cost_runs"], costs["latest_roi"]) == (12.5, 1, roi)
