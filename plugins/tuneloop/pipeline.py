@@ -9,7 +9,6 @@ Airflow run id (never the logical date), and every step can be re-run: it reuses
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import tempfile
@@ -307,7 +306,7 @@ class PipelineRun:
             path = self.paths.predictions(tag)
             if not (is_managed(model_dir) and path.exists()):
                 continue
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            rows = storage.read_jsonl(path)
             costs[tag] = mean_request_cost(self.config.costs.prices, read_managed(model_dir).model, rows).to_dict()
         return costs
 

@@ -6,7 +6,6 @@ would, transcribes a smoke set of eval utterances, and compares with the validat
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,8 +46,8 @@ def check_served_model(config: TuneloopConfig, candidate_predictions: StoragePat
     if production_version != deployed_version:
         return PostDeployCheck(False, None, None, 0, 0, [f"the production alias points to version "
                                                          f"{production_version}, not to the deployed {deployed_version}"])
-    rows = _read_jsonl(eval_split)[: config.deployment.post_deploy_smoke_size]
-    expected = {r["id"]: r for r in _read_jsonl(candidate_predictions)}
+    rows = storage.read_jsonl(eval_split)[: config.deployment.post_deploy_smoke_size]
+    expected = {r["id"]: r for r in storage.read_jsonl(candidate_predictions)}
     mlflow.set_tracking_uri(config.tracking_uri)
     mlflow.set_registry_uri(config.registry_uri)
     uri = f"models:/{config.mlflow.model_name}@production"
@@ -80,6 +79,3 @@ def _judge(config: TuneloopConfig, served_wer: float, validated_wer: float, n: i
         reasons.append(f"{mismatched}/{n} transcripts differ from batch evaluation's (padding and batching)")
     return PostDeployCheck(passed, served_wer, validated_wer, n, mismatched, reasons)
 
-
-def _read_jsonl(path: StoragePath) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

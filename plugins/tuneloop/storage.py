@@ -80,6 +80,11 @@ def read_json(path: StoragePath) -> Any:
     return json.loads(path.read_text())
 
 
+def read_jsonl(path: StoragePath) -> list[dict[str, Any]]:
+    """Every row of a JSONL file (blank lines skipped)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 @contextmanager
 def local_file(path: StoragePath) -> Iterator[Path]:
     """A local file with ``path``'s content and name (downloaded for object storage, deleted afterwards)."""

@@ -176,7 +176,7 @@ def evaluate(run: PipelineRun, client: OpenAI, log_line: LogLine) -> None:
         replies = ReplySettings(model=model.model, concurrency=settings.concurrency,
                                 max_reply_tokens=settings.max_reply_tokens, seed=run.config.training.seed)
         for data, output in zip(job["data"], job["output"], strict=True):
-            rows = _read_jsonl(_path(run, data))
+            rows = storage.read_jsonl(_path(run, data))
             predictions = reply_rows(client, rows, replies, log_line)
             with storage.staged_output(_path(run, output)) as staged:
                 staged.write_text("".join(_json_line(row) for row in predictions))
@@ -188,12 +188,6 @@ def _path(run: PipelineRun, uri: str) -> StoragePath:
         return Path(uri)
     root = run.config.resolved_storage_root
     return root / uri.removeprefix(storage.uri(root)).lstrip("/")
-
-
-def _read_jsonl(path: StoragePath) -> list[dict[str, Any]]:
-    import json
-
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _json_line(row: dict[str, Any]) -> str:

@@ -65,7 +65,7 @@ def _with_judge(run: PipelineRun, paired: list[PairedPrediction], result: dict[s
     from tuneloop.judge import JudgeExample, run_judge
 
     judge = run.config.validation.text.judge
-    conversations = {row["id"]: row["messages"][:-1] for row in _read_jsonl(_eval_split(run))}
+    conversations = {row["id"]: row["messages"][:-1] for row in storage.read_jsonl(_eval_split(run))}
     examples = [JudgeExample(id=p.id, messages=tuple(conversations[p.id]), reference=p.reference,
                              production=p.baseline_hypothesis, candidate=p.candidate_hypothesis) for p in paired]
     verdict = run_judge(judge, examples, alpha=run.config.validation.significance_alpha)
@@ -155,8 +155,8 @@ def post_deploy_check(run: PipelineRun, dataset_id: str, deployed_version: str) 
     if production != deployed_version:
         return _check(False, None, None, 0, 0, [f"the production alias points to version {production}, not to "
                                                 f"the deployed {deployed_version}"])
-    rows = _read_jsonl(run.dataset_dir(dataset_id) / "eval.jsonl")[: config.deployment.post_deploy_smoke_size]
-    expected = {r["id"]: r for r in _read_jsonl(run.paths.predictions("candidate"))}
+    rows = storage.read_jsonl(run.dataset_dir(dataset_id) / "eval.jsonl")[: config.deployment.post_deploy_smoke_size]
+    expected = {r["id"]: r for r in storage.read_jsonl(run.paths.predictions("candidate"))}
     uri = f"models:/{config.mlflow.model_name}@production"
     try:
         model = run.registry.load_pyfunc("production", run.served_model_config())  # as serving loads it
@@ -263,6 +263,3 @@ def _suite_sections(record: dict[str, Any]) -> list[str]:
           r["failed_samples"], "pass" if r["passed"] else ("FAIL" if r["blocking"] else "fail (report only)")]
          for r in suites])]
 
-
-def _read_jsonl(path: Any) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
