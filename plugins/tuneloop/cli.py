@@ -184,7 +184,7 @@ def collect_status(config: TuneloopConfig, *, registry: bool = False) -> dict[st
         "model": model,
         "last_runs": [r.to_dict() for r in store.training_runs(limit=5)],
         "regression_suites": suite_status(config, store),
-        "costs": _month_costs(collect_costs(config, months=1)),
+        "costs": _month_costs(collect_costs(config, months=1, store=store)),
         "tracking_uri": config.tracking_uri,
     }
 
@@ -365,8 +365,9 @@ def cmd_history(config: TuneloopConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def collect_costs(config: TuneloopConfig, months: int = 12) -> dict[str, Any]:
-    """:func:`tuneloop.costs.cost_report` over the model's runs finished in the last ``months`` calendar months."""
+def collect_costs(config: TuneloopConfig, months: int = 12, store: Any = None) -> dict[str, Any]:
+    """:func:`tuneloop.costs.cost_report` over the model's runs finished in the last ``months`` calendar months
+    (``store``: one already open, e.g. status's)."""
     from tuneloop.costs import cost_report
     from tuneloop.store import ErrorCaseStore
 
@@ -374,7 +375,7 @@ def collect_costs(config: TuneloopConfig, months: int = 12) -> dict[str, Any]:
     first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     for _ in range(max(months, 1) - 1):
         first = (first - timedelta(days=1)).replace(day=1)
-    runs = ErrorCaseStore.from_config(config).finished_runs_since(first)
+    runs = (store or ErrorCaseStore.from_config(config)).finished_runs_since(first)
     return cost_report(runs, monthly_budget_usd=config.costs.monthly_budget_usd, max_run_usd=config.costs.max_run_usd)
 
 
