@@ -104,11 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     rollback.set_defaults(handler=cmd_rollback)
 
     bootstrap = sub.add_parser("bootstrap", parents=[model],
-                               help="register an existing HF model dir (or an OpenAI model) as the first production "
-                                    "model")
+                               help="register an existing HF model dir (or an OpenAI or Vertex AI model) as the first "
+                                    "production model")
     bootstrap.add_argument("model_dir", type=Path, nargs="?")
     bootstrap.add_argument("--openai-model", metavar="ID", help="chat models: an OpenAI model id (a base model or "
                            "one fine-tuned earlier) served through the API, instead of a model directory")
+    bootstrap.add_argument("--vertex-model", metavar="NAME", help="chat models: a Gemini model on Vertex AI "
+                           "(gemini-2.5-flash), served through the API, instead of a model directory")
     bootstrap.add_argument("--reason", default="initial production model")
     bootstrap.set_defaults(handler=cmd_bootstrap)
 
@@ -482,13 +484,15 @@ def cmd_bootstrap(config: TuneloopConfig, args: argparse.Namespace) -> int:
     from tuneloop.registry import ModelRegistry
     from tuneloop.store import ErrorCaseStore
 
-    if (args.model_dir is None) == (args.openai_model is None):
-        raise ValueError("bootstrap: give a model directory or --openai-model, not both and not neither")
+    given = [what for what in (args.model_dir, args.openai_model, args.vertex_model) if what is not None]
+    if len(given) != 1:
+        raise ValueError("bootstrap: give one of a model directory, --openai-model or --vertex-model")
     registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
     with tempfile.TemporaryDirectory(prefix="tuneloop-bootstrap-") as scratch:
         model_dir, serving = _bootstrap_model(config, args, Path(scratch))
         run_id = tracking.ensure_run(config, "bootstrap", dag_id="cli")
-        tags = {"provider": "openai", "provider_model": args.openai_model} if args.openai_model else None
+        managed = _managed_model(args)
+        tags = {"provider": managed.provider, "provider_model": managed.model} if managed else None
         event = bootstrap_production(registry, ErrorCaseStore.from_config(config), model_dir, run_id=run_id,
                                      reason=args.reason, actor=f"cli:{getpass.getuser()}", tags=tags,
                                      serving_code=serving.code,
@@ -500,18 +504,31 @@ def cmd_bootstrap(config: TuneloopConfig, args: argparse.Namespace) -> int:
 
 def _bootstrap_model(config: TuneloopConfig, args: argparse.Namespace, scratch: Path) -> tuple[Path, Any]:
     """The model directory to register and how it is served: the given HF directory with the task's pyfunc, or a
-    directory naming the OpenAI model with the API's pyfunc."""
+    directory naming the provider's model with the API's pyfunc."""
     from tuneloop.managed import reference
     from tuneloop.tasks import task_for
 
-    if args.openai_model is None:
+    managed = _managed_model(args)
+    if managed is None:
         if not (args.model_dir / "config.json").exists():
             raise ValueError(f"model_dir: {args.model_dir} is not a Hugging Face model directory (no config.json)")
         return args.model_dir, task_for(config.task).serving()  # the model's kind: speech or chat pyfunc
     if config.task != "chat":
-        raise ValueError(f"--openai-model: OpenAI serves chat models; this model's task is {config.task}")
-    reference.write_managed(scratch, reference.ManagedModel(provider="openai", model=args.openai_model))
-    return scratch, reference.serving()
+        raise ValueError(f"--{managed.provider}-model: {managed.provider} serves chat models; this model's task is "
+                         f"{config.task}")
+    reference.write_managed(scratch, managed)
+    return scratch, reference.serving(managed.provider)
+
+
+def _managed_model(args: argparse.Namespace) -> Any:
+    """The provider's model named by --openai-model / --vertex-model, or None for a model directory."""
+    from tuneloop.managed.reference import ManagedModel
+
+    if args.openai_model is not None:
+        return ManagedModel(provider="openai", model=args.openai_model)
+    if args.vertex_model is not None:
+        return ManagedModel(provider="vertex", model=args.vertex_model)
+    return None
 
 
 def cmd_demo(config: TuneloopConfig, args: argparse.Namespace) -> int:

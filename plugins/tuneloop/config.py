@@ -179,11 +179,49 @@ class OpenAIFineTuningConfig(_Section):
     max_reply_tokens: int = Field(512, ge=1, description="max_completion_tokens of each evaluation reply")
 
 
+class VertexTuningConfig(_Section):
+    """The ``vertex`` backend (chat models): Vertex AI's supervised tuning of Gemini models trains the candidate.
+
+    Credentials come only from Airflow connection ``conn_id`` (type google_cloud_platform, read by the google
+    provider's GenAI hook: a key file, ADC or impersonation), never from this file. Vertex reads the training
+    files from Cloud Storage, so the run's folder must be in a bucket (``storage_root: gs://...``): the splits are
+    written there in Vertex's format. A tuned model is served by the endpoint Vertex deploys it to; later runs tune
+    production's tuned model further (Vertex's continuous tuning).
+    """
+
+    conn_id: str = Field("google_cloud_default", min_length=1, description="Airflow connection "
+                         "(type google_cloud_platform)")
+    project_id: str | None = Field(None, description="None: the connection's project")
+    location: str = Field("us-central1", min_length=1, description="the Vertex AI region tuning and serving run in")
+    api_endpoint: str | None = Field(None, description="the API's base URL (a private endpoint); None: "
+                                     "https://{location}-aiplatform.googleapis.com/")
+    base_model: str = Field("gemini-2.5-flash", min_length=1, description="the Gemini model tuned when no "
+                            "production version exists")
+    epoch_count: int = Field(3, ge=1, description="epochs of the job (sent to Vertex, whose own default depends "
+                             "on the dataset; and what the cost estimate counts); the Params form's epochs overrides")
+    learning_rate_multiplier: float | None = Field(None, gt=0)
+    adapter_size: Literal[1, 2, 4, 8, 16] | None = Field(None, description="LoRA adapter size; None: Vertex's")
+    max_example_tokens: int = Field(131072, ge=1, description="an example with more (estimated) tokens is refused "
+                                    "before anything is written")
+    min_examples: int = Field(16, ge=1, description="fewer training examples are refused (Vertex recommends 100+)")
+    train_earlier_replies: bool = Field(True, description="Vertex trains on every model turn of an example: true "
+                                        "trains on a conversation's earlier replies too (the export marks them weight "
+                                        "0: production's, uncorrected); false refuses such multi-turn rows")
+    poll_seconds: float = Field(60, gt=0, description="how often the triggerer reads the job")
+    timeout_hours: float = Field(24, gt=0, description="after this the job is cancelled and the run fails")
+    request_timeout_seconds: float = Field(60, gt=0, description="per API request")
+    max_retries: int = Field(5, ge=0, description="attempts of a request that failed with 408/429/5xx or a "
+                             "connection error, with exponential backoff")
+    concurrency: int = Field(8, ge=1, le=64, description="evaluation requests in flight at once")
+    max_reply_tokens: int = Field(512, ge=1, description="maxOutputTokens of each evaluation reply")
+
+
 class TrainingConfig(_Section):
     """How the trainer runs (mirrors the trainer's spec; the Params form overrides per run)."""
 
-    backend: Literal["local", "kubernetes", "gke", "gce", "openai"] = Field(
-        "local", description="where the trainer runs; openai: OpenAI's fine-tuning API (chat models)")
+    backend: Literal["local", "kubernetes", "gke", "gce", "openai", "vertex"] = Field(
+        "local", description="where the trainer runs; openai / vertex: OpenAI's fine-tuning API / Vertex AI's "
+        "Gemini tuning (chat models)")
     base_model: str | None = Field(None, description="HF model dir used when no production model is registered")
     epochs: int = Field(3, ge=1)
     max_steps: int | None = Field(None, ge=1)
@@ -204,10 +242,12 @@ class TrainingConfig(_Section):
     gke: GkeConfig = GkeConfig()
     gce: GceConfig = GceConfig()
     openai: OpenAIFineTuningConfig = OpenAIFineTuningConfig()
+    vertex: VertexTuningConfig = VertexTuningConfig()
 
     def timeout_hours(self) -> float:
         """How long the configured backend's training may take before it is stopped."""
-        return {"gce": self.gce.timeout_hours, "openai": self.openai.timeout_hours}.get(
+        return {"gce": self.gce.timeout_hours, "openai": self.openai.timeout_hours,
+                "vertex": self.vertex.timeout_hours}.get(
             self.backend, self.timeout_minutes / 60)
 
 

@@ -1,17 +1,19 @@
 """What a run costs, what it may cost, and whether the model it made pays for itself (seed 004's cost tracker).
 
 Prices are configuration (``costs.prices``, dollars), never constants here: provider price lists change. A price
-is looked up by name: an OpenAI model id (training and inference per million tokens), a fine-tuned model's exact
-id or ``ft:<base model>`` for every model fine-tuned from that base, a machine or accelerator type (per hour),
+is looked up by name: an OpenAI or Gemini model id (training and inference per million tokens; a tuned Gemini
+model is priced as its base), a fine-tuned OpenAI model's exact id or ``ft:<base model>`` for every model
+fine-tuned from that base, a machine or accelerator type (per hour),
 or a backend's name (``kubernetes``, ``gke``: per pod-hour). A cost whose price is not configured is
 ``unknown`` -- reported as such and never counted as zero -- except the ``local`` backend, which costs nothing
 (its runtime is kept).
 
-Training: OpenAI bills ``trained_tokens`` (epochs x billable tokens) at the base model's training price; pods and
+Training: OpenAI bills ``trained_tokens`` (epochs x billable tokens), Vertex ``totalBillableTokenCount``, at the
+base model's training price; pods and
 VMs bill their hours (a GCE VM: machine plus accelerators; a pod: its accelerator per GPU, else its backend), as
 the trainer measures its training (``train_runtime_s``: a VM's boot, an image pull and the evaluate step are not
 in it). Before training, ``PipelineRun.training_estimate`` gives the figure the budget is checked against:
-OpenAI's from the file check's token count, a pod's or VM's as an upper bound (the step's timeout).
+a managed job's from the file check's token count, a pod's or VM's as an upper bound (the step's timeout).
 :func:`budget_check` compares it with ``costs.max_run_usd`` and with what is left of
 ``costs.monthly_budget_usd``.
 
@@ -65,7 +67,7 @@ def price_for(prices: Mapping[str, Price], name: str) -> tuple[str, Price] | Non
 # -- training ----------------------------------------------------------------------------------------------------
 
 
-def openai_training_cost(prices: Mapping[str, Price], base_model: str, tokens: int, *,
+def training_tokens_cost(prices: Mapping[str, Price], base_model: str, tokens: int, *,
                          estimate: bool = False) -> Cost:
     """``tokens`` trained tokens (billable, epochs included) at the training price of ``base_model``."""
     what = "estimated trained tokens" if estimate else "trained tokens"

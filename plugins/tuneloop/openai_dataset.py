@@ -135,7 +135,8 @@ class ChatFileReport:
 
 
 class ChatFileRefused(ValueError):
-    """A chat file breaks OpenAI's rules; ``report`` says how. Raised before any upload."""
+    """A chat file breaks OpenAI's rules (a subclass: another provider's); ``report`` says how. Raised before any
+    upload."""
 
     def __init__(self, report: ChatFileReport) -> None:
         self.report = report

@@ -245,12 +245,12 @@ class PipelineRun:
         """What this run's training will cost (:class:`tuneloop.costs.Cost`): a managed job's estimated tokens at
         the training price; a pod's or VM's hours at most its timeout; local nothing."""
         from tuneloop.backends import MANAGED
-        from tuneloop.costs import hours_cost, openai_training_cost
+        from tuneloop.costs import hours_cost, training_tokens_cost
 
         backend = self.backend()
         if backend in MANAGED:
             prepared = self.prepare_train(dataset_id)
-            return openai_training_cost(self.config.costs.prices, self._priced_base_model(),
+            return training_tokens_cost(self.config.costs.prices, self._priced_base_model(),
                                         prepared["estimated_training_tokens"], estimate=True)
         training = self.config.training
         bound = training.gce.timeout_hours if backend == "gce" else training.timeout_minutes / 60
@@ -259,14 +259,14 @@ class PipelineRun:
     def training_cost(self) -> Any:
         """What this run's training cost, from what the trainer or the job reported (metrics.json)."""
         from tuneloop.backends import MANAGED
-        from tuneloop.costs import Cost, hours_cost, openai_training_cost
+        from tuneloop.costs import Cost, hours_cost, training_tokens_cost
 
         metrics = storage.read_json(self.paths.training / "metrics.json")
         backend = self.backend()
         if backend in MANAGED:
             if metrics.get("trained_tokens") is None:
                 return Cost(None, "the job reported no trained_tokens")
-            return openai_training_cost(self.config.costs.prices, self._priced_base_model(),
+            return training_tokens_cost(self.config.costs.prices, self._priced_base_model(),
                                         int(metrics["trained_tokens"]))
         if metrics.get("train_runtime_s") is None:
             return Cost(None, "the trainer reported no train_runtime_s")
@@ -288,17 +288,17 @@ class PipelineRun:
         return {}
 
     def _priced_base_model(self) -> str:
-        """The model whose training price applies: the one fine-tuned, or the base of a fine-tuned one
-        (``ft:<base>:<org>:<suffix>:<id>``: training it further bills at the base's price)."""
+        """The model whose training price applies (the provider's base model under any fine-tuning)."""
+        from tuneloop.managed import steps
         from tuneloop.managed.reference import read_managed
 
-        name = read_managed(self.paths.base_model).model
-        return name.split(":")[1] if name.startswith("ft:") else name
+        return steps(self.backend()).priced_model(read_managed(self.paths.base_model))
 
     def inference_costs(self) -> dict[str, dict[str, Any]]:
         """Production's and the candidate's cost per request, from the token usage their eval predictions recorded
         (a managed model's; a self-hosted model's predictions carry none and cost what its machine costs)."""
         from tuneloop.costs import mean_request_cost
+        from tuneloop.managed import steps
         from tuneloop.managed.reference import is_managed, read_managed
 
         costs = {}
@@ -306,8 +306,9 @@ class PipelineRun:
             path = self.paths.predictions(tag)
             if not (is_managed(model_dir) and path.exists()):
                 continue
-            rows = storage.read_jsonl(path)
-            costs[tag] = mean_request_cost(self.config.costs.prices, read_managed(model_dir).model, rows).to_dict()
+            model = read_managed(model_dir)
+            name = steps(model.provider).served_price_name(model)
+            costs[tag] = mean_request_cost(self.config.costs.prices, name, storage.read_jsonl(path)).to_dict()
         return costs
 
     def expected_requests(self) -> float:
@@ -354,10 +355,10 @@ class PipelineRun:
         from tuneloop.backends import MANAGED
 
         if self.backend() in MANAGED:
-            from tuneloop.managed import openai_training
+            from tuneloop.managed import steps
             from tuneloop.managed.reference import write_managed
 
-            write_managed(scratch, openai_training.configured_base(self))
+            write_managed(scratch, steps(self.backend()).configured_base(self))
             return scratch
         if not self.config.training.base_model:
             raise ValueError("training.base_model: no production model is registered and no base model is "
@@ -402,7 +403,7 @@ class PipelineRun:
 
     def backend(self) -> str:
         """Where the trainer runs in this run: the Params form's choice, else ``training.backend``."""
-        from tuneloop.backends import BACKENDS, MANAGED, REMOTE_TRAINERS
+        from tuneloop.backends import BACKENDS, MANAGED, READ_THE_BUCKET
 
         name = self.params.backend or self.config.training.backend
         if name not in BACKENDS:
@@ -410,8 +411,8 @@ class PipelineRun:
         if name in MANAGED and self.config.task != "chat":
             raise ValueError(f"training.backend={name} fine-tunes chat models; this model's task is "
                              f"{self.config.task}: use local, kubernetes, gke or gce")
-        if name in REMOTE_TRAINERS and storage.is_local(self.paths.root):
-            raise ValueError(f"training.backend={name} runs the trainer on another machine, which cannot read the "
+        if name in READ_THE_BUCKET and storage.is_local(self.paths.root):
+            raise ValueError(f"training.backend={name} trains on another machine, which cannot read the "
                              f"local folder {self.paths.root}: set storage_root to object storage (gs://bucket/prefix)")
         return name
 
@@ -424,9 +425,9 @@ class PipelineRun:
         backend = self.backend()
         base_model = self.prepare_base_model()
         if backend in MANAGED:
-            from tuneloop.managed import openai_training
+            from tuneloop.managed import steps
 
-            return openai_training.prepare(self, dataset_id)
+            return steps(backend).prepare(self, dataset_id)
         _write_json(self.paths.spec, self.training_spec(self.dataset_dir(dataset_id), base_model))
         return {"backend": backend, "args": train_args(storage.uri(self.paths.spec)), "done": False}
 
@@ -556,27 +557,35 @@ class PipelineRun:
         """How the candidate is served: the task's pyfunc, or the managed provider's for a managed model."""
         from tuneloop.managed import reference
 
-        return reference.serving() if reference.is_managed(self.paths.model) else self.task.serving()
+        if reference.is_managed(self.paths.model):
+            return reference.serving(reference.read_managed(self.paths.model).provider)
+        return self.task.serving()
 
     def served_model_config(self) -> dict[str, Any] | None:
         """What loading the candidate's pyfunc needs besides its artifacts (``model_config``, kept in memory):
         the API's credentials from the Airflow connection for a managed model, else nothing."""
-        from tuneloop.managed.reference import is_managed
+        from tuneloop.managed.reference import is_managed, read_managed
 
         if not is_managed(self.paths.model):
             return None
+        provider = read_managed(self.paths.model).provider
+        if provider == "vertex":
+            from tuneloop.hooks.vertex_connection import serving_config as vertex_config
+
+            return vertex_config(self.config.training.vertex)
         from tuneloop.hooks.openai_connection import serving_config
 
         return serving_config(self.config.training.openai)
 
     def served_params(self) -> dict[str, Any] | None:
         """The candidate's predict params that keep its served replies as long as its evaluated ones (a managed
-        model was evaluated with ``training.openai.max_reply_tokens``); None: the pyfunc's defaults."""
-        from tuneloop.managed.reference import is_managed
+        model was evaluated with ``training.<provider>.max_reply_tokens``); None: the pyfunc's defaults."""
+        from tuneloop.managed.reference import is_managed, read_managed
 
         if not is_managed(self.paths.model):
             return None
-        return {"max_new_tokens": self.config.training.openai.max_reply_tokens}
+        settings = getattr(self.config.training, read_managed(self.paths.model).provider)
+        return {"max_new_tokens": settings.max_reply_tokens}
 
     # -- 7. decide -----------------------------------------------------------------------------------------
     def decide(self) -> Outcome:

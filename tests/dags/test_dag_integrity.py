@@ -113,7 +113,8 @@ def test_weekly_shape(dagbag):
     assert dag.get_task("rollback").trigger_rule == "one_failed"
     assert dag.get_task("report").trigger_rule == "all_done"
     assert set(dag.params.keys()) >= {"force_trigger", "auto_deploy", "use_lora", "epochs", "backend"}
-    assert dag.params.get_param("backend").schema["enum"] == [None, "local", "kubernetes", "gke", "gce", "openai"]
+    assert dag.params.get_param("backend").schema["enum"] == [None, "local", "kubernetes", "gke", "gce", "openai",
+                                                                "vertex"]
 
 
 @pytest.mark.parametrize("step", ["train", "evaluate"])

@@ -188,7 +188,8 @@ def test_a_killed_worker_s_retry_re_attaches_and_the_candidate_is_deployed(insta
     job = api.jobs[-1]
     assert job["status"] == "succeeded" and job["model"] == BASE
     model = json.loads((deployed["folder"] / "training" / "model" / "managed_model.json").read_text())
-    assert model == {"provider": "openai", "model": job["fine_tuned_model"], "base_model": BASE, "job_id": job["id"]}
+    assert model == {"provider": "openai", "model": job["fine_tuned_model"], "base_model": BASE, "job_id": job["id"],
+                     "resource": None}
     # what was uploaded: OpenAI's keys only, the corrected replies as targets; deleted once the job succeeded
     train = next(c for f, c in api.uploads if f["id"] == job["training_file"]).decode().splitlines()
     assert all(set(json.loads(line)) == {"messages"} for line in train)

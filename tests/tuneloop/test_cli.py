@@ -348,3 +348,14 @@ def test_costs_lists_each_run_and_each_month_against_the_budget(home, capsys, mo
     assert main(["status", "--json"]) == 0
     costs = json.loads(capsys.readouterr().out)["costs"]
     assert (costs["this_month_usd"], costs["unknown_cost_runs"], costs["latest_roi"]) == (12.5, 1, roi)
+
+
+def test_bootstrap_takes_exactly_one_model_and_a_provider_s_only_for_chat(home, capsys):
+    """One of a model directory, --openai-model, --vertex-model; the providers' models are chat models."""
+    for argv in (["bootstrap"], ["bootstrap", str(home), "--vertex-model", "gemini-2.5-flash"],
+                 ["bootstrap", "--openai-model", "gpt-4.1-mini-2025-04-14", "--vertex-model", "gemini-2.5-flash"]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        assert "give one of a model directory, --openai-model or --vertex-model" in capsys.readouterr().err
+    assert main(["bootstrap", "--vertex-model", "gemini-2.5-flash"]) == 2  # the default model is speech-to-text
+    assert "--vertex-model: vertex serves chat models; this model's task is speech_to_text" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tuneloop.costs import (Cost, Price, budget_check, hours_cost, mean_request_cost, openai_training_cost,
+from tuneloop.costs import (Cost, Price, budget_check, hours_cost, mean_request_cost, training_tokens_cost,
                             price_for, request_cost, roi)
 
 PRICES = {
@@ -25,11 +25,11 @@ def test_a_fine_tuned_model_is_priced_by_its_own_entry_else_its_base_s_ft_entry(
     assert price_for(PRICES, "gpt-4o") is None
 
 
-def test_openai_training_cost_is_trained_tokens_at_the_base_model_s_price():
-    cost = openai_training_cost(PRICES, "gpt-4.1-mini-2025-04-14", 2_000_000)
+def test_training_tokens_cost_is_trained_tokens_at_the_base_model_s_price():
+    cost = training_tokens_cost(PRICES, "gpt-4.1-mini-2025-04-14", 2_000_000)
     assert cost.usd == pytest.approx(10.0) and cost.unit == "tokens"
     assert "2,000,000 trained tokens x $5/1M (gpt-4.1-mini-2025-04-14)" == cost.basis
-    unknown = openai_training_cost(PRICES, "gpt-4o-2024-08-06", 10)
+    unknown = training_tokens_cost(PRICES, "gpt-4o-2024-08-06", 10)
     assert unknown.usd is None and "no costs.prices['gpt-4o-2024-08-06'].training_per_1m_tokens" in unknown.basis
     assert unknown.label().startswith("unknown (")
 

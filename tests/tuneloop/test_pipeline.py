@@ -98,7 +98,7 @@ def test_unknown_backend_lists_the_known_ones(config):
 
 
 def test_remote_backends_need_object_storage(config):
-    with pytest.raises(ValueError, match="training.backend=gce runs the trainer on another machine.*gs://"):
+    with pytest.raises(ValueError, match="training.backend=gce trains on another machine.*gs://"):
         PipelineRun(config, "r", RunParams(backend="gce")).backend()
     assert PipelineRun(config, "r", RunParams(backend="local")).backend() == "local"
 

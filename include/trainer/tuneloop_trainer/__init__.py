@@ -15,13 +15,14 @@ from typing import Any
 
 from tuneloop_trainer.text import normalize_text, vocabulary
 
-__all__ = ["CHAT_SERVING_REQUIREMENTS", "OPENAI_SERVING_REQUIREMENTS", "SERVING_REQUIREMENTS", "normalize_text",
-           "serving_path", "serving_signature", "vocabulary"]
+__all__ = ["CHAT_SERVING_REQUIREMENTS", "OPENAI_SERVING_REQUIREMENTS", "SERVING_REQUIREMENTS",
+           "VERTEX_SERVING_REQUIREMENTS", "normalize_text", "serving_path", "serving_signature", "vocabulary"]
 
-# openai-chat: a chat model that OpenAI serves (trained by the openai backend); no torch code, it lives here beside
-# the other serving definitions because MLflow logs each as one file and Airflow's plugin loader would import it
-# from plugins/.
-SERVING_FILES = {"speech-to-text": "serving.py", "chat": "serving_chat.py", "openai-chat": "serving_openai.py"}
+# openai-chat / vertex-chat: a chat model that OpenAI / Vertex AI serves (trained by the openai / vertex backend); no
+# torch code, it lives here beside the other serving definitions because MLflow logs each as one file and Airflow's
+# plugin loader would import it from plugins/.
+SERVING_FILES = {"speech-to-text": "serving.py", "chat": "serving_chat.py", "openai-chat": "serving_openai.py",
+                 "vertex-chat": "serving_vertex.py"}
 
 # What a serving environment needs for serving.py (MLflow's pip_requirements); kept in step with requirements.txt.
 SERVING_REQUIREMENTS = [
@@ -49,10 +50,17 @@ OPENAI_SERVING_REQUIREMENTS = [
     "pandas",
 ]
 
+VERTEX_SERVING_REQUIREMENTS = [
+    "google-genai==2.34.0",
+    "numpy",
+    "pandas",
+]
+
 
 def serving_path(task: str = "speech-to-text") -> str:
     """Filesystem path of the task's MLflow "models from code" file for ``mlflow.pyfunc.log_model``:
-    serving.py (speech-to-text), serving_chat.py (chat) or serving_openai.py (openai-chat)."""
+    serving.py (speech-to-text), serving_chat.py (chat), serving_openai.py (openai-chat) or serving_vertex.py
+    (vertex-chat)."""
     if task not in SERVING_FILES:
         raise ValueError(f"task must be one of {', '.join(SERVING_FILES)}, got {task!r}")
     return str(Path(__file__).with_name(SERVING_FILES[task]))
@@ -61,13 +69,13 @@ def serving_path(task: str = "speech-to-text") -> str:
 def serving_signature(task: str = "speech-to-text") -> Any:
     """The ``signature`` to pass to ``mlflow.pyfunc.log_model`` with :func:`serving_path` (imports mlflow).
 
-    None for speech-to-text (no signature, as before). For chat and openai-chat: no input schema (predict accepts several input
+    None for speech-to-text (no signature, as before). For the chat ones: no input schema (predict accepts several input
     shapes and checks them itself) and the ``max_new_tokens`` param, default 64: MLflow drops, with a warning, every
     param that the logged signature does not declare.
     """
     if task not in SERVING_FILES:
         raise ValueError(f"task must be one of {', '.join(SERVING_FILES)}, got {task!r}")
-    if task not in ("chat", "openai-chat"):
+    if task not in ("chat", "openai-chat", "vertex-chat"):
         return None
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec

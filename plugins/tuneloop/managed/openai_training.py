@@ -61,6 +61,17 @@ def configured_base(run: PipelineRun) -> ManagedModel:
     return ManagedModel(provider="openai", model=run.config.training.openai.base_model)
 
 
+def served_price_name(model: ManagedModel) -> str:
+    """The name its requests are priced by (``costs.prices``): a fine-tuned model's own id (``ft:...``)."""
+    return model.model
+
+
+def priced_model(model: ManagedModel) -> str:
+    """The model whose training price applies: the one fine-tuned, or the base of a fine-tuned one
+    (``ft:<base>:<org>:<suffix>:<id>``: training it further bills at the base's price)."""
+    return model.model.split(":")[1] if model.model.startswith("ft:") else model.model
+
+
 def prepare(run: PipelineRun, dataset_id: str) -> dict[str, Any]:
     """Check both splits against OpenAI's rules (nothing is uploaded otherwise) and write the spec; ``done`` when
     the job already succeeded and its results are in the run's folder."""
@@ -171,13 +182,24 @@ def evaluate(run: PipelineRun, client: OpenAI, log_line: LogLine) -> None:
     from tuneloop.managed.chat_api import ReplySettings, reply_rows
 
     settings = run.config.training.openai
+
+    def replies(model: ManagedModel, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return reply_rows(client, rows, ReplySettings(model=model.model, concurrency=settings.concurrency,
+                                                      max_reply_tokens=settings.max_reply_tokens,
+                                                      seed=run.config.training.seed), log_line)
+
+    evaluation_outputs(run, replies)
+
+
+def evaluation_outputs(run: PipelineRun, replies: Callable[[ManagedModel, list[dict[str, Any]]],
+                                                           list[dict[str, Any]]]) -> None:
+    """Write every output of the run's evaluation jobs (``evaluate_jobs.json``) that is not there yet, each whole:
+    ``replies`` answers a data file's rows with the job's managed model (any provider)."""
     for job in storage.read_json(run.paths.evaluate_jobs)["jobs"]:
         model = read_managed(_path(run, job["model_dir"]))
-        replies = ReplySettings(model=model.model, concurrency=settings.concurrency,
-                                max_reply_tokens=settings.max_reply_tokens, seed=run.config.training.seed)
         for data, output in zip(job["data"], job["output"], strict=True):
             rows = storage.read_jsonl(_path(run, data))
-            predictions = reply_rows(client, rows, replies, log_line)
+            predictions = replies(model, rows)
             with storage.staged_output(_path(run, output)) as staged:
                 staged.write_text("".join(_json_line(row) for row in predictions))
 

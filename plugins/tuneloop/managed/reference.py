@@ -1,4 +1,5 @@
-"""A model that lives at a provider (an OpenAI fine-tuned model id), stored as a model directory.
+"""A model that lives at a provider (an OpenAI fine-tuned model id, a Vertex AI endpoint), stored as a model
+directory.
 
 Model directories are what the pipeline moves around: the base model published into the run's folder, the
 trainer's ``training/model``, a registered version's artifacts. A managed model's directory holds one file,
@@ -23,9 +24,12 @@ if TYPE_CHECKING:
 MANAGED_FILE = "managed_model.json"
 # What the managed pyfunc takes at load time (``model_config``), logged with these empty defaults so that MLflow
 # lets a loader set them: the credentials themselves are only ever given in memory.
-SERVING_CONFIG_KEYS = {"api_key": "", "base_url": "", "max_retries": 5, "timeout": 60.0}
-Provider = Literal["openai"]
-PROVIDERS: tuple[Provider, ...] = ("openai",)
+SERVING_CONFIG_KEYS: dict[str, dict[str, Any]] = {
+    "openai": {"api_key": "", "base_url": "", "max_retries": 5, "timeout": 60.0},
+    "vertex": {"access_token": "", "project": "", "location": "", "base_url": "", "max_retries": 5, "timeout": 60.0},
+}
+Provider = Literal["openai", "vertex"]
+PROVIDERS: tuple[Provider, ...] = ("openai", "vertex")
 
 
 class ManagedModelError(ValueError):
@@ -34,13 +38,16 @@ class ManagedModelError(ValueError):
 
 @dataclass(frozen=True)
 class ManagedModel:
-    """``model``: the id the provider serves (``gpt-4.1-mini-2025-04-14``, ``ft:gpt-4.1-mini-...:suffix:id``);
-    ``base_model``: what it was fine-tuned from (None for a base model); ``job_id``: the job that made it."""
+    """``model``: the id the provider serves (``gpt-4.1-mini-2025-04-14``, ``ft:gpt-4.1-mini-...:suffix:id``,
+    ``gemini-2.5-flash``, a Vertex endpoint ``projects/.../endpoints/...``); ``base_model``: what it was fine-tuned
+    from (None for a base model); ``job_id``: the job that made it; ``resource``: the provider's model resource
+    when it is not what is served (Vertex: the tuned model, which a later run tunes further)."""
 
     provider: Provider
     model: str
     base_model: str | None = None
     job_id: str | None = None
+    resource: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,14 +73,17 @@ def read_managed(model_dir: StoragePath | Path) -> ManagedModel:
         raise ManagedModelError(f"{storage.uri(path)}: needs provider (one of {', '.join(PROVIDERS)}) and model "
                                 f"(a string), got {data!r}")
     return ManagedModel(provider=data["provider"], model=data["model"], base_model=data.get("base_model"),
-                        job_id=data.get("job_id"))
+                        job_id=data.get("job_id"), resource=data.get("resource"))
 
 
-def serving() -> Serving:
+def serving(provider: Provider) -> Serving:
     """How a managed model version is served: a pyfunc calling the provider's chat API with the model id (no
     credentials inside; they are given at load time)."""
     from tuneloop.tasks import Serving
-    from tuneloop_trainer import OPENAI_SERVING_REQUIREMENTS, serving_path, serving_signature
+    from tuneloop_trainer import (OPENAI_SERVING_REQUIREMENTS, VERTEX_SERVING_REQUIREMENTS, serving_path,
+                                  serving_signature)
 
-    return Serving(serving_path("openai-chat"), list(OPENAI_SERVING_REQUIREMENTS), serving_signature("openai-chat"),
-                   model_config=dict(SERVING_CONFIG_KEYS))
+    kind, requirements = {"openai": ("openai-chat", OPENAI_SERVING_REQUIREMENTS),
+                          "vertex": ("vertex-chat", VERTEX_SERVING_REQUIREMENTS)}[provider]
+    return Serving(serving_path(kind), list(requirements), serving_signature(kind),
+                   model_config=dict(SERVING_CONFIG_KEYS[provider]))

@@ -3,7 +3,7 @@
     prepare ──► local ────────────────────────────► result
             ├─► pod (kubernetes | gke) ───────────► result
             ├─► create_vm ─► wait_vm ─► delete_vm ─► result
-            └─► managed (openai) ─────────────────► result
+            └─► managed (openai, vertex) ─────────► result
 
 ``prepare`` writes the step's inputs into the run's folder and branches to the chosen backend (or straight to
 ``result`` when a retried run finds the step's outputs complete); ``result`` reads the outputs back and is what
@@ -26,7 +26,8 @@ from tuneloop.operators.trainer_vm import CreateTrainerVmOperator, DeleteTrainer
 
 STEP_KEY = "trainer_step"  # XCom key of prepare's {"backend", "args", "done"}
 GPU_POOL = "gpu"  # Airflow pool: one slot per GPU, so GPU work never oversubscribes (created by the cluster's init)
-RUNNER = {"local": "local", "kubernetes": "pod", "gke": "pod", "gce": "create_vm", "openai": "managed"}
+RUNNER = {"local": "local", "kubernetes": "pod", "gke": "pod", "gce": "create_vm", "openai": "managed",
+          "vertex": "managed"}
 
 
 class PrepareTrainerStepOperator(PipelineStepOperator, BaseBranchOperator):
@@ -128,7 +129,7 @@ def sibling(task: Any, name: str) -> str:
 
 def trainer_step(step: str, *, execution_timeout: Any) -> TaskGroup:
     """The task group of one trainer step; ``<step>.result`` carries its outcome."""
-    tooltip = f"{step} on the run's backend (local, kubernetes, gke, gce, openai)"
+    tooltip = f"{step} on the run's backend (local, kubernetes, gke, gce, openai, vertex)"
     with TaskGroup(group_id=step, tooltip=tooltip) as group:
         prepare = PrepareTrainerStepOperator(task_id="prepare", step=step)
         local = LocalTrainerOperator(task_id="local", step=step, execution_timeout=execution_timeout)
