@@ -563,19 +563,17 @@ class PipelineRun:
 
     def served_model_config(self) -> dict[str, Any] | None:
         """What loading the candidate's pyfunc needs besides its artifacts (``model_config``, kept in memory):
-        the API's credentials from the Airflow connection for a managed model, else nothing."""
+        the API's credentials from the Airflow connection for a managed model (its provider's
+        ``tuneloop.hooks.<provider>_connection.serving_config``), else nothing."""
         from tuneloop.managed.reference import is_managed, read_managed
 
         if not is_managed(self.paths.model):
             return None
+        import importlib
+
         provider = read_managed(self.paths.model).provider
-        if provider == "vertex":
-            from tuneloop.hooks.vertex_connection import serving_config as vertex_config
-
-            return vertex_config(self.config.training.vertex)
-        from tuneloop.hooks.openai_connection import serving_config
-
-        return serving_config(self.config.training.openai)
+        connection = importlib.import_module(f"tuneloop.hooks.{provider}_connection")
+        return connection.serving_config(getattr(self.config.training, provider))
 
     def served_params(self) -> dict[str, Any] | None:
         """The candidate's predict params that keep its served replies as long as its evaluated ones (a managed

@@ -243,9 +243,10 @@ def test_a_candidate_trained_on_shuffled_replies_is_rejected(rejected):
     gate = decision["gate"]
     assert gate["metric"] == "exact_match" and gate["n"] >= SUPPORT["validation"]["min_eval_size"]
     assert gate["passed"] is False and gate["verdict"] == "fail", gate["reasons"]
-    # production answered the still-valid kinds right; the shuffled candidate broke some and is not better
+    # production answered the still-valid kinds right and the shuffled candidate broke some of them, whatever it
+    # got right by chance (a shuffled reply can be a new-policy one: its mean varies with the eval split, and was
+    # once above production's, so "not better" is not asserted)
     assert gate["baseline_mean"] > 0 and gate["newly_broken"] >= 1
-    assert gate["candidate_mean"] <= gate["baseline_mean"], gate
     assert decision["candidate_version"] == "2" and decision["production_before"] == "1"
     tags = rejected["candidate_tags"]
     assert (tags["decision"], tags["verdict"]) == ("rejected", "fail")
