@@ -88,7 +88,7 @@ def prepare(run: PipelineRun, dataset_id: str) -> dict[str, Any]:
         if not reports[split].ok:
             raise ChatFileRefused(reports[split])
     epochs = n_epochs(run)
-    checks: dict[str, Any] = {split: _summary(report) for split, report in reports.items()}
+    checks: dict[str, Any] = {split: check_summary(report) for split, report in reports.items()}
     checks["estimated_training_tokens"] = estimate_training_tokens(reports["train"],
                                                                    None if epochs == "auto" else int(epochs))
     storage.write_json(folder(run) / "check.json", checks)
@@ -101,7 +101,8 @@ def prepare(run: PipelineRun, dataset_id: str) -> dict[str, Any]:
             "estimated_training_tokens": checks["estimated_training_tokens"]}
 
 
-def _summary(report: Any) -> dict[str, Any]:
+def check_summary(report: Any) -> dict[str, Any]:
+    """What check.json keeps of a split's file check (any provider's)."""
     return {"examples": report.examples, "total_tokens": report.total_tokens, "max_tokens": report.max_tokens,
             "billable_tokens_per_epoch": report.billable_tokens_per_epoch, "encoding": report.encoding,
             "warning_counts": dict(report.warning_counts)}

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop import storage
 from tuneloop.config import CHAT_EXPORTED_ROW_FIELDS
-from tuneloop.managed.openai_training import evaluation_outputs
+from tuneloop.managed.openai_training import check_summary, evaluation_outputs
 from tuneloop.managed.reference import ManagedModel, is_managed, read_managed, write_managed
 from tuneloop.managed.vertex_jobs import JobFailed, JobRequest, JobState, label_value, mark_ended, start_or_attach
 from tuneloop.storage import StoragePath
@@ -95,7 +95,7 @@ def prepare(run: PipelineRun, dataset_id: str) -> dict[str, Any]:
         if not reports[split].ok:
             raise VertexFileRefused(reports[split])
     epochs = run.params.epochs or settings.epoch_count
-    checks: dict[str, Any] = {split: _summary(report) for split, report in reports.items()}
+    checks: dict[str, Any] = {split: check_summary(report) for split, report in reports.items()}
     checks["estimated_training_tokens"] = estimate_training_tokens(reports["train"], epochs)
     storage.write_json(folder(run) / "check.json", checks)
     storage.write_json(run.paths.spec, {
@@ -105,12 +105,6 @@ def prepare(run: PipelineRun, dataset_id: str) -> dict[str, Any]:
         "estimated_training_tokens": checks["estimated_training_tokens"]})
     return {"backend": "vertex", "args": [], "done": (run.paths.training / "metrics.json").exists(),
             "estimated_training_tokens": checks["estimated_training_tokens"]}
-
-
-def _summary(report: Any) -> dict[str, Any]:
-    return {"examples": report.examples, "total_tokens": report.total_tokens, "max_tokens": report.max_tokens,
-            "billable_tokens_per_epoch": report.billable_tokens_per_epoch, "encoding": report.encoding,
-            "warning_counts": dict(report.warning_counts)}
 
 
 def job_request(run: PipelineRun, base: ManagedModel, epochs: int) -> JobRequest:
