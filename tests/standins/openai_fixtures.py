@@ -11,21 +11,11 @@ from collections.abc import Iterator
 import pytest
 from openai import OpenAI
 
+from tests.standins.clock import ManualClock
 from tests.standins.openai_api import OpenAIStandIn
 
 BASE = "gpt-4.1-mini-2025-04-14"
 KEY = "sk-test-secret-1234"
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = 1_750_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

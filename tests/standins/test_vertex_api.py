@@ -7,68 +7,27 @@ The stand-in's clock is driven by hand, so every job state is seen exactly and n
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
 import pytest
 from google import genai
-from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import RefreshError
 from google.auth.transport.requests import Request
-from google.cloud import storage
 from google.genai import errors, types
 from google.genai.types import HttpOptions, HttpRetryOptions
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
+from tests.standins import vertex_fixtures
 from tests.standins.vertex_api import CLOUD_PLATFORM, VertexStandIn, last_user_text
+from tests.standins.vertex_fixtures import (BASE, BUCKET, LOCATION, PARENT, PROJECT, TOKENS_PER_EXAMPLE, ManualClock,
+                                            example, upload)
 
-PROJECT, LOCATION = "acme-ml", "us-central1"
-PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
-BASE = "gemini-2.5-flash"
-BUCKET = "acme-tuneloop"
-TOKENS_PER_EXAMPLE = 3 + (4 + 2) * 3  # an example, then each content: "Answer briefly.", "question i", "answer i"
+api, client, clock, info = (vertex_fixtures.api, vertex_fixtures.client, vertex_fixtures.clock, vertex_fixtures.info)
 
 pytestmark = pytest.mark.filterwarnings("ignore::google.genai.errors.ExperimentalWarning")  # tunings.tune warns
-
-
-class ManualClock:
-    """The stand-in's clock: it moves only on ``tick`` (not tests.standins.openai_fixtures', which imports openai)."""
-
-    def __init__(self) -> None:
-        self.now = 1_750_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def api(clock: ManualClock, gcs_emulator: str) -> Iterator[VertexStandIn]:
-    """Pending 1 s, running 10 s of the stand-in's clock."""
-    with VertexStandIn(clock=clock, storage_emulator=gcs_emulator, pending_s=1, running_s=10) as standin:
-        yield standin
-    assert not standin.errors, "the Vertex stand-in failed on a request:\n" + "\n".join(standin.errors)
-
-
-@pytest.fixture
-def info(api: VertexStandIn) -> dict[str, str]:
-    return api.service_account_info()
-
-
-@pytest.fixture
-def client(api: VertexStandIn, info: dict[str, str]) -> genai.Client:
-    return _client(api, _credentials(info))
 
 
 def _credentials(info: dict[str, str], scopes: tuple[str, ...] = (CLOUD_PLATFORM,)) -> service_account.Credentials:
@@ -81,24 +40,9 @@ def _client(api: VertexStandIn, credentials: Any, **options: Any) -> genai.Clien
                         http_options=HttpOptions(base_url=api.base_url, **options))
 
 
-def _example(i: int) -> dict[str, Any]:
-    return {"systemInstruction": {"role": "system", "parts": [{"text": "Answer briefly."}]},
-            "contents": [{"role": "user", "parts": [{"text": f"question {i}"}]},
-                         {"role": "model", "parts": [{"text": f"answer {i}"}]}]}
-
-
-def _upload(lines: list[Any]) -> str:
-    """A JSONL dataset in the GCS emulator (a dict a line, a str as it is); its gs:// URI."""
-    name = f"vertex-standin/{uuid.uuid4().hex}.jsonl"
-    content = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
-    storage.Client(project="test", credentials=AnonymousCredentials()).bucket(BUCKET).blob(name).upload_from_string(
-        content)
-    return f"gs://{BUCKET}/{name}"
-
-
 def _tune(client: genai.Client, training: str | None = None, **config: Any) -> types.TuningJob:
     return client.tunings.tune(base_model=BASE,
-                               training_dataset=types.TuningDataset(gcs_uri=training or _upload([_example(0)])),
+                               training_dataset=types.TuningDataset(gcs_uri=training or upload([example(0)])),
                                config=types.CreateTuningJobConfig(**config))
 
 
@@ -164,8 +108,8 @@ def test_the_token_needs_the_cloud_platform_scope_and_the_account_s_own_project(
 
 
 def test_a_job_goes_from_pending_to_a_tuned_model_on_an_endpoint(api, client, clock):
-    training = _upload([_example(i) for i in range(10)])
-    validation = _upload([_example(i) for i in range(3)])
+    training = upload([example(i) for i in range(10)])
+    validation = upload([example(i) for i in range(3)])
     created = _tune(client, training, validation_dataset=types.TuningValidationDataset(gcs_uri=validation),
                     epoch_count=2, learning_rate_multiplier=1.5, adapter_size=types.AdapterSize.ADAPTER_SIZE_FOUR,
                     tuned_model_display_name="support-v1", labels={"run": "r1", "team": "ml"})
@@ -199,24 +143,24 @@ def test_a_job_goes_from_pending_to_a_tuned_model_on_an_endpoint(api, client, cl
     assert job.tuned_model.endpoint.startswith(f"{PARENT}/endpoints/")
     stats = job.tuning_data_stats.supervised_tuning_data_stats
     assert stats.total_billable_token_count == 2 * 10 * TOKENS_PER_EXAMPLE
-    assert api.training_examples(job.tuned_model.endpoint) == [_example(i) for i in range(10)]
+    assert api.training_examples(job.tuned_model.endpoint) == [example(i) for i in range(10)]
 
 
 def test_a_tuned_model_is_tuned_further_and_knows_both_jobs_examples(api, client, clock):
-    first = _tune(client, _upload([_example(i) for i in range(10)]))
+    first = _tune(client, upload([example(i) for i in range(10)]))
     clock.tick(11)
     tuned = client.tunings.get(name=first.name).tuned_model
     again = client.tunings.tune(base_model=tuned.model,
-                                training_dataset=types.TuningDataset(gcs_uri=_upload([_example(20)])))
+                                training_dataset=types.TuningDataset(gcs_uri=upload([example(20)])))
     create = [call for call in api.calls if call.method == "POST" and call.target.endswith("/tuningJobs")][-1]
     assert json.loads(create.body)["preTunedModel"] == {"tuned_model_name": tuned.model}  # genai's own spelling
     assert again.base_model == BASE and again.pre_tuned_model.tuned_model_name == tuned.model
     clock.tick(11)
     endpoint = client.tunings.get(name=again.name).tuned_model.endpoint
-    assert api.training_examples(endpoint) == [*(_example(i) for i in range(10)), _example(20)]
+    assert api.training_examples(endpoint) == [*(example(i) for i in range(10)), example(20)]
     with pytest.raises(errors.ClientError, match="preTunedModel.tunedModelName") as refused:
         client.tunings.tune(base_model=f"{PARENT}/models/404@1",
-                            training_dataset=types.TuningDataset(gcs_uri=_upload([_example(1)])))
+                            training_dataset=types.TuningDataset(gcs_uri=upload([example(1)])))
     assert refused.value.code == 400
 
 
@@ -226,12 +170,12 @@ BAD_LINES = [
     (json.dumps({"contents": [{"role": "assistant", "parts": [{"text": "hi"}]}]}), "line 2: contents[0].role"),
     (json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}), "line 2: the last content must have"),
     (json.dumps({"contents": [{"role": "model", "parts": [{"image": "x"}]}]}), "line 2: contents[0].parts"),
-    (json.dumps({**_example(1), "systemInstruction": {"parts": []}}), "line 2: systemInstruction.parts"),
+    (json.dumps({**example(1), "systemInstruction": {"parts": []}}), "line 2: systemInstruction.parts"),
 ]
 
 
 def test_a_bad_training_line_fails_the_job_when_the_data_is_read(api, client, clock):
-    jobs = [(_tune(client, training := _upload([_example(0), line, _example(2)])), training, problem)
+    jobs = [(_tune(client, training := upload([example(0), line, example(2)])), training, problem)
             for line, problem in BAD_LINES]
     assert all(created.state == types.JobState.JOB_STATE_PENDING for created, _, _ in jobs)
     clock.tick(1)
@@ -333,7 +277,7 @@ def test_running_jobs_fail_or_hold_as_programmed(api, client, clock):
 
 
 def _succeeded(client: genai.Client, clock: ManualClock, examples: list[dict[str, Any]]) -> types.TuningJob:
-    created = _tune(client, _upload(examples))
+    created = _tune(client, upload(examples))
     clock.tick(11)
     return client.tunings.get(name=created.name)
 
@@ -359,7 +303,7 @@ def test_generate_content_answers_by_the_reply_rule_on_base_models_and_tuned_end
     assert body["contents"] == [{"role": "user", "parts": [{"text": "hello there"}]}]
     assert body["systemInstruction"]["parts"] == [{"text": "Be brief."}]
 
-    job = _succeeded(client, clock, [_example(i) for i in range(3)])
+    job = _succeeded(client, clock, [example(i) for i in range(3)])
     tuned = client.models.generate_content(model=job.tuned_model.endpoint, contents="question 1")
     assert tuned.text == "answer 1" and tuned.model_version == job.tuned_model.model
     assert ("POST", f"/v1beta1/{job.tuned_model.endpoint}:generateContent") in _api_calls(api)
@@ -393,7 +337,7 @@ def test_failures_are_answered_as_programmed_and_the_client_retries_only_when_to
 
 
 def test_a_tuned_endpoint_is_deleted_before_its_model(api, client, clock, info):
-    job = _succeeded(client, clock, [_example(0)])
+    job = _succeeded(client, clock, [example(0)])
     endpoint, model = job.tuned_model.endpoint, job.tuned_model.model.removesuffix("@1")
     with pytest.raises(errors.ClientError) as raised:
         client.models.delete(model=model)

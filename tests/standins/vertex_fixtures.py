@@ -20,6 +20,7 @@ from google.cloud import storage
 from google.genai.types import HttpOptions
 from google.oauth2 import service_account
 
+from tests.standins.clock import ManualClock
 from tests.standins.vertex_api import CLOUD_PLATFORM, VertexStandIn
 
 PROJECT, LOCATION = "acme-ml", "us-central1"
@@ -27,19 +28,6 @@ PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
 BASE = "gemini-2.5-flash"
 BUCKET = "acme-tuneloop"
 PENDING_S, RUNNING_S = 1, 10
-
-
-class ManualClock:
-    """The stand-in's clock: it moves only on ``tick``."""
-
-    def __init__(self) -> None:
-        self.now = 1_750_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -24,6 +24,9 @@ NOT_PASSED_THROUGH = ("messages",)
 MESSAGE_KEYS = ("role", "content", "name")  # what a chat request's message may carry (no training "weight")
 
 
+Reply = Callable[[Any, Mapping[str, Any], "ReplySettings"], dict[str, Any]]
+
+
 class ReplyError(RuntimeError):
     """A request failed after the client's retries; the message names the model and the row."""
 
@@ -41,11 +44,14 @@ def prompt_messages(row: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{k: m[k] for k in MESSAGE_KEYS if k in m} for m in row["messages"][:-1]]
 
 
-def reply_rows(client: OpenAI, rows: Sequence[Mapping[str, Any]], settings: ReplySettings,
-               log_line: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """One prediction row per input row, in input order."""
+def reply_rows(client: Any, rows: Sequence[Mapping[str, Any]], settings: ReplySettings,
+               log_line: Callable[[str], None] | None = None, reply: Reply | None = None) -> list[dict[str, Any]]:
+    """One prediction row per input row, in input order; ``reply`` answers one row (default: OpenAI's chat
+    completions; :mod:`tuneloop.managed.gemini_api` passes Vertex's)."""
+    answer = reply or _reply
+
     def one(row: Mapping[str, Any]) -> dict[str, Any]:
-        return _reply(client, row, settings)
+        return answer(client, row, settings)
 
     with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="chat-api") as pool:
         results = list(pool.map(one, rows))

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from tuneloop.managed import chat_api
 from tuneloop.managed.chat_api import NOT_PASSED_THROUGH, ReplyError, ReplySettings
 
 if TYPE_CHECKING:
@@ -25,17 +25,8 @@ if TYPE_CHECKING:
 
 def reply_rows(client: Client, rows: Sequence[Mapping[str, Any]], settings: ReplySettings,
                log_line: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """One prediction row per input row, in input order."""
-    def one(row: Mapping[str, Any]) -> dict[str, Any]:
-        return reply(client, row, settings)
-
-    with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="gemini-api") as pool:
-        results = list(pool.map(one, rows))
-    if log_line is not None and results:
-        tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in results)
-        log_line(f"{settings.model}: {len(results)} replies, {tokens:,} tokens, median latency "
-                 f"{sorted(r['latency_ms'] for r in results)[len(results) // 2]:.0f} ms")
-    return results
+    """One prediction row per input row, in input order (:func:`tuneloop.managed.chat_api.reply_rows`)."""
+    return chat_api.reply_rows(client, rows, settings, log_line, reply=reply)
 
 
 def generate(client: Client, model: str, messages: Sequence[Mapping[str, Any]], *, max_reply_tokens: int,
