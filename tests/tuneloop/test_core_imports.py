@@ -21,6 +21,8 @@ CORE_MODULES = (
     "tuneloop.store.store_statistics", "tuneloop.tasks", "tuneloop.tasks.speech_to_text", "tuneloop.tasks.chat",
     "tuneloop.tasks.chat_evaluation", "tuneloop.judge", "tuneloop.managed.reference", "tuneloop.managed.openai_jobs",
     "tuneloop.managed.chat_api", "tuneloop.managed.openai_training", "tuneloop.tokens", "tuneloop.openai_dataset",
+    "tuneloop.managed.vertex_jobs", "tuneloop.managed.vertex_training", "tuneloop.managed.gemini_api",
+    "tuneloop.vertex_dataset",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 
