@@ -25,6 +25,7 @@ from tuneloop import storage
 from tuneloop.config import CHAT_EXPORTED_ROW_FIELDS
 from tuneloop.managed.openai_jobs import (JobFailed, JobRequest, JobState, delete_uploads, mark_ended, result_metrics,
                                           start_or_attach)
+from tuneloop.managed.run_files import check_summary, evaluation_outputs
 from tuneloop.managed.reference import ManagedModel, is_managed, read_managed, write_managed
 from tuneloop.storage import StoragePath
 
@@ -99,13 +100,6 @@ def prepare(run: PipelineRun, dataset_id: str) -> dict[str, Any]:
         "estimated_training_tokens": checks["estimated_training_tokens"]})
     return {"backend": "openai", "args": [], "done": (run.paths.training / "metrics.json").exists(),
             "estimated_training_tokens": checks["estimated_training_tokens"]}
-
-
-def check_summary(report: Any) -> dict[str, Any]:
-    """What check.json keeps of a split's file check (any provider's)."""
-    return {"examples": report.examples, "total_tokens": report.total_tokens, "max_tokens": report.max_tokens,
-            "billable_tokens_per_epoch": report.billable_tokens_per_epoch, "encoding": report.encoding,
-            "warning_counts": dict(report.warning_counts)}
 
 
 def n_epochs(run: PipelineRun) -> int | str:
@@ -190,33 +184,6 @@ def evaluate(run: PipelineRun, client: OpenAI, log_line: LogLine) -> None:
                                                       seed=run.config.training.seed), log_line)
 
     evaluation_outputs(run, replies)
-
-
-def evaluation_outputs(run: PipelineRun, replies: Callable[[ManagedModel, list[dict[str, Any]]],
-                                                           list[dict[str, Any]]]) -> None:
-    """Write every output of the run's evaluation jobs (``evaluate_jobs.json``) that is not there yet, each whole:
-    ``replies`` answers a data file's rows with the job's managed model (any provider)."""
-    for job in storage.read_json(run.paths.evaluate_jobs)["jobs"]:
-        model = read_managed(_path(run, job["model_dir"]))
-        for data, output in zip(job["data"], job["output"], strict=True):
-            rows = storage.read_jsonl(_path(run, data))
-            predictions = replies(model, rows)
-            with storage.staged_output(_path(run, output)) as staged:
-                staged.write_text("".join(_json_line(row) for row in predictions))
-
-
-def _path(run: PipelineRun, uri: str) -> StoragePath:
-    """A path the jobs file names (local, or under the run's storage root)."""
-    if storage.is_local(uri):
-        return Path(uri)
-    root = run.config.resolved_storage_root
-    return root / uri.removeprefix(storage.uri(root)).lstrip("/")
-
-
-def _json_line(row: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(row, ensure_ascii=False) + "\n"
 
 
 def retire_models(registry: Any, archived: list[str], client: Callable[[], OpenAI], log_line: LogLine) -> list[str]:

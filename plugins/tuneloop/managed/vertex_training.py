@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop import storage
 from tuneloop.config import CHAT_EXPORTED_ROW_FIELDS
-from tuneloop.managed.openai_training import check_summary, evaluation_outputs
+from tuneloop.managed.run_files import check_summary, evaluation_outputs
 from tuneloop.managed.reference import ManagedModel, is_managed, read_managed, write_managed
 from tuneloop.managed.vertex_jobs import JobFailed, JobRequest, JobState, label_value, mark_ended, start_or_attach
 from tuneloop.storage import StoragePath
