@@ -410,6 +410,7 @@ def _print_costs(report: dict[str, Any]) -> None:
     print("runs:" if report["runs"] else "runs: (none yet)")
     for run in report["runs"]:
         cost = usd(run["training_usd"]) if run.get("training_basis") else "-"
+        cost = f"at most {cost}" if run.get("training_upper_bound") and run["training_usd"] is not None else cost
         roi = run.get("roi")
         payback = f"  payback {payback_label(roi)}" if roi else ""
         print(f"  {run['run_id']}  {run['status']:<12} {cost}{payback}")

@@ -9,12 +9,13 @@ or a backend's name (``kubernetes``, ``gke``: per pod-hour). A cost whose price 
 (its runtime is kept).
 
 Training: OpenAI bills ``trained_tokens`` (epochs x billable tokens), Vertex ``totalBillableTokenCount``, at the
-base model's training price; pods and
-VMs bill their hours (a GCE VM: machine plus accelerators; a pod: its accelerator per GPU, else its backend), as
-the trainer measures its training (``train_runtime_s``: a VM's boot, an image pull and the evaluate step are not
-in it). Before training, ``PipelineRun.training_estimate`` gives the figure the budget is checked against:
-a managed job's from the file check's token count, a pod's or VM's as an upper bound (the step's timeout).
-:func:`budget_check` compares it with ``costs.max_run_usd`` and with what is left of
+base model's training price; pods and VMs bill their hours (a GCE VM: machine plus accelerators; a pod: its
+accelerator per GPU, else its backend), as the trainer measures its training (``train_runtime_s``: a VM's boot,
+an image pull and the evaluate step are not in it). What attempts that ended without a model spent (a failed or
+cancelled job, a failed pod, a VM until its deletion: :mod:`tuneloop.spent`) is added, so failed runs count
+against budgets too. Before training, ``PipelineRun.training_estimate`` gives the figure the budget is checked
+against: a managed job's from the file check's token count, a pod's or VM's as an upper bound (the step's
+timeout). :func:`budget_check` compares it with ``costs.max_run_usd`` and with what is left of
 ``costs.monthly_budget_usd``.
 
 ROI (:func:`roi`): training cost against the value of the errors the candidate avoids (``value_per_error_avoided``
@@ -68,16 +69,17 @@ def price_for(prices: Mapping[str, Price], name: str) -> tuple[str, Price] | Non
 
 
 def training_tokens_cost(prices: Mapping[str, Price], base_model: str, tokens: int, *,
-                         estimate: bool = False) -> Cost:
+                         estimate: bool = False, upper_bound: bool = False) -> Cost:
     """``tokens`` trained tokens (billable, epochs included) at the training price of ``base_model``."""
     what = "estimated trained tokens" if estimate else "trained tokens"
     found = price_for(prices, base_model)
     if found is None or found[1].training_per_1m_tokens is None:
         return Cost(None, f"{tokens:,} {what}; no costs.prices[{base_model!r}].training_per_1m_tokens", tokens,
-                    "tokens")
+                    "tokens", upper_bound)
     name, price = found
     usd = tokens * price.training_per_1m_tokens / 1e6
-    return Cost(usd, f"{tokens:,} {what} x ${price.training_per_1m_tokens:g}/1M ({name})", tokens, "tokens")
+    return Cost(usd, f"{tokens:,} {what} x ${price.training_per_1m_tokens:g}/1M ({name})", tokens, "tokens",
+                upper_bound)
 
 
 def hourly_rate(prices: Mapping[str, Price], parts: Mapping[str, int]) -> tuple[float | None, str]:
@@ -101,6 +103,21 @@ def hours_cost(prices: Mapping[str, Price], parts: Mapping[str, int], hours: flo
     if rate is None:
         return Cost(None, f"{hours:.2f} h; {basis}", hours, "hours", upper_bound)
     return Cost(rate * hours, f"{hours:.2f} h x {basis}", hours, "hours", upper_bound)
+
+
+def total(parts: list[Cost]) -> Cost:
+    """The sum of ``parts`` (one or more; e.g. a failed job and the job that made the model): unknown when any part
+    is, an upper bound when any part is one; the basis lists every part."""
+    if not parts:
+        raise ValueError("parts: at least one cost is needed")
+    if len(parts) == 1:
+        return parts[0]
+    unknown = [part for part in parts if part.usd is None]
+    usd = None if unknown else sum(part.usd for part in parts)  # type: ignore[misc]
+    units = {part.unit for part in parts}
+    unit = units.pop() if len(units) == 1 else ""
+    return Cost(usd, " + ".join(part.basis for part in parts),
+                sum(part.quantity for part in parts) if unit else 0.0, unit, any(part.upper_bound for part in parts))
 
 
 # -- inference ---------------------------------------------------------------------------------------------------
@@ -257,6 +274,7 @@ def cost_report(runs: list[Any], *, monthly_budget_usd: float | None, max_run_us
         rows.append({"run_id": run.run_id, "status": run.status, "month": month,
                      "finished_at": run.finished_at.isoformat() if run.finished_at else None,
                      "training_usd": training.get("usd"), "training_basis": training.get("basis"),
+                     "training_upper_bound": bool(training.get("upper_bound")),
                      "estimate_usd": estimate.get("usd"), "roi": costs.get("roi")})
         total = months.setdefault(month, {"month": month, "training_usd": 0.0, "runs": 0, "unknown_runs": 0})
         if training:

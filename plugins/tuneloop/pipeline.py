@@ -257,7 +257,36 @@ class PipelineRun:
         return hours_cost(self.config.costs.prices, self.machine_parts(backend), bound, upper_bound=backend != "local")
 
     def training_cost(self) -> Any:
-        """What this run's training cost, from what the trainer or the job reported (metrics.json)."""
+        """What this run's training cost: what the finished training reported (metrics.json) plus what every
+        attempt that ended without a model spent (:mod:`tuneloop.spent`: failed and cancelled jobs, failed pods,
+        VMs), or nothing when neither exists (no job, pod or VM was started)."""
+        from tuneloop import spent
+        from tuneloop.costs import Cost, total
+
+        parts = [self._spent_cost(entry) for entry in spent.read(self.paths.training)]
+        if (self.paths.training / "metrics.json").exists():
+            parts.insert(0, self._finished_training_cost())
+        if not parts:
+            return Cost(0.0, "nothing billed: no training finished and no job, pod or VM was started")
+        return total(parts)
+
+    def _spent_cost(self, entry: Any) -> Any:
+        """An attempt that ended without a model (:class:`tuneloop.spent.Spent`) at this run's prices."""
+        from dataclasses import replace
+
+        from tuneloop.costs import hours_cost, training_tokens_cost
+
+        prices = self.config.costs.prices
+        if entry.unit == "tokens":
+            cost = training_tokens_cost(prices, self._priced_base_model(), int(entry.quantity),
+                                        estimate=entry.upper_bound, upper_bound=entry.upper_bound)
+        else:
+            cost = hours_cost(prices, self.machine_parts(self.backend()), entry.quantity)
+        bound = "at most " if entry.upper_bound else ""
+        return replace(cost, basis=f"{entry.resource} {entry.outcome}: {bound}{cost.basis}")
+
+    def _finished_training_cost(self) -> Any:
+        """What the finished training cost, from what the trainer or the job reported (metrics.json)."""
         from tuneloop.backends import MANAGED
         from tuneloop.costs import Cost, hours_cost, training_tokens_cost
 

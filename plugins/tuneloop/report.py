@@ -77,13 +77,14 @@ def build_record(run: PipelineRun, outcome: dict[str, Any], status: str) -> dict
 
 def run_costs(run: PipelineRun, outcome: dict[str, Any]) -> dict[str, Any]:
     """What the run cost and what its candidate would save (:mod:`tuneloop.costs`): the budget check made before
-    training, the training's actual cost, production's and the candidate's inference cost per request where the
-    evaluation recorded token usage, and seed 004's ROI once the gate has compared them."""
+    training, the training's actual cost (once training started, whether or not it finished), production's and
+    the candidate's inference cost per request where the evaluation recorded token usage, and seed 004's ROI once
+    the gate has compared them."""
     from tuneloop.costs import roi
 
     costs: dict[str, Any] = {"budget": outcome.get("check_budget")}
-    if outcome.get("train"):
-        costs["training"] = run.training_cost().to_dict()
+    if outcome.get("train") or (outcome.get("states") or {}).get("train.prepare") == "success":
+        costs["training"] = run.training_cost().to_dict()  # a failed training too: what it spent counts
     costs["inference"] = run.inference_costs() if outcome.get("evaluate") else {}
     rates = _error_rates(outcome.get("validate") or {})
     if "training" in costs and rates is not None:
@@ -151,7 +152,8 @@ def _cost_lines(costs: dict[str, Any]) -> list[str]:
         lines += [f"budget: {reason}" for reason in budget.get("reasons", [])]
     training = costs.get("training")
     if training:
-        usd = "unknown" if training["usd"] is None else f"${training['usd']:,.2f}"
+        usd = "unknown" if training["usd"] is None else f"{'at most ' if training.get('upper_bound') else ''}" \
+            f"${training['usd']:,.2f}"
         lines.append(f"training cost: {usd} ({training['basis']})")
     for tag, cost in (costs.get("inference") or {}).items():
         if cost.get("usd") is not None:

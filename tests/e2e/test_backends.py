@@ -12,6 +12,7 @@ stand-in API that boots the real startup script. Nothing is read from or written
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import pytest
@@ -98,6 +99,8 @@ def test_a_failing_vm_fails_the_run_clearly_and_is_deleted(bucket_scenario, comp
     _gce(bucket_scenario, compute_standin)
     # a VM whose trainer cannot write its scratch folder: the trainer exits non-zero on the VM
     bucket_scenario.env["TUNELOOP__TRAINING__POD__ENV"] = json.dumps({"TUNELOOP_TRAINER_SCRATCH": "/proc/no-such"})
+    bucket_scenario.env["TUNELOOP__COSTS__PRICES"] = json.dumps({"g2-standard-8": {"per_hour": 0.85},
+                                                                 "nvidia-l4": {"per_hour": 0.7}})
     result = bucket_scenario.airflow("dags", "test", "finetune_weekly", "-c",
                                      json.dumps({"reason": "e2e gce failure", "backend": "gce"}), check=False)
 
@@ -108,6 +111,11 @@ def test_a_failing_vm_fails_the_run_clearly_and_is_deleted(bucket_scenario, comp
     assert decision["task_states"]["evaluate.prepare"] == "upstream_failed"
     name = instance_name(decision["run_id"], "train")
     assert compute_standin.deleted == [name]
+    # the VM's hours until its deletion are the failed run's cost
+    training = decision["costs"]["training"]
+    assert re.match(rf"{name} \(created [-0-9T:+]+\) deleted without a model: ", training["basis"]), training
+    assert "$1.55/h" in training["basis"]
+    assert 0 < training["quantity"] < 0.5 and training["usd"] == pytest.approx(training["quantity"] * 1.55)
     assert "exited with status" in result.stdout + result.stderr
     from tuneloop.registry import ModelRegistry
 

@@ -175,7 +175,8 @@ def approved(installation, api, deployed) -> dict[str, Any]:
                  if (f / "decision.json").exists() else 0)
     output = (installation.root / "logs" / "dags-test-answering.log").read_text()
     return {"seen": seen, "folder": folder, "decision": _decision(installation, folder),
-            "jobs": api.jobs_created - jobs, "output": output}
+            "jobs": api.jobs_created - jobs, "output": output,
+            "costs": installation.tuneloop("costs", "--json").stdout}
 
 
 def test_a_killed_worker_s_retry_re_attaches_and_the_candidate_is_deployed(installation, api, deployed):
@@ -258,6 +259,14 @@ def test_an_approved_over_budget_run_goes_on_and_its_failed_job_fails_it_once(ap
     assert (f"fine-tuning job {record['job_id']} failed: server_error: The job failed due to an internal error."
             in approved["output"])
     assert "[openai " in approved["output"] and "Fine-tuning job started" in approved["output"]  # events in the log
+    # what the failed job cost counts: OpenAI reported no trained tokens, so at most the run's estimate
+    estimate = json.loads((approved["folder"] / "training" / "spec.json").read_text())["estimated_training_tokens"]
+    training = decision["costs"]["training"]
+    assert training["usd"] == pytest.approx(estimate * 5.0 / 1e6) and training["upper_bound"]
+    assert training["basis"].startswith(f"{record['job_id']} failed: at most {estimate:,} estimated trained tokens")
+    report = json.loads(approved["costs"])
+    row = next(r for r in report["runs"] if r["run_id"] == decision["run_id"])
+    assert (row["training_usd"], row["training_upper_bound"]) == (training["usd"], True)
 
 
 def test_no_secret_is_written_anywhere(installation, approved):

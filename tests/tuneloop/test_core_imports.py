@@ -22,7 +22,7 @@ CORE_MODULES = (
     "tuneloop.tasks.chat_evaluation", "tuneloop.judge", "tuneloop.managed.reference", "tuneloop.managed.openai_jobs",
     "tuneloop.managed.chat_api", "tuneloop.managed.openai_training", "tuneloop.tokens", "tuneloop.openai_dataset",
     "tuneloop.managed.vertex_jobs", "tuneloop.managed.vertex_training", "tuneloop.managed.gemini_api",
-    "tuneloop.vertex_dataset",
+    "tuneloop.vertex_dataset", "tuneloop.costs", "tuneloop.spent", "tuneloop.managed.run_files",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tuneloop.costs import (Cost, Price, budget_check, hours_cost, mean_request_cost, training_tokens_cost,
-                            price_for, request_cost, roi)
+                            price_for, request_cost, roi, total)
 
 PRICES = {
     "gpt-4.1-mini-2025-04-14": Price(training_per_1m_tokens=5.0, input_per_1m_tokens=0.4, output_per_1m_tokens=1.6),
@@ -32,6 +32,33 @@ def test_training_tokens_cost_is_trained_tokens_at_the_base_model_s_price():
     unknown = training_tokens_cost(PRICES, "gpt-4o-2024-08-06", 10)
     assert unknown.usd is None and "no costs.prices['gpt-4o-2024-08-06'].training_per_1m_tokens" in unknown.basis
     assert unknown.label().startswith("unknown (")
+
+
+costs = st.builds(Cost, usd=st.none() | st.floats(min_value=0, max_value=1e6), basis=st.text(max_size=10),
+                  quantity=st.floats(min_value=0, max_value=1e9), unit=st.sampled_from(["tokens", "hours"]),
+                  upper_bound=st.booleans())
+
+
+@given(st.lists(costs, min_size=1, max_size=6))
+def test_a_total_is_unknown_if_any_part_is_and_an_upper_bound_if_any_part_is(parts):
+    summed = total(parts)
+    if any(part.usd is None for part in parts):
+        assert summed.usd is None
+    else:
+        assert summed.usd == pytest.approx(sum(part.usd for part in parts))
+    assert summed.upper_bound == any(part.upper_bound for part in parts)
+    assert all(part.basis in summed.basis for part in parts)
+
+
+def test_a_failed_job_and_the_job_that_made_the_model_add_up():
+    failed = training_tokens_cost(PRICES, "gpt-4.1-mini-2025-04-14", 300_000, estimate=True, upper_bound=True)
+    made = training_tokens_cost(PRICES, "gpt-4.1-mini-2025-04-14", 1_000_000)
+    summed = total([failed, made])
+    assert summed.usd == pytest.approx(6.5) and summed.upper_bound and summed.quantity == 1_300_000
+    assert summed.label() == ("at most $6.50 (300,000 estimated trained tokens x $5/1M (gpt-4.1-mini-2025-04-14) + "
+                              "1,000,000 trained tokens x $5/1M (gpt-4.1-mini-2025-04-14))")
+    with pytest.raises(ValueError, match="parts: at least one cost"):
+        total([])
 
 
 def test_a_vm_costs_its_machine_and_accelerators_by_the_hour_and_local_costs_nothing():

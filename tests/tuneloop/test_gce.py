@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -27,6 +28,7 @@ from tuneloop.backends.gce import (
     marker_uri,
     read_marker,
     startup_script,
+    vm_created_at,
 )
 from tuneloop.config import GceConfig
 from tests.standins.cos_vm import CosMachine
@@ -234,8 +236,11 @@ def test_deleting_twice_is_idempotent_and_stops_a_running_trainer(compute_standi
     from google.api_core.exceptions import NotFound
 
     body = instance_body(CONFIG, name="tuneloop-train-long", script="#!/bin/bash\nsleep 60\npoweroff\n")
+    before = datetime.now(timezone.utc)
     create_vm(compute, project=PROJECT, zone=CONFIG.zone, body=body)
     assert compute_standin.vm_status("tuneloop-train-long") == "RUNNING"
+    created = vm_created_at(compute, project=PROJECT, zone=CONFIG.zone, name="tuneloop-train-long")
+    assert created is not None and before - timedelta(seconds=1) <= created <= datetime.now(timezone.utc)
 
     assert delete_vm(compute, project=PROJECT, zone=CONFIG.zone, name="tuneloop-train-long") is True
     assert delete_vm(compute, project=PROJECT, zone=CONFIG.zone, name="tuneloop-train-long") is False
@@ -243,6 +248,7 @@ def test_deleting_twice_is_idempotent_and_stops_a_running_trainer(compute_standi
     assert not compute_standin.machine("tuneloop-train-long").powered_off()  # killed in its sleep
     with pytest.raises(NotFound):
         compute.get(project=PROJECT, zone=CONFIG.zone, instance="tuneloop-train-long")
+    assert vm_created_at(compute, project=PROJECT, zone=CONFIG.zone, name="tuneloop-train-long") is None
 
 
 def test_a_failed_insert_operation_is_an_error_naming_the_vm_and_the_reason(compute_standin, compute):

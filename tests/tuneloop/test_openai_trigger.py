@@ -13,11 +13,13 @@ import pytest
 from openai import OpenAI
 
 from tests.standins.openai_api import OpenAIStandIn
+from tuneloop import spent, storage
 from tuneloop.managed.openai_jobs import JobRecord, JobRequest, start_or_attach
 
 BASE = "gpt-4.1-mini-2025-04-14"
 KEY = "sk-test-trigger-secret"
 CONN = "tuneloop_openai_trigger_test"
+ESTIMATE = 4321  # the run's estimated trained tokens (spec.json)
 
 
 @pytest.fixture
@@ -35,7 +37,8 @@ def job(api, tmp_path) -> tuple[str, Path]:
     train.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
                                                       {"role": "assistant", "content": f"a{i}"}]}) + "\n"
                              for i in range(10)))
-    record = tmp_path / "run" / "job.json"
+    record = tmp_path / "training" / "openai" / "job.json"
+    storage.write_json(tmp_path / "training" / "spec.json", {"estimated_training_tokens": ESTIMATE})
     request = JobRequest(base_model=BASE, suffix="trigger-test-0a1b2c3d", seed=0, hyperparameters={"n_epochs": 1},
                          metadata={"tuneloop_run": "trigger-test"})
     client = OpenAI(api_key=KEY, base_url=api.base_url, max_retries=0)
@@ -109,6 +112,8 @@ def test_killing_the_deferred_task_cancels_the_job_and_records_its_end(api, job)
     asyncio.run(_trigger(job_id, record).on_kill())
     assert api.jobs[-1]["status"] == "cancelled"
     assert JobRecord.read(record).ended_jobs == [job_id]
+    # OpenAI reports no trained tokens for it: it counts as at most the run's estimate
+    assert spent.read(record.parent.parent) == [spent.Spent(job_id, ESTIMATE, "tokens", "cancelled", True)]
 
 
 def test_killing_after_success_leaves_the_job_to_be_collected(api, job):
@@ -116,6 +121,7 @@ def test_killing_after_success_leaves_the_job_to_be_collected(api, job):
     _first_event(_trigger(job_id, record))
     asyncio.run(_trigger(job_id, record).on_kill())
     assert api.jobs[-1]["status"] == "succeeded" and JobRecord.read(record).ended_jobs == []
+    assert spent.read(record.parent.parent) == []  # the finished training is priced from its metrics
 
 
 def test_the_client_comes_from_the_connection_with_the_backend_s_retries(api):

@@ -199,3 +199,35 @@ def test_mlflow_unreachable_during_report_then_the_next_run_starts(tmp_path, mon
     assert (run.paths.root / "decision.json").exists()  # the record is kept even though MLflow never got it
     nxt = PipelineRun(config, "scheduled__2", now=lambda: NOW + timedelta(minutes=1)).check_trigger()
     assert nxt["should_trigger"], nxt["reasons"]
+
+
+def test_a_run_s_training_cost_adds_what_its_attempts_without_a_model_spent(tmp_path, gcs_emulator):
+    """A gce run (its folder in the bucket) whose first VM failed after half an hour and whose second trained for an
+    hour: both count; with nothing recorded, nothing was billed; a missing price makes the total unknown."""
+    import json
+    import uuid
+
+    from tuneloop import spent, storage
+
+    file = tmp_path / "tuneloop.yaml"
+    file.write_text(json.dumps({"storage_root": f"gs://acme-tuneloop/costs-{uuid.uuid4().hex[:8]}",
+                                "training": {"backend": "gce"},
+                                "costs": {"prices": {"g2-standard-8": {"per_hour": 1.0},
+                                                     "nvidia-l4": {"per_hour": 0.5}}}}))
+    run = PipelineRun(load_config(file, env={"TUNELOOP_HOME": str(tmp_path / "home")}), "r1", RunParams())
+    nothing = run.training_cost()
+    assert (nothing.usd, nothing.basis) == (0.0, "nothing billed: no training finished and no job, pod or VM was "
+                                                 "started")
+
+    spent.record(run.paths.training, spent.Spent("tuneloop-train-vm-1", 0.5, "hours", "deleted without a model"))
+    failed = run.training_cost()
+    assert failed.usd == pytest.approx(0.75) and failed.basis.startswith("tuneloop-train-vm-1 deleted without a "
+                                                                         "model: 0.50 h x $1.5/h")
+    storage.write_json(run.paths.training / "metrics.json", {"train_runtime_s": 3600})
+    both = run.training_cost()
+    assert both.usd == pytest.approx(0.75 + 1.5) and both.unit == "hours" and both.quantity == pytest.approx(1.5)
+
+    unpriced = PipelineRun(load_config(file, env={"TUNELOOP_HOME": str(tmp_path / "home"),
+                                                  "TUNELOOP__TRAINING__GCE__MACHINE_TYPE": "a2-highgpu-1g"}),
+                           "r1", RunParams())
+    assert unpriced.training_cost().usd is None and "'a2-highgpu-1g'" in unpriced.training_cost().basis

@@ -93,3 +93,28 @@ def test_pod_names_are_dns_safe_and_distinct():
 def test_bad_secret_reference_names_the_field():
     with pytest.raises(ValueError, match="secret_env.TOKEN: expected '<secret name>:<key>'"):
         TrainingConfig(pod={"secret_env": {"TOKEN": "just-a-value"}})
+
+
+def test_a_failed_pod_spends_its_hours_from_creation(kubernetes_standin):
+    """The pod as the Kubernetes client reads it back from the (stand-in) API server: its creation time is what
+    the failed run's cost counts from; a pod never created spent nothing."""
+    from datetime import datetime, timedelta, timezone
+
+    from kubernetes import client, config
+    from kubernetes.client import models as k8s
+
+    from tuneloop.backends.pod import failed_pod_spent
+    from tuneloop.spent import Spent
+
+    core_v1 = client.CoreV1Api(config.new_client_from_config(str(kubernetes_standin.kubeconfig)))
+    core_v1.create_namespaced_pod("default", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fails"},
+                                              "spec": {"restartPolicy": "Never", "containers": [
+                                                  {"name": "base", "image": "any",
+                                                   "command": ["python", "-c", "raise SystemExit(3)"]}]}})
+    pod = core_v1.read_namespaced_pod("fails", "default")
+    later = pod.metadata.creation_timestamp + timedelta(minutes=90)
+    created = pod.metadata.creation_timestamp.isoformat(timespec="seconds")
+    assert failed_pod_spent(pod, later) == Spent(f"fails (created {created})", 1.5, "hours", "failed")
+    assert failed_pod_spent(pod, datetime.now(timezone.utc)).quantity < 0.01
+    assert failed_pod_spent(None, later) is None
+    assert failed_pod_spent(k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="never-created")), later) is None

@@ -22,7 +22,7 @@ from tests.standins.vertex_api import BATCH_SIZE, LABEL_VALUE, last_user_text
 from tests.standins.vertex_fixtures import BASE, PARENT, PENDING_S, RUNNING_S, TOKENS_PER_EXAMPLE, example, upload
 from tuneloop.managed.chat_api import ReplyError, ReplySettings
 from tuneloop.managed.gemini_api import reply_rows
-from tuneloop.managed.vertex_jobs import (JobRecord, JobRefused, JobRequest, cancel, is_final, job_state,
+from tuneloop.managed.vertex_jobs import (JobFailed, JobRecord, JobRefused, JobRequest, cancel, is_final, job_state,
                                           label_value, mark_ended, start_or_attach)
 from tuneloop.pipeline import run_key
 
@@ -341,3 +341,24 @@ def test_a_failure_that_persists_after_the_retries_names_the_model_and_the_row(a
                                          r"503 UNAVAILABLE"):
         reply_rows(retrying, ROWS[5:6], ReplySettings(model=BASE))
     assert len(api.requests) == 2  # the first try and max_retries=1 retry
+
+
+def test_a_failed_job_fails_the_step_and_its_billed_tokens_count_as_spent(api, client, clock, request_, tmp_path):
+    """vertex_training.finish on a job Vertex failed while it ran: Vertex's own billable count is recorded
+    (training/spent.json), no model is written."""
+    from tuneloop import spent
+    from tuneloop.config import load_config
+    from tuneloop.managed import vertex_training
+    from tuneloop.pipeline import PipelineRun, RunParams
+
+    run = PipelineRun(load_config(None, env={"TUNELOOP_HOME": str(tmp_path / "home")}), RUN_ID, RunParams())
+    api.fail_running = (13, "Internal error occurred.")
+    job = start_or_attach(client, vertex_training.record_path(run), request_)
+    clock.tick(PENDING_S + RUNNING_S)
+    failed = job_state(client.tunings.get(name=job.id))
+    with pytest.raises(JobFailed, match=f"tuning job {re.escape(job.id)} failed: error 13: Internal error occurred"):
+        vertex_training.finish(run, client, failed, print)
+    assert failed.billable_tokens and spent.read(run.paths.training) == [
+        spent.Spent(job.id, failed.billable_tokens, "tokens", "failed")]
+    assert JobRecord.read(vertex_training.record_path(run)).ended_jobs == [job.id]
+    assert not (run.paths.training / "metrics.json").exists() and not run.paths.model.exists()

@@ -15,6 +15,7 @@ import pytest
 from tests.standins import vertex_fixtures
 from tests.standins.vertex_fixtures import (BASE, PARENT, PENDING_S, RUNNING_S, ManualClock, example, set_connection,
                                             upload)
+from tuneloop import spent, storage
 from tuneloop.config import VertexTuningConfig
 from tuneloop.managed.vertex_jobs import JobRecord, JobRequest, start_or_attach
 from tuneloop.triggers.vertex_tuning import VertexTuningTrigger
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::google.genai.errors.Experimenta
 api, client, info = (vertex_fixtures.api, vertex_fixtures.client, vertex_fixtures.info)
 
 CONN = "tuneloop_vertex_trigger_test"
+ESTIMATE = 4321  # the run's estimated trained tokens (spec.json)
 STEP = 0.5  # seconds of the stand-in's clock a request takes
 
 
@@ -55,6 +57,7 @@ def settings(api, info, airflow_env, monkeypatch) -> dict[str, Any]:
 def job(api, client, tmp_path) -> tuple[str, Path]:
     """A job created the way the operator creates it; its name and the run's record."""
     record = tmp_path / "run" / "training" / "vertex" / "job.json"
+    storage.write_json(record.parent.parent / "spec.json", {"estimated_training_tokens": ESTIMATE})
     request = JobRequest(base_model=BASE, training_uri=upload([example(i) for i in range(10)]), validation_uri=None,
                          display_name="trigger-test", labels={"tuneloop_run": "trigger-test-0a1b2c3d"},
                          epoch_count=1)
@@ -166,6 +169,10 @@ def test_killing_the_deferred_task_cancels_the_job_and_records_its_end(api, cloc
         f"/v1beta1/{job_name}:cancel"]
     assert api.jobs[0]["state"] == "JOB_STATE_CANCELLED"
     assert JobRecord.read(record).ended_jobs == [job_name]
+    [entry] = spent.read(record.parent.parent)
+    assert (entry.resource, entry.unit, entry.outcome) == (job_name, "tokens", "cancelled")
+    billed = api.jobs[0]["tuningDataStats"]["supervisedTuningDataStats"]["totalBillableTokenCount"]
+    assert (entry.quantity, entry.upper_bound) == (int(billed), False)  # Vertex's count once it read the data
 
 
 def test_killing_after_success_leaves_the_job_to_be_collected(api, clock, settings, job):
@@ -173,6 +180,7 @@ def test_killing_after_success_leaves_the_job_to_be_collected(api, clock, settin
     clock.tick(PENDING_S + RUNNING_S)
     asyncio.run(_trigger(settings, job_name, record).on_kill())
     assert api.jobs[0]["state"] == "JOB_STATE_SUCCEEDED" and JobRecord.read(record).ended_jobs == []
+    assert spent.read(record.parent.parent) == []
     assert not [call for call in api.calls if call.target.endswith(":cancel")]
 
 
@@ -182,6 +190,8 @@ def test_killing_after_a_failure_records_its_end_without_cancelling(api, clock, 
     clock.tick(PENDING_S + RUNNING_S)
     asyncio.run(_trigger(settings, job_name, record).on_kill())
     assert api.jobs[0]["state"] == "JOB_STATE_FAILED" and JobRecord.read(record).ended_jobs == [job_name]
+    [entry] = spent.read(record.parent.parent)
+    assert (entry.resource, entry.outcome) == (job_name, "failed")
     assert not [call for call in api.calls if call.target.endswith(":cancel")]
 
 
@@ -193,9 +203,11 @@ def test_killing_with_the_run_s_folder_in_a_bucket(api, client, clock, settings,
 
     uri = f"gs://acme-tuneloop/trigger-test/{uuid.uuid4().hex}/training/vertex/job.json"
     record = storage_root(uri, Path("unused"))
+    storage.write_json(record.parent.parent / "spec.json", {"estimated_training_tokens": ESTIMATE})
     job_name = start_or_attach(client, record, JobRequest(
         base_model=BASE, training_uri=upload([example(0)]), validation_uri=None, display_name="bucket",
         labels={"tuneloop_run": "bucket"})).id
     asyncio.run(_trigger(settings, job_name, Path(uri), record_uri=uri).on_kill())
     assert api.jobs[0]["state"] == "JOB_STATE_CANCELLED"
     assert JobRecord.read(storage_root(uri, Path("unused"))).ended_jobs == [job_name]
+    assert [entry.resource for entry in spent.read(record.parent.parent)] == [job_name]

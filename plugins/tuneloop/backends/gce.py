@@ -16,6 +16,7 @@ import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from tuneloop.backends.base import TrainerFailed
@@ -203,6 +204,17 @@ def create_vm(client: Any, *, project: str, zone: str, body: dict[str, Any],
         created = False
     status = client.get(project=project, zone=zone, instance=name).status
     return {"name": name, "status": status, "created": created}
+
+
+def vm_created_at(client: Any, *, project: str, zone: str, name: str) -> datetime | None:
+    """When the VM was created (Compute Engine's ``creationTimestamp``), or None when there is none."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        instance = client.get(project=project, zone=zone, instance=name)
+    except NotFound:
+        return None
+    return datetime.fromisoformat(instance.creation_timestamp) if instance.creation_timestamp else None
 
 
 def delete_vm(client: Any, *, project: str, zone: str, name: str,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import datetime
 from typing import Any
 
 from kubernetes.client import models as k8s
 
 from tuneloop.backends.command import ENTRYPOINT
 from tuneloop.config import PodConfig
+from tuneloop.spent import Spent, hours_between, resource_name
 
 CONTAINER_NAME = "base"  # the name KubernetesPodOperator watches for logs and exit status
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
@@ -74,3 +76,12 @@ def pod_arguments(config: PodConfig, *, run_id: str, step: str, args: list[str],
         "on_finish_action": "delete_pod",
         "deferrable": True,
     }
+
+
+def failed_pod_spent(pod: k8s.V1Pod | None, now: datetime) -> Spent | None:
+    """What a training pod that failed spent (:mod:`tuneloop.spent`): its hours from creation to ``now``; None
+    for a pod never created (no creation time)."""
+    if pod is None or pod.metadata is None or pod.metadata.creation_timestamp is None:
+        return None
+    created = pod.metadata.creation_timestamp
+    return Spent(resource_name(pod.metadata.name, created), hours_between(created, now), "hours", "failed")

@@ -25,7 +25,7 @@ from tuneloop import storage
 from tuneloop.config import CHAT_EXPORTED_ROW_FIELDS
 from tuneloop.managed.openai_jobs import (JobFailed, JobRequest, JobState, delete_uploads, mark_ended, result_metrics,
                                           start_or_attach)
-from tuneloop.managed.run_files import check_summary, evaluation_outputs
+from tuneloop.managed.run_files import check_summary, evaluation_outputs, record_ended_job
 from tuneloop.managed.reference import ManagedModel, is_managed, read_managed, write_managed
 from tuneloop.storage import StoragePath
 
@@ -145,6 +145,7 @@ def finish(run: PipelineRun, client: OpenAI, job: JobState, log_line: LogLine) -
 
     if job.status != "succeeded" or not job.fine_tuned_model:
         mark_ended(record_path(run), job.id)
+        record_ended_job(record_path(run), job.id, job.status, job.trained_tokens)
         raise JobFailed(job.failure())
     steps = []
     for file_id in job.result_files:

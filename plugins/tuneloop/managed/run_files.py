@@ -25,6 +25,21 @@ def check_summary(report: Any) -> dict[str, Any]:
             "warning_counts": dict(report.warning_counts)}
 
 
+def record_ended_job(job_record: StoragePath, job_id: str, outcome: str, billed_tokens: int | None) -> None:
+    """Record what a job that ended without a model spent (:mod:`tuneloop.spent`): the tokens its provider billed,
+    else at most the run's estimate. ``job_record``: the run's ``training/<provider>/job.json`` (the trigger knows
+    only that), so the training folder is two levels up, with the estimate in its spec.json."""
+    from tuneloop import spent
+
+    training = job_record.parent.parent
+    if billed_tokens is not None:
+        entry = spent.Spent(job_id, float(billed_tokens), "tokens", outcome)
+    else:
+        estimate = storage.read_json(training / "spec.json")["estimated_training_tokens"]
+        entry = spent.Spent(job_id, float(estimate), "tokens", outcome, upper_bound=True)
+    spent.record(training, entry)
+
+
 def evaluation_outputs(run: PipelineRun, replies: Replies) -> None:
     """Write every output of the run's evaluation jobs (``evaluate_jobs.json``) that is not there yet, each whole:
     ``replies`` answers a data file's rows with the job's managed model (any provider)."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop import storage
 from tuneloop.config import CHAT_EXPORTED_ROW_FIELDS
-from tuneloop.managed.run_files import check_summary, evaluation_outputs
+from tuneloop.managed.run_files import check_summary, evaluation_outputs, record_ended_job
 from tuneloop.managed.reference import ManagedModel, is_managed, read_managed, write_managed
 from tuneloop.managed.vertex_jobs import JobFailed, JobRequest, JobState, label_value, mark_ended, start_or_attach
 from tuneloop.storage import StoragePath
@@ -151,6 +151,7 @@ def finish(run: PipelineRun, client: Client, job: JobState, log_line: LogLine) -
 
     if job.status != "succeeded" or not job.endpoint:
         mark_ended(record_path(run), job.id)
+        record_ended_job(record_path(run), job.id, job.status, job.billable_tokens)
         raise JobFailed(job.failure())
     storage.write_json(folder(run) / "results.json", {"job": job.to_dict()})
     base = read_managed(run.paths.base_model)

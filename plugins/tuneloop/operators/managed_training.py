@@ -142,6 +142,17 @@ class VertexProvider(ManagedProvider):
         return cancel(client, record, log_line)
 
 
+def _cancel(provider: ManagedProvider, client: Any, record: Any, log_line: Any) -> str | None:
+    """Cancel the run's job if it still runs, and record what it spent: at most the run's estimate (a job
+    cancelled this moment has no billed count yet)."""
+    from tuneloop.managed.run_files import record_ended_job
+
+    cancelled = provider.cancel(client, record, log_line)
+    if cancelled:
+        record_ended_job(record, cancelled, "cancelled", None)
+    return cancelled
+
+
 PROVIDERS: dict[str, ManagedProvider] = {p.name: p for p in (OpenAIProvider(), VertexProvider())}
 
 
@@ -175,7 +186,7 @@ class ManagedTrainerOperator(PipelineStepOperator):
             steps(provider.name).evaluate(run, client, self.log.info)
             return None
         record = steps(provider.name).record_path(run)
-        self._cancel = lambda: provider.cancel(client, record, self.log.info)
+        self._cancel = lambda: _cancel(provider, client, record, self.log.info)
         job = steps(provider.name).start(run, client, self.log.info)
         if job.done:
             return self._finish(context, job.to_dict())
@@ -192,7 +203,7 @@ class ManagedTrainerOperator(PipelineStepOperator):
         if event["status"] == "timeout":
             run = self.pipeline(context)
             provider = PROVIDERS[run.backend()]
-            cancelled = provider.cancel(provider.client(run), steps(provider.name).record_path(run), self.log.info)
+            cancelled = _cancel(provider, provider.client(run), steps(provider.name).record_path(run), self.log.info)
             raise AirflowFailException(
                 f"tuning job {event['job']['id']} was still {event['job']['status']} after "
                 f"training.{provider.name}.timeout_hours={provider.settings(run).timeout_hours:g}: "

@@ -95,10 +95,31 @@ class TrainerPodOperator(TrainerStepMixin, PipelineStepOperator):
         return self._pod_operator
 
     def execute(self, context: Context) -> Any:
-        return self.stock_operator(context).execute(context)
+        return self._recording_failure(context, lambda stock: stock.execute(context))
 
     def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:
-        return self.stock_operator(context).trigger_reentry(context, event)
+        return self._recording_failure(context, lambda stock: stock.trigger_reentry(context, event))
+
+    def _recording_failure(self, context: Context, call: Any) -> Any:
+        """Run the stock operator; when the training pod fails, record its hours (:mod:`tuneloop.spent`), so the
+        failed run's cost counts. A deferral is no failure (``TaskDeferred`` is no ``Exception``)."""
+        try:
+            return call(self.stock_operator(context))
+        except Exception:
+            if self.step == "train" and self._pod_operator is not None:
+                self._record_spent(context, self._pod_operator.pod)
+            raise
+
+    def _record_spent(self, context: Context, pod: Any) -> None:
+        from datetime import datetime, timezone
+
+        from tuneloop import spent
+        from tuneloop.backends.pod import failed_pod_spent
+
+        entry = failed_pod_spent(pod, datetime.now(timezone.utc))
+        if entry is not None:
+            spent.record(self.pipeline(context).paths.training, entry)
+            self.log.info("training pod %s failed after %.2f h: recorded as spent", entry.resource, entry.quantity)
 
     def on_kill(self) -> None:
         if self._pod_operator is not None:

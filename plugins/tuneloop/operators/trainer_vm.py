@@ -102,12 +102,28 @@ class DeleteTrainerVmOperator(PipelineStepOperator):
         self.step = step
 
     def execute(self, context: Context) -> None:
-        from tuneloop.backends.gce import delete_vm, instance_name
+        from tuneloop.backends.gce import delete_vm, instance_name, vm_created_at
 
         prepared = _prepared(self, context)
         if not prepared or prepared["backend"] != "gce":
             raise AirflowSkipException("this run's trainer did not run on a GCE VM")
         run = self.pipeline(context)
         gce, name = run.config.training.gce, instance_name(context["run_id"], self.step, run.config.name)
-        deleted = delete_vm(_compute(run.config), project=gce.project_id, zone=gce.zone, name=name)
+        client = _compute(run.config)
+        created = vm_created_at(client, project=gce.project_id, zone=gce.zone, name=name)
+        deleted = delete_vm(client, project=gce.project_id, zone=gce.zone, name=name)
         self.log.info("trainer VM %s %s", name, "deleted" if deleted else "was already gone")
+        if self.step == "train" and created is not None and not (run.paths.training / "metrics.json").exists():
+            self._record_spent(run, name, created)
+
+    def _record_spent(self, run: Any, name: str, created: Any) -> None:
+        """A training VM deleted without a model: its hours until now count as the run's cost
+        (:mod:`tuneloop.spent`); a VM that trained is priced from the trainer's own runtime."""
+        from datetime import datetime, timezone
+
+        from tuneloop import spent
+
+        hours = spent.hours_between(created, datetime.now(timezone.utc))
+        spent.record(run.paths.training, spent.Spent(spent.resource_name(name, created), hours, "hours",
+                                                     "deleted without a model"))
+        self.log.info("trainer VM %s ran %.2f h without a model: recorded as spent", name, hours)

@@ -93,6 +93,7 @@ class OpenAIFineTuningTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """The task was killed by a person: cancel the job, and note that its end is known."""
         from tuneloop.managed.openai_jobs import mark_ended
+        from tuneloop.managed.run_files import record_ended_job
         from tuneloop.storage import storage_root
 
         client = await self._client()
@@ -104,3 +105,5 @@ class OpenAIFineTuningTrigger(BaseTrigger):
             self.log.info(f"cancelled fine-tuning job {self.job_id}: the task was killed")
         record = storage_root(self.record_uri, Path(self.record_uri), self.storage_conn_id)
         await asyncio.to_thread(mark_ended, record, self.job_id)
+        ended = "cancelled" if job.status not in ("failed", "cancelled") else job.status
+        await asyncio.to_thread(record_ended_job, record, self.job_id, ended, job.trained_tokens)

@@ -77,6 +77,7 @@ class VertexTuningTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """The task was killed by a person: cancel the job, and note that its end is known."""
+        from tuneloop.managed.run_files import record_ended_job
         from tuneloop.managed.vertex_jobs import mark_ended
         from tuneloop.storage import storage_root
 
@@ -89,3 +90,5 @@ class VertexTuningTrigger(BaseTrigger):
             self.log.info(f"cancelled tuning job {self.job_name}: the task was killed")
         record = storage_root(self.record_uri, Path(self.record_uri), self.storage_conn_id)
         await asyncio.to_thread(mark_ended, record, self.job_name)
+        ended = job.status if job.done else "cancelled"
+        await asyncio.to_thread(record_ended_job, record, self.job_name, ended, job.billable_tokens)
