@@ -12,6 +12,8 @@ One SQLAlchemy 2 database (SQLite file by default, PostgreSQL at scale) holds, f
 * ``tuneloop_deployment_events`` — registry moves (MLflow keeps no alias history);
 * ``tuneloop_regression_suites`` and ``tuneloop_suite_results`` — suites registered through the API, and their
   results per run;
+* ``tuneloop_served_requests`` — requests a router served (version, arm, latency, usage) and their outcomes, what
+  a canary's online test counts;
 
 and ``tuneloop_schema_version``, the version of these tables (:mod:`~tuneloop.store.migrations` upgrades older
 stores when they are opened).
@@ -32,7 +34,7 @@ locked) fails a batch.
 
 One module per concern, combined by :class:`ErrorCaseStore`: :mod:`~tuneloop.store.cases` (cases, ingestion and
 rejections), :mod:`~tuneloop.store.training_runs`, :mod:`~tuneloop.store.deployments`,
-:mod:`~tuneloop.store.suites`, :mod:`~tuneloop.store.inferences` and :mod:`~tuneloop.store.store_statistics`
+:mod:`~tuneloop.store.suites`, :mod:`~tuneloop.store.inferences`, :mod:`~tuneloop.store.served` and :mod:`~tuneloop.store.store_statistics`
 (the counts of ``tuneloop status``); the tables are in
 :mod:`~tuneloop.store.schema`, the engine and write transactions in :mod:`~tuneloop.store.database`, schema versions
 and migrations in :mod:`~tuneloop.store.migrations`.
@@ -81,6 +83,7 @@ from tuneloop.store.schema import (
     suites_table,
     version_table,
 )
+from tuneloop.store.served import ServedRecords, ServedRequest
 from tuneloop.store.store_statistics import StatisticsRecords, StoreStatistics
 from tuneloop.store.suites import SuiteRecords
 from tuneloop.store.training_runs import (
@@ -120,6 +123,8 @@ __all__ = [
     "RejectedRow",
     "RunRecords",
     "RunStatus",
+    "ServedRecords",
+    "ServedRequest",
     "StatisticsRecords",
     "StoreBase",
     "StoreError",
@@ -140,7 +145,7 @@ __all__ = [
 
 
 class ErrorCaseStore(CaseRecords, StatisticsRecords, RunRecords, DeploymentRecords, SuiteRecords,
-                     InferenceRecords):
+                     InferenceRecords, ServedRecords):
     """Facade over the store's tables, scoped to one model. Construct with a SQLAlchemy URL; the tables are created
     if missing, and upgraded if an older tuneloop made them.
 

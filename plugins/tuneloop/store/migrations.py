@@ -232,5 +232,30 @@ def _v2_to_v3(ops: Operations, conn: Connection) -> None:
                          ["model", "period_start"])
 
 
+# ---------------------------------------------------------------------------------------------- version 3 -> 4
+
+
+def _v3_to_v4(ops: Operations, conn: Connection) -> None:
+    """Served requests (the canary's online test): one row per request a router served, with its version, arm,
+    latency, usage and, once judged, its outcome. A new table, spelled out as version 4 made it."""
+    ops.create_table(
+        "tuneloop_served_requests",
+        sa.Column("model", sa.String(200), nullable=False, server_default="default"),
+        sa.Column("request_id", sa.String(200), nullable=False),
+        sa.Column("model_version", sa.String(200), nullable=False),
+        sa.Column("arm", sa.String(16), nullable=False),
+        sa.Column("served_at", sa.DateTime, nullable=False),
+        sa.Column("latency_ms", sa.Float),
+        sa.Column("prompt_tokens", sa.Integer),
+        sa.Column("completion_tokens", sa.Integer),
+        sa.Column("outcome", sa.String(16)),
+        sa.Column("judged_at", sa.DateTime),
+        sa.Column("case_id", sa.String(128)),
+        sa.PrimaryKeyConstraint("model", "request_id", name="pk_tuneloop_served_requests"),
+    )
+    ops.create_index("ix_tuneloop_served_requests_model_version_served_at", "tuneloop_served_requests",
+                     ["model", "model_version", "served_at"])
+
+
 # MIGRATIONS[n] takes a store from version n to n + 1.
-MIGRATIONS: dict[int, Callable[[Operations, Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[Operations, Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}

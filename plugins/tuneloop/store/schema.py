@@ -18,9 +18,10 @@ import sqlalchemy as sa
 
 from tuneloop.intake import as_utc
 
-SCHEMA_VERSION = 3  # the version these tables are; version 1 had no ``model`` columns (one model per store) and
+SCHEMA_VERSION = 4  # the version these tables are; version 1 had no ``model`` columns (one model per store) and
 # suite results only of speech (WER and CER required, no metric and score); version 2 kept no audio duration and
-# sample rate (the export decoded every file again) and had no indexes for the trigger's window and backlog counts
+# sample rate (the export decoded every file again) and had no indexes for the trigger's window and backlog counts;
+# version 3 kept no served requests (the canary's online test)
 DEFAULT_MODEL = "default"
 MAX_MODEL_CHARS = 200
 
@@ -173,8 +174,27 @@ suite_results_table = sa.Table(
     sa.UniqueConstraint("model", "suite", "run_id", name="uq_tuneloop_suite_results_model_suite_run_id"),
 )
 
+served_table = sa.Table(
+    "tuneloop_served_requests",
+    metadata,
+    model_column(),
+    sa.Column("request_id", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.String(200), nullable=False),
+    sa.Column("arm", sa.String(16), nullable=False),  # production | canary
+    sa.Column("served_at", UTCDateTime, nullable=False),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("prompt_tokens", sa.Integer),  # a chat model's usage; None for speech
+    sa.Column("completion_tokens", sa.Integer),
+    sa.Column("outcome", sa.String(16)),  # None until judged: success | error
+    sa.Column("judged_at", UTCDateTime),
+    sa.Column("case_id", sa.String(128)),  # the error case a correction of this request became
+    sa.PrimaryKeyConstraint("model", "request_id", name="pk_tuneloop_served_requests"),
+    # the online test's counts: one version's judged requests since the canary started
+    sa.Index("ix_tuneloop_served_requests_model_version_served_at", "model", "model_version", "served_at"),
+)
+
 MODEL_TABLES = (cases_table, rejections_table, inferences_table, runs_table, deployments_table, suites_table,
-                suite_results_table)
+                suite_results_table, served_table)
 
 # The schema version, one row. Not part of ``metadata`` on purpose: emptying the store's tables (a reset, the
 # tests' TRUNCATE) must not make a current store look like an unversioned version-1 store.
