@@ -399,11 +399,23 @@ def rollback(
     details: Mapping[str, Any] | None = None,
     clock: Clock = _utcnow,
 ) -> DeploymentEvent:
-    """Put an earlier version back in production: ``previous`` by default, or ``to_version``.
+    """Put an earlier version back in production: ``previous`` by default, or ``to_version``. While a canary
+    runs, the newest change is the canary: without ``to_version`` it is ended (traffic back to production, which
+    stays) and its end event returned; with ``to_version`` it is ended and production rolled back too.
 
     Raises RollbackError with the reasons when there is nothing to roll back to or the request is not allowed.
     A retry with the same ``run_id`` (an Airflow task retry) does not roll back a second time.
     """
+    from tuneloop.rollout import end_canary
+
+    if run_id is not None and to_version is None:  # a retry of a rollback that ended a canary: that was all
+        for event in _events(registry, history):
+            if event.action == "canary_end" and event.run_id == run_id:
+                return event
+    ended = end_canary(registry, history, how="rolled_back", reason=reason, actor=actor, run_id=run_id,
+                       details=details, clock=clock)
+    if ended is not None and to_version is None:
+        return ended
     requested = None if to_version is None else str(to_version)
     current = registry.production_version()
     events = _events(registry, history)

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 DeploymentAction = Literal["bootstrap", "register", "deploy", "reject", "rollback", "approval_rejected",
-                           "run_failed"]
+                           "run_failed", "canary_start", "canary_end", "green"]
 
 
 def version_label(version: str | int | None) -> str:

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Alias = Literal["production", "previous", "candidate"]
-ALIASES: tuple[Alias, ...] = ("production", "previous", "candidate")
+Alias = Literal["production", "previous", "candidate", "canary", "green"]
+ALIASES: tuple[Alias, ...] = ("production", "previous", "candidate", "canary", "green")
 AIRFLOW_RUN_ID_TAG = "airflow_run_id"
 ARTIFACT_NAME = "model"
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"

@@ -23,7 +23,7 @@ CORE_MODULES = (
     "tuneloop.managed.chat_api", "tuneloop.managed.openai_training", "tuneloop.tokens", "tuneloop.openai_dataset",
     "tuneloop.managed.vertex_jobs", "tuneloop.managed.vertex_training", "tuneloop.managed.gemini_api",
     "tuneloop.vertex_dataset", "tuneloop.costs", "tuneloop.spent", "tuneloop.managed.run_files",
-    "tuneloop.online_test", "tuneloop.serving.routing",
+    "tuneloop.online_test", "tuneloop.serving.routing", "tuneloop.rollout", "tuneloop.store.served",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 
