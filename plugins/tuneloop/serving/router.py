@@ -1,0 +1,116 @@
+"""A router any serving process can embed: each request answered by the version the traffic split picks, the models
+loaded through their MLflow aliases, every served request recorded in the store.
+
+The split comes from the registry (``production``; ``canary`` with its ``canary_percent`` tag, see
+:mod:`tuneloop.rollout`) and is read again every ``refresh_seconds``, so an alias that moves -- a canary started,
+promoted or rolled back, a rollback of production -- is picked up without a restart; a version no longer in the
+split is unloaded. Routing needs no shared state (:mod:`tuneloop.serving.routing`), so routers scale out
+side by side, all writing to the same store (PostgreSQL at scale).
+
+Each request is recorded (:meth:`tuneloop.store.ServedRecords.record_served`) before its answer is returned: an
+answer the caller received is never missing from the online test. A chat model's token usage is recorded when
+its output carries ``prompt_tokens`` / ``completion_tokens`` columns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tuneloop.serving.routing import Arm, TrafficSplit
+from tuneloop.store.served import ServedRecords, ServedRequest
+
+
+class NoProductionModel(RuntimeError):
+    """The registered model has no production version to serve."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """One answered request: its id (for the outcome that comes later), who answered, how fast, the answer."""
+
+    request_id: str
+    version: str
+    arm: Arm
+    latency_ms: float
+    output: Any
+
+
+class Router:
+    """Serve one registered model by its traffic split. ``load`` loads a version (default: the registry's pyfunc
+    loader, with ``model_config``); ``monotonic`` is the clock of ``refresh_seconds`` (injectable for tests)."""
+
+    def __init__(self, registry: Any, store: ServedRecords, *, refresh_seconds: float = 10.0,
+                 model_config: dict[str, Any] | None = None, load: Callable[[str], Any] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        if refresh_seconds < 0:
+            raise ValueError(f"refresh_seconds: must be >= 0, got {refresh_seconds!r}")
+        self._registry, self._store = registry, store
+        self._refresh_seconds, self._monotonic = refresh_seconds, monotonic
+        self._load = load or (lambda version: registry.load_pyfunc(version, model_config=model_config))
+        self._lock = threading.Lock()
+        self._split: TrafficSplit | None = None
+        self._read_at = -float("inf")
+        self._models: dict[str, Any] = {}
+
+    def split(self) -> TrafficSplit:
+        """The traffic split now (read from the registry when older than ``refresh_seconds``)."""
+        with self._lock:
+            if self._split is None or self._monotonic() - self._read_at >= self._refresh_seconds:
+                self._split = self._read_split()
+                self._read_at = self._monotonic()
+                live = {self._split.production, self._split.canary}
+                self._models = {v: m for v, m in self._models.items() if v in live}  # unload what left the split
+            return self._split
+
+    def _read_split(self) -> TrafficSplit:
+        from tuneloop.rollout import running_canary
+
+        production = self._registry.production_version()
+        if production is None:
+            raise NoProductionModel(f"{self._registry.model_name!r} has no production version to serve")
+        canary = running_canary(self._registry)
+        if canary is None or canary.version == production:
+            return TrafficSplit(production)
+        return TrafficSplit(production, canary.version, canary.traffic_percent)
+
+    def model(self, version: str) -> Any:
+        """The loaded model of ``version`` (loaded on first use, kept while it is in the split)."""
+        with self._lock:
+            found = self._models.get(version)
+        if found is not None:
+            return found
+        loaded = self._load(version)  # outside the lock: loading takes seconds, other versions keep serving
+        with self._lock:
+            return self._models.setdefault(version, loaded)
+
+    def predict(self, model_input: Any, *, key: str | None = None, request_id: str | None = None) -> Served:
+        """Answer one request. ``key`` keeps a user on one arm (a user or session id; default: the request id,
+        i.e. no stickiness); ``request_id`` names the request for its outcome (default: a new UUID)."""
+        request_id = request_id or uuid.uuid4().hex
+        split = self.split()
+        arm = split.arm(key or request_id)
+        version = split.version(key or request_id)
+        model = self.model(version)
+        served_at = datetime.now(UTC)
+        started = time.perf_counter()
+        output = model.predict(model_input)
+        latency_ms = (time.perf_counter() - started) * 1000
+        prompt, completion = _usage(output)
+        self._store.record_served(ServedRequest(request_id=request_id, model_version=version, arm=arm,
+                                                served_at=served_at, latency_ms=latency_ms, prompt_tokens=prompt,
+                                                completion_tokens=completion))
+        return Served(request_id, version, arm, latency_ms, output)
+
+
+def _usage(output: Any) -> tuple[int | None, int | None]:
+    """Token usage summed over the output's rows, where a chat model's output reports it."""
+    columns = getattr(output, "columns", ())
+    if "prompt_tokens" not in columns or "completion_tokens" not in columns:
+        return None, None
+    return int(output["prompt_tokens"].fillna(0).sum()), int(output["completion_tokens"].fillna(0).sum())

@@ -1,0 +1,88 @@
+"""The router over a real local MLflow registry (real pyfunc versions loaded through the registry) and a real store:
+the canary's share, stickiness, an alias move picked up without a restart, every request recorded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.standins.clock import ManualClock
+from tests.tuneloop.registry_testing import SERVING_CODE, MemoryHistory, MlflowEnv, template_db
+from tuneloop.deployment import bootstrap_production, register
+from tuneloop.rollout import end_canary, start_canary
+from tuneloop.serving.router import NoProductionModel, Router
+from tuneloop.store import ErrorCaseStore
+
+KEYS = [f"user-{i}" for i in range(200)]
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return template_db(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def env(tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowEnv:
+    monkeypatch.chdir(tmp_path)
+    return MlflowEnv.create(tmp_path, mlflow_template)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with ErrorCaseStore(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        yield store
+
+
+@pytest.fixture
+def served_model(env: MlflowEnv):
+    """A registered model whose production version answers "<INPUT>:base"; version 2 ("tuned") registered."""
+    registry, history = env.registry(), MemoryHistory()
+    common = {"serving_code": SERVING_CODE, "pip_requirements": ["pandas"]}
+    base = bootstrap_production(registry, history, env.model_dir("base"), run_id=env.new_run(), **common).to_version
+    tuned = register(registry, history, env.model_dir("tuned"), run_id=env.new_run(), airflow_run_id="w1", **common)
+    return registry, history, base, tuned
+
+
+def test_requests_follow_the_aliases_without_a_restart_and_are_recorded(served_model, store):
+    registry, history, base, tuned = served_model
+    clock = ManualClock()
+    router = Router(registry, store, refresh_seconds=30, monotonic=clock)
+
+    first = router.predict(["hi"], key="user-1", request_id="req-1")
+    assert (first.output, first.version, first.arm) == (["HI:base"], base, "production")
+    recorded = store.served_request("req-1")
+    assert (recorded.model_version, recorded.arm, recorded.outcome) == (base, "production", None)
+    assert recorded.latency_ms == pytest.approx(first.latency_ms)
+
+    start_canary(registry, history, tuned, traffic_percent=50, reason="gate passed")
+    assert router.predict(["hi"], key="user-1").version == base  # the split is read again after 30 s
+    clock.tick(30)
+    answers = {key: router.predict(["hi"], key=key) for key in KEYS}
+    canary = {key for key, served in answers.items() if served.arm == "canary"}
+    assert 0.35 < len(canary) / len(KEYS) < 0.65
+    assert all(answers[key].output == ["HI:tuned"] and answers[key].version == tuned for key in canary)
+    assert all(router.predict(["again"], key=key).arm == answers[key].arm for key in KEYS[:50])  # sticky
+    since = datetime.now(UTC) - timedelta(hours=1)
+    assert store.judged_counts(tuned, since=since) == (0, 0)  # served, not judged yet
+    store.record_outcome(answers[next(iter(canary))].request_id, "error")
+    assert store.judged_counts(tuned, since=since) == (1, 1)
+
+    end_canary(registry, history, how="promoted", reason="online test: fewer errors")
+    clock.tick(30)
+    assert {router.predict(["hi"], key=key).version for key in KEYS[:20]} == {tuned}
+    assert set(router._models) == {tuned}  # the old production version was unloaded
+
+
+def test_a_model_without_production_cannot_be_served(env: MlflowEnv, store):
+    with pytest.raises(NoProductionModel, match="'empty' has no production version to serve"):
+        Router(env.registry("empty"), store).predict(["hi"], key="k")
+
+
+def test_a_request_without_a_key_is_its_own_key(served_model, store):
+    registry, history, base, tuned = served_model
+    start_canary(registry, history, tuned, traffic_percent=50, reason="gate passed")
+    router = Router(registry, store, refresh_seconds=0)
+    arms = {router.predict(["hi"]).arm for _ in range(40)}
+    assert arms == {"production", "canary"}  # new request ids land on both arms
