@@ -11,6 +11,7 @@
     tuneloop suite add NAME DATA.jsonl [--type critical] [--baseline-wer X --baseline-version V]
                                         (chat model: [--baseline-score X --baseline-version V] [--max-score-drop D])
     tuneloop suite list [--json]        regression suites (config and registered) and their latest results
+    tuneloop serve [--port 8080]        serve production (and a running canary) over HTTP, recording each request
     tuneloop demo [--bad-candidate]     the end-to-end demo on CPU (--llm: the chat model's)
 """
 
@@ -133,6 +134,15 @@ def _parser() -> argparse.ArgumentParser:
     listing = suite_sub.add_parser("list", parents=[model], help="suites and their result history")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_suite_list)
+
+    serve = sub.add_parser("serve", parents=[model],
+                           help="serve the production model and a running canary over HTTP (POST /predict, "
+                                "POST /outcome, GET /healthz), recording every request in the store")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--refresh-seconds", type=float, default=10.0,
+                       help="how often the registry's aliases are read again (a moved alias is served after this)")
+    serve.set_defaults(handler=cmd_serve)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo (speech data, baseline, Airflow run)")
     demo.set_defaults(model=None)
@@ -475,7 +485,35 @@ def cmd_rollback(config: TuneloopConfig, args: argparse.Namespace) -> int:
     registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
     event = rollback(registry, ErrorCaseStore.from_config(config), to_version=args.to_version,
                      reason=args.reason, actor=f"cli:{getpass.getuser()}")
+    if event.action == "canary_end":
+        print(f"canary {version_label(event.details.get('version'))} ended: all traffic back to production "
+              f"{version_label(event.to_version)} ({event.reason})")
+        return 0
     print(f"production: {version_label(event.from_version)} -> {version_label(event.to_version)} ({event.reason})")
+    return 0
+
+
+def cmd_serve(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    from tuneloop.registry import ModelRegistry
+    from tuneloop.serving.router import Router
+    from tuneloop.serving.server import make_server
+    from tuneloop.store import ErrorCaseStore
+    from tuneloop.tasks import task_for
+
+    registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
+    router = Router(registry, ErrorCaseStore.from_config(config), refresh_seconds=args.refresh_seconds)
+    split = router.split()  # refuses a model with nothing in production before listening
+    server = make_server(router, task_for(config.task), host=args.host, port=args.port)
+    host, port = server.server_address[:2]
+    canary = f", canary {version_label(split.canary)} ({split.canary_percent:g}%)" if split.canary else ""
+    print(f"serving {registry.model_name} on http://{host}:{port} (production {version_label(split.production)}"
+          f"{canary}); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 

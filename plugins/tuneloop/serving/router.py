@@ -58,6 +58,14 @@ class Router:
         self._read_at = -float("inf")
         self._models: dict[str, Any] = {}
 
+    @property
+    def model_name(self) -> str:
+        return str(self._registry.model_name)
+
+    def record_outcome(self, request_id: str, outcome: str) -> ServedRequest:
+        """How a request this model served went (``success`` | ``error``), for the online test."""
+        return self._store.record_outcome(request_id, outcome)  # type: ignore[arg-type]
+
     def split(self) -> TrafficSplit:
         """The traffic split now (read from the registry when older than ``refresh_seconds``)."""
         with self._lock:

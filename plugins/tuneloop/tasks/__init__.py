@@ -144,6 +144,11 @@ class Task(Protocol):
         """What a registered version is logged with (code, requirements, signature)."""
         ...
 
+    def request_input(self, value: Any) -> list[Any]:
+        """One served request's JSON ``input`` as the pyfunc takes it (a list of one item); ``InvalidCase`` naming
+        what is wrong (``tuneloop serve``)."""
+        ...
+
     def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
         """Run a smoke set through ``models:/<name>@production``; ``passed`` False makes the run roll back."""
         ...

@@ -228,6 +228,14 @@ class ChatTask:
         return Serving(serving_path(self.trainer_task), list(CHAT_SERVING_REQUIREMENTS),
                        serving_signature(self.trainer_task))
 
+    def request_input(self, value: Any) -> list[list[dict[str, Any]]]:
+        """A conversation to answer (its messages, or ``{"messages": [...]}``), checked like a case's prompt: it
+        ends with a user turn."""
+        messages = value.get("messages") if isinstance(value, Mapping) else value
+        checked = check_messages(messages, "input.messages")
+        check_prompt_ends(checked, "input.messages")
+        return [checked]
+
     def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
         from tuneloop.tasks import chat_evaluation
 

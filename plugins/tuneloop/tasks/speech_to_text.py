@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.audio import AudioError, AudioInfo, convert_verified, local_audio_path, probe_audio
-from tuneloop.intake import CaseDraft, IngestLimits, parse_case, transcript_too_long
+from tuneloop.intake import CaseDraft, IngestLimits, InvalidCase, parse_case, transcript_too_long
 from tuneloop.tasks import ExportItem, Fetcher, Note, Screened, Serving
 from tuneloop.text import normalize_transcript
 
@@ -206,6 +206,23 @@ class SpeechToText:
         from tuneloop_trainer import SERVING_REQUIREMENTS, serving_path
 
         return Serving(serving_path(self.trainer_task), list(SERVING_REQUIREMENTS))
+
+    def request_input(self, value: Any) -> list[bytes]:
+        """``{"audio_base64": "..."}``: one recording (WAV, FLAC: what the pyfunc decodes) as bytes. Paths are not
+        taken: a server must not read files a request names."""
+        import base64
+        import binascii
+
+        if not isinstance(value, Mapping) or not isinstance(value.get("audio_base64"), str):
+            raise InvalidCase("input.audio_base64", "a request's input is {\"audio_base64\": <the recording, "
+                                                    "base64>}")
+        try:
+            audio = base64.b64decode(value["audio_base64"], validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise InvalidCase("input.audio_base64", f"not valid base64 ({error})") from error
+        if not audio:
+            raise InvalidCase("input.audio_base64", "empty recording")
+        return [audio]
 
     def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
         """Transcribe a smoke set through ``models:/<name>@production`` (:mod:`tuneloop.post_deploy`)."""
