@@ -5,8 +5,14 @@ Weekly (cron from `schedule.weekly_cron`), or started by `finetune_on_errors`, o
 
 `check_trigger` → `approve_training` → `export_dataset` → `check_budget` → `approve_budget` → `train` → `evaluate`
 → `validate` → `regression_suite`
-→ `register` → `decide` → `approve_deploy` → `deploy` → `post_deploy_check` → (`rollback` only if the check fails)
-| `reject` → `report`.
+→ `register` → `decide` → `approve_deploy` → `deploy` → `post_deploy_check` → `online_test` → `conclude`
+(`rollback` only if one of these fails) | `reject` → `report`.
+
+**Deployment strategies** (`deployment.deployment_strategy`, or **deployment_strategy** in the form): `replace`
+moves production at `deploy`; `blue_green` puts the candidate on the `green` alias, checks it there and moves
+production at `conclude`; `canary` gives it the `canary` alias and a share of the traffic (`tuneloop serve`, or
+the router in your serving process), `online_test` waits in the triggerer for the sequential test on live
+outcomes, and `conclude` promotes it, rolls it back or keeps production. `online_test` runs for canaries only.
 
 `train` and `evaluate` are groups: `prepare` branches to the run's backend -- `local` (a subprocess), `pod`
 (Kubernetes or GKE, in the `gpu` pool) or `create_vm` → `wait_vm` → `delete_vm` (GCE) -- and `result` reads
@@ -39,6 +45,7 @@ from tuneloop.operators.check_trigger import CheckTriggerOperator
 from tuneloop.operators.decide import DecideOperator
 from tuneloop.operators.deploy import DeployOperator, RejectOperator, RollbackOperator
 from tuneloop.operators.export_dataset import ExportDatasetOperator
+from tuneloop.operators.online_test import ConcludeRolloutOperator, OnlineTestOperator
 from tuneloop.operators.post_deploy_check import PostDeployCheckOperator
 from tuneloop.operators.register import RegisterCandidateOperator
 from tuneloop.operators.regression_suite import RegressionSuiteOperator
@@ -77,6 +84,11 @@ def _params() -> dict[str, Param]:
         "backend": Param(None, type=["null", "string"], enum=[None, *BACKENDS],
                          description="Where the trainer runs (train and evaluate); openai: OpenAI's fine-tuning "
                                      "API (chat models); empty: training.backend."),
+        "deployment_strategy": Param(
+            None, type=["null", "string"], enum=[None, "replace", "blue_green", "canary"],
+            description="How a passing candidate reaches production: replace (at once), blue_green (checked on "
+                        "the green alias, then at once), canary (a share of the traffic until the online test "
+                        "decides); empty: deployment.deployment_strategy."),
         "label_noise": Param(
             "none", type="string", enum=["none", "shuffle"],
             description="shuffle: train on shuffled transcripts — a deliberately bad candidate, to test the gate.",
@@ -119,14 +131,18 @@ def _wire(model: TuneloopConfig) -> None:
     deploy = DeployOperator(task_id="deploy")
     reject = RejectOperator(task_id="reject")
     post_deploy_check = PostDeployCheckOperator(task_id="post_deploy_check", retries=0)
+    online_test = OnlineTestOperator(task_id="online_test")
+    conclude = ConcludeRolloutOperator(task_id="conclude", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     rollback = RollbackOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED)
     report = ReportOperator(task_id="report", trigger_rule=TriggerRule.ALL_DONE, retries=1)
 
     check_trigger >> approve_training >> export_dataset >> check_budget >> approve_budget >> train >> evaluate
     evaluate >> validate >> regression_suite
     regression_suite >> register >> decide >> [approve_deploy, reject]
-    approve_deploy >> deploy >> post_deploy_check >> rollback
-    [post_deploy_check, rollback, reject] >> report
+    approve_deploy >> deploy >> post_deploy_check >> online_test
+    [post_deploy_check, online_test] >> conclude
+    [post_deploy_check, online_test, conclude] >> rollback
+    [conclude, rollback, reject] >> report
 
 
 for _model in models():

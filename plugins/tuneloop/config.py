@@ -430,12 +430,30 @@ class RegressionConfig(_Section):
     suites: tuple[SuiteSpec, ...] = ()
 
 
+class CanaryConfig(_Section):
+    """The ``canary`` strategy's traffic share and online test (:mod:`tuneloop.online_test`)."""
+
+    traffic_percent: float = Field(10, gt=0, lt=100, description="share of the requests the canary answers")
+    min_samples: int = Field(200, ge=1, description="judged requests each arm needs before a promotion (seed 004: "
+                             "at least 30, 100+ recommended); a clearly worse canary is rolled back before that")
+    max_duration_hours: float = Field(72, gt=0, description="the deadline: no difference shown by then keeps "
+                                      "production")
+    alpha: float = Field(0.05, gt=0, lt=1, description="the sequential test's false-decision rate, however often it "
+                         "looks")
+    mixing_sd: float = Field(0.05, gt=0, le=1, description="mSPRT's tau: the size of error-rate difference (0.05 = 5 "
+                             "points) the test finds fastest")
+    poll_seconds: float = Field(300, gt=0, description="how often the waiting step looks at the counts")
+
+
 class DeploymentConfig(_Section):
     """How a passing candidate is promoted (the seed's DeploymentConfig)."""
 
-    deployment_strategy: Literal["replace"] = Field(
-        "replace", description="'replace': the production alias moves to the new version in one step (the only "
-        "strategy so far; the seed's 'canary' and 'blue_green' are refused until they exist)")
+    deployment_strategy: Literal["replace", "canary", "blue_green"] = Field(
+        "replace", description="'replace': the production alias moves in one step; 'blue_green': the candidate "
+        "goes to the green alias, the post-deploy check runs on it, then production moves in one step; 'canary': "
+        "the candidate answers deployment.canary.traffic_percent of the requests until the online test promotes "
+        "it, rolls it back or keeps production")
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
     keep_previous_versions: int = Field(5, ge=1, description="deployed versions kept as rollback targets")
     enable_auto_rollback: bool = True
     rollback_on_error_threshold: float = Field(
@@ -444,14 +462,6 @@ class DeploymentConfig(_Section):
     post_deploy_smoke_size: int = Field(20, ge=1, description="eval utterances transcribed through the alias")
     approval_timeout_hours: float = Field(72, gt=0, description="an unanswered deployment approval is a reject")
 
-    @field_validator("deployment_strategy", mode="before")
-    @classmethod
-    def _implemented(cls, value: Any) -> Any:
-        """Refuse the seed's other strategies by name, so a config asking for a canary is not quietly replaced."""
-        if value in ("canary", "blue_green"):
-            raise ValueError(f"{value!r} is not implemented yet; only 'replace' (move the production alias in one "
-                             "step) exists: set deployment_strategy: replace or remove the key")
-        return value
 
 
 class MlflowConfig(_Section):

@@ -40,6 +40,7 @@ class RunParams:
     epochs: int | None = None
     learning_rate: float | None = None
     backend: str | None = None
+    deployment_strategy: str | None = None
     label_noise: str = "none"
     reason: str = "scheduled"
 
@@ -112,6 +113,10 @@ class RunPaths:
     @property
     def post_deploy(self) -> StoragePath:
         return self.root / "post_deploy_check.json"
+
+    @property
+    def online_test(self) -> StoragePath:
+        return self.root / "online_test.json"
 
 
 def run_key(run_id: str) -> str:
@@ -635,14 +640,30 @@ class PipelineRun:
         return None
 
     # -- 8. deploy / reject / approvals / rollback --------------------------------------------------------
-    def deploy(self, version: str, actor: RunActor | None = None) -> dict[str, Any]:
-        """Promote ``version``; ``actor``: who answers for it (the approver, else whoever started the run)."""
-        from tuneloop.deployment import deploy
+    def strategy(self) -> Any:
+        """How this run's candidate reaches production (:mod:`tuneloop.strategies`): the Params form's choice,
+        else ``deployment.deployment_strategy``."""
+        from tuneloop.strategies import strategy_for
 
-        actor = actor or RunActor()
-        event = deploy(self.registry, self.store, version, reason=self._gate_summary(), actor=actor.name,
-                       run_id=self.run_id, keep_previous_versions=self.config.deployment.keep_previous_versions,
-                       details=actor.details())
+        return strategy_for(self.params.deployment_strategy or self.config.deployment.deployment_strategy)
+
+    def deploy(self, version: str, actor: RunActor | None = None) -> dict[str, Any]:
+        """Place ``version`` as the run's strategy says (production, green, canary); ``actor``: who answers for it
+        (the approver, else whoever started the run). The result names the strategy, the alias and the version."""
+        strategy = self.strategy()
+        event = strategy.place(self, version, actor or RunActor())
+        self._retire_managed_models(event.details.get("archived") or [])
+        return event.to_dict() | {"strategy": strategy.name, "alias": strategy.alias, "placed_version": version}
+
+    def promote(self, placed: dict[str, Any], decision: dict[str, Any] | None,
+                actor: RunActor | None = None) -> dict[str, Any] | None:
+        """The strategy's last move once the placed version passed its check (and the online test decided)."""
+        from tuneloop.strategies import strategy_for
+
+        strategy = strategy_for(placed["strategy"])
+        event = strategy.finish(self, placed["placed_version"], decision, actor or RunActor())
+        if event is None:
+            return None
         self._retire_managed_models(event.details.get("archived") or [])
         return event.to_dict()
 
@@ -671,7 +692,7 @@ class PipelineRun:
         from tuneloop.deployment import reject
 
         actor = actor or RunActor()
-        event = reject(self.registry, self.store, version, reason=self._gate_summary(), actor=actor.name,
+        event = reject(self.registry, self.store, version, reason=self.gate_summary(), actor=actor.name,
                        run_id=self.run_id, details=actor.details())
         return event.to_dict()
 
@@ -708,26 +729,44 @@ class PipelineRun:
         self.store.record_deployment(event)
         return event.to_dict()
 
-    def post_deploy_check(self, dataset_id: str, deployed_version: str) -> dict[str, Any]:
-        """Load ``models:/<name>@production`` like a serving system would and run a smoke set through it."""
-        result = self.task.post_deploy_check(self, dataset_id, deployed_version)
+    def post_deploy_check(self, dataset_id: str, deployed_version: str, alias: str = "production") -> dict[str, Any]:
+        """Load ``models:/<name>@<alias>`` like a serving system would and run a smoke set through it."""
+        result = self.task.post_deploy_check(self, dataset_id, deployed_version, alias)
         _write_json(self.paths.post_deploy, result)
         return result
 
-    def auto_rollback(self, deployed_version: str | None, why: str,
+    def record_online_test(self, decision: dict[str, Any]) -> None:
+        """Keep the online test's decision with its numbers (online_test.json, and the run's MLflow metrics)."""
+        from tuneloop import tracking
+
+        _write_json(self.paths.online_test, decision)
+        looked = decision["look"]
+        metrics = {"online_production_requests": looked["production"]["requests"],
+                   "online_production_errors": looked["production"]["errors"],
+                   "online_canary_requests": looked["canary"]["requests"],
+                   "online_canary_errors": looked["canary"]["errors"],
+                   "online_always_valid_p": looked["always_valid_p"]}
+        if looked.get("chi_squared_p") is not None:
+            metrics["online_chi_squared_p"] = looked["chi_squared_p"]
+        tracking.log_metrics(self.config, self.mlflow_run_id(), metrics)
+
+    def auto_rollback(self, placed: dict[str, Any] | None, why: str,
                       actor: RunActor | None = None) -> dict[str, Any] | None:
-        """Roll back only if production is still the version this run deployed (never someone else's)."""
-        from tuneloop.deployment import rollback
+        """Undo this run's placement (``deploy``'s result) after a failed check or wait: production back, green
+        dropped, the canary ended -- only while the placed version is still where this run put it (never someone
+        else's deployment)."""
+        from tuneloop.strategies import strategy_for
 
-        current = self.registry.production_version()
-        if deployed_version is None or current != deployed_version:
-            log.warning("auto-rollback skipped: production is %s, this run deployed %s", current, deployed_version)
+        if not placed:
             return None
-        actor = actor or RunActor()
-        return rollback(self.registry, self.store, reason=f"auto-rollback: {why}", actor=actor.name,
-                        run_id=self.run_id, details=actor.details()).to_dict()
+        version = placed.get("placed_version") or placed["to_version"]
+        event = strategy_for(placed.get("strategy", "replace")).undo(self, version, why, actor or RunActor())
+        if event is None:
+            log.warning("auto-rollback skipped: version %s is no longer where this run placed it", version)
+            return None
+        return event.to_dict()
 
-    def _gate_summary(self) -> str:
+    def gate_summary(self) -> str:
         gate_result = storage.read_json(self.paths.gate)
         reasons = list(gate_result["reasons"])
         if self.paths.regression.exists():

@@ -1,6 +1,7 @@
-"""The post-deploy check: is the model now served as production the one we validated, and does it work?
+"""The post-deploy check: is the model now served (as production, or on the green or canary alias of a staged
+rollout) the one we validated, and does it work?
 
-It loads ``models:/<name>@production`` through the generic MLflow pyfunc loader, exactly as a serving system
+It loads ``models:/<name>@<alias>`` through the generic MLflow pyfunc loader, exactly as a serving system
 would, transcribes a smoke set of eval utterances, and compares with the validated candidate's predictions.
 """
 
@@ -35,22 +36,24 @@ class PostDeployCheck:
 
 
 def check_served_model(config: TuneloopConfig, candidate_predictions: StoragePath, eval_split: StoragePath,
-                       deployed_version: str, production_version: str | None) -> PostDeployCheck:
-    """Transcribe the first ``post_deploy_smoke_size`` eval rows through the production alias and judge them.
-    The split may be in a bucket: only the smoke rows' audio is fetched."""
+                       deployed_version: str, served_version: str | None,
+                       alias: str = "production") -> PostDeployCheck:
+    """Transcribe the first ``post_deploy_smoke_size`` eval rows through ``alias`` (production; green or canary
+    for a staged rollout), which points to ``served_version``, and judge them. The split may be in a bucket:
+    only the smoke rows' audio is fetched."""
     import mlflow
     import pandas as pd
 
     from tuneloop.metrics import corpus_wer
 
-    if production_version != deployed_version:
-        return PostDeployCheck(False, None, None, 0, 0, [f"the production alias points to version "
-                                                         f"{production_version}, not to the deployed {deployed_version}"])
+    if served_version != deployed_version:
+        return PostDeployCheck(False, None, None, 0, 0, [f"the {alias} alias points to version "
+                                                         f"{served_version}, not to the deployed {deployed_version}"])
     rows = storage.read_jsonl(eval_split)[: config.deployment.post_deploy_smoke_size]
     expected = {r["id"]: r for r in storage.read_jsonl(candidate_predictions)}
     mlflow.set_tracking_uri(config.tracking_uri)
     mlflow.set_registry_uri(config.registry_uri)
-    uri = f"models:/{config.mlflow.model_name}@production"
+    uri = f"models:/{config.mlflow.model_name}@{alias}"
     try:
         model = mlflow.pyfunc.load_model(uri)
         with tempfile.TemporaryDirectory(prefix="tuneloop-smoke-") as tmp:

@@ -29,16 +29,28 @@ def classify(outcome: dict[str, Any]) -> str:
         return "not_approved"
     if _declined(outcome.get("approve_budget")):
         return "over_budget"
-    if outcome.get("rollback"):
-        return "rolled_back"
-    if outcome.get("deploy") and states.get("post_deploy_check") == "success":
-        return "deployed"
+    if outcome.get("rollback"):  # the placement undone: a green version dropped was never in production
+        return "rejected" if outcome["rollback"].get("action") == "reject" else "rolled_back"
+    placed = outcome.get("deploy") or {}
+    if placed.get("strategy", "replace") == "replace":
+        if placed and states.get("post_deploy_check") == "success":
+            return "deployed"
+    elif outcome.get("conclude"):
+        return _concluded(outcome["conclude"])
     if outcome.get("reject"):
         gate = outcome.get("validate") or {}
         return "insufficient_evidence" if gate.get("verdict") == "insufficient_evidence" else "rejected"
     if _declined(outcome.get("approve_deploy")):
         return "declined"
     return "failed"
+
+
+def _concluded(event: dict[str, Any]) -> str:
+    """A staged rollout's end: production moved (a green switch, a promoted canary), or a canary that ended
+    without it -- found worse (rolled back) or no difference shown by the deadline (insufficient evidence)."""
+    if event.get("action") == "deploy":
+        return "deployed"
+    return "rolled_back" if event.get("details", {}).get("canary_end") == "rolled_back" else "insufficient_evidence"
 
 
 def _declined(approval: dict[str, Any] | None) -> bool:
@@ -70,6 +82,8 @@ def build_record(run: PipelineRun, outcome: dict[str, Any], status: str) -> dict
                        "regression": run.config.regression.model_dump(mode="json", exclude={"suites"})},
         "deployment": outcome.get("deploy") or outcome.get("reject") or outcome.get("declined"),
         "post_deploy_check": outcome.get("post_deploy_check"),
+        "online_test": outcome.get("online_test"),
+        "rollout": outcome.get("conclude"),
         "rollback": outcome.get("rollback"),
         "task_states": outcome.get("states"),
     }
@@ -137,6 +151,13 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
                          f"{version_label(event['to_version'])} ({event['reason']})")
     check = record.get("post_deploy_check") or {}
     lines += [f"post-deploy: {r}" for r in check.get("reasons", [])]
+    online = record.get("online_test") or {}
+    if online:
+        lines.append(f"online test: {online['action']} ({online['reason']})")
+    rollout = record.get("rollout") or {}
+    if rollout:
+        lines.append(f"rollout: {rollout['action']} {version_label(rollout['from_version'])} -> "
+                     f"{version_label(rollout['to_version'])} ({rollout['reason']})")
     if record["status"] == "failed":
         failed = [t for t, s in (record.get("task_states") or {}).items() if s in ("failed", "upstream_failed")]
         lines.append(f"failed steps: {', '.join(failed) or 'unknown'}; cases stay available for the next run")

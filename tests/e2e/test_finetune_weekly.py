@@ -1,4 +1,5 @@
-"""`airflow dags test finetune_weekly` end to end on a tiny model: deploy, reject, auto-rollback, skip."""
+"""`airflow dags test finetune_weekly` end to end on a tiny model: deploy (blue_green), reject, auto-rollback (replace),
+a green version that fails its check, skip."""
 
 from __future__ import annotations
 
@@ -43,16 +44,21 @@ def _register_suite(scenario: Scenario, speech, count: int) -> None:
 
 
 def test_passing_candidate_is_deployed(install, damaged_model, speech):
+    """Through blue_green, chosen in the run's form (the replace strategy deploys in every other e2e run)."""
     scenario = install(damaged_model)
     permissive_gate(scenario)
     scenario.env["TUNELOOP__DEPLOYMENT__ROLLBACK_ON_ERROR_THRESHOLD"] = "100"
     scenario.tuneloop("ingest", str(write_cases(scenario.root / "cases.jsonl", speech)))
     _register_suite(scenario, speech, 6)
 
-    _dags_test(scenario, {"reason": "e2e deploy"})
+    _dags_test(scenario, {"reason": "e2e deploy", "deployment_strategy": "blue_green"})
 
     decision = _decision(scenario)
     assert decision["status"] == "deployed", decision
+    # blue_green: placed on green, checked through models:/...@green, then production moved in one step
+    assert (decision["deployment"]["strategy"], decision["deployment"]["alias"]) == ("blue_green", "green")
+    assert decision["post_deploy_check"]["passed"] and decision["rollout"]["action"] == "deploy"
+    assert decision["task_states"]["online_test"] == "skipped" and decision["task_states"]["conclude"] == "success"
     # leakage guard: the suite's six utterances were among the cases and stayed out of the dataset
     assert decision["dataset"]["counts"]["excluded"] == 6
     assert decision["dataset"]["counts"]["excluded_suite_audio"] == 6
@@ -79,8 +85,9 @@ def test_passing_candidate_is_deployed(install, damaged_model, speech):
     registry = _registry(scenario)
     assert registry.production_version() == decision["candidate_version"] == "2"
     assert registry.previous_version() == "1"
+    assert "green" not in registry.aliases()
     history = _store(scenario).deployment_history(scenario.config().mlflow.model_name)
-    assert [e.action for e in history][:2] == ["deploy", "bootstrap"]
+    assert [e.action for e in history][:2] == ["deploy", "green"]
     assert history[0].from_version == "1" and history[0].to_version == "2"
     counts = decision["dataset"]["counts"]  # train cases and suite-excluded ones are used up; eval cases stay new
     assert _store(scenario).statistics().to_dict()["by_state"].get("consumed") == counts["train"] + counts["excluded"]
@@ -123,6 +130,27 @@ def test_failed_post_deploy_check_rolls_back(install, damaged_model, speech):
     assert _registry(scenario).production_version() == "1"
     actions = [e.action for e in _store(scenario).deployment_history(scenario.config().mlflow.model_name)]
     assert actions[:3] == ["rollback", "deploy", "bootstrap"]
+
+
+def test_a_green_version_that_fails_its_check_never_reaches_production(install, damaged_model, speech):
+    scenario = install(damaged_model)
+    permissive_gate(scenario)
+    scenario.env |= {"TUNELOOP__DEPLOYMENT__ROLLBACK_ON_ERROR_THRESHOLD": "0.0001",
+                     "TUNELOOP__DEPLOYMENT__DEPLOYMENT_STRATEGY": "blue_green"}
+    scenario.tuneloop("ingest", str(write_cases(scenario.root / "cases.jsonl", speech)))
+
+    scenario.airflow("dags", "test", "finetune_weekly", "-c", json.dumps({"reason": "e2e green"}), check=False)
+
+    decision = _decision(scenario)
+    assert decision["status"] == "rejected", decision
+    assert decision["post_deploy_check"]["passed"] is False
+    assert decision["task_states"]["conclude"] == "upstream_failed"
+    registry = _registry(scenario)
+    assert registry.production_version() == "1" and "green" not in registry.aliases()
+    assert registry.get_version("2").tags["decision"] == "rejected"
+    history = _store(scenario).deployment_history(scenario.config().mlflow.model_name)
+    assert [e.action for e in history][:2] == ["reject", "green"]
+    assert all(e.to_version == "1" for e in history)  # production never moved
 
 
 def test_unmet_conditions_skip_the_run(scenario):

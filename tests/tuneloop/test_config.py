@@ -109,11 +109,16 @@ def test_a_chat_model_may_slice_on_its_own_row_fields():
         TuneloopConfig.model_validate({"validation": {"slices": [{"field": "domain"}]}})
 
 
-@pytest.mark.parametrize("strategy", ["canary", "blue_green"])
-def test_deployment_strategies_that_do_not_exist_are_refused_by_name(tmp_path, strategy):
-    with pytest.raises(ConfigError, match=rf"deployment\.deployment_strategy: '{strategy}' is not implemented yet"):
-        _load(tmp_path, TUNELOOP__DEPLOYMENT__DEPLOYMENT_STRATEGY=strategy)
+def test_the_seed_s_deployment_strategies_and_the_canary_s_settings(tmp_path):
     assert _load(tmp_path).deployment.deployment_strategy == "replace"
+    config = _load(tmp_path, TUNELOOP__DEPLOYMENT__DEPLOYMENT_STRATEGY="canary",
+                   TUNELOOP__DEPLOYMENT__CANARY__TRAFFIC_PERCENT="25")
+    assert (config.deployment.deployment_strategy, config.deployment.canary.traffic_percent) == ("canary", 25)
+    with pytest.raises(ConfigError, match=r"deployment\.deployment_strategy: .*'replace', 'canary' or 'blue_green'"):
+        _load(tmp_path, TUNELOOP__DEPLOYMENT__DEPLOYMENT_STRATEGY="rolling")
+    for percent in ("0", "100"):
+        with pytest.raises(ConfigError, match=r"deployment\.canary\.traffic_percent"):
+            _load(tmp_path, TUNELOOP__DEPLOYMENT__CANARY__TRAFFIC_PERCENT=percent)
 
 
 def test_the_shipped_yaml_states_the_code_defaults(tmp_path):

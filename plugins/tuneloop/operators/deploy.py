@@ -12,13 +12,14 @@ from tuneloop.operators.base import PipelineStepOperator
 
 
 class DeployOperator(PipelineStepOperator):
-    """Promote the candidate: alias ``production`` moves to it, the old production becomes ``previous``."""
+    """Place the candidate as the run's strategy says: production moves to it (replace; the old production
+    becomes ``previous``), or it goes to the ``green`` alias (blue_green) or the ``canary`` alias (canary)."""
 
     def execute(self, context: Context) -> dict[str, Any]:
         version = self.upstream(context, "register")["version"]
         event = self.pipeline(context).deploy(version, self.actor(context, "approve_deploy"))
-        self.log.info("deployed version %s (was %s) by %s", event["to_version"], event["from_version"],
-                      event["actor"])
+        self.log.info("%s: version %s on the %s alias (production %s -> %s) by %s", event["strategy"], version,
+                      event["alias"], event["from_version"], event["to_version"], event["actor"])
         return event
 
 
@@ -33,17 +34,21 @@ class RejectOperator(PipelineStepOperator):
 
 
 class RollbackOperator(PipelineStepOperator):
-    """Runs only when the post-deploy check failed: put ``previous`` back, if this run's model is live."""
+    """Runs only when the post-deploy check, the online test or the rollout's last move failed: undo this run's
+    placement (production back, green dropped, the canary ended), if it is still where the run put it."""
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         run = self.pipeline(context)
         if not run.config.deployment.enable_auto_rollback:
-            self.log.warning("post-deploy check failed but deployment.enable_auto_rollback is false")
+            self.log.warning("a step after deploy failed but deployment.enable_auto_rollback is false")
             return None
         deployed = context["ti"].xcom_pull(task_ids="deploy")
         check = context["ti"].xcom_pull(task_ids="post_deploy_check") or {}
-        why = "; ".join(check.get("reasons", [])) or "post-deploy check failed"
-        return run.auto_rollback(deployed["to_version"] if deployed else None, why, self.actor(context))
+        if not check.get("passed", True):
+            why = "; ".join(check.get("reasons", [])) or "post-deploy check failed"
+        else:
+            why = "a step after the post-deploy check failed (the online test, or the rollout's last move)"
+        return run.auto_rollback(deployed, why, self.actor(context))
 
 
 class ManualRollbackOperator(BaseOperator):

@@ -9,15 +9,17 @@ from tuneloop.operators.base import PipelineStepOperator
 
 
 class PostDeployCheckOperator(PipelineStepOperator):
-    """Load the model through ``models:/<name>@production`` and transcribe a smoke set.
+    """Load the model through the alias the candidate was placed on (``models:/<name>@production``; ``@green``
+    or ``@canary`` for a staged rollout) and run a smoke set through it.
 
     Fails (so that ``rollback`` runs) when the served model is not the validated one or is too inaccurate.
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
         dataset = self.upstream(context, "export_dataset")
-        deployed = self.upstream(context, "deploy")["to_version"]
-        result = self.pipeline(context).post_deploy_check(dataset["dataset_id"], deployed)
+        placed = self.upstream(context, "deploy")
+        version, alias = placed.get("placed_version") or placed["to_version"], placed.get("alias", "production")
+        result = self.pipeline(context).post_deploy_check(dataset["dataset_id"], version, alias)
         for reason in result["reasons"]:
             self.log.info("post-deploy: %s", reason)
         if not result["passed"]:

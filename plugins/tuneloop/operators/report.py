@@ -10,7 +10,7 @@ from tuneloop.operators.base import PipelineStepOperator
 
 STEPS = ("check_trigger", "approve_training", "export_dataset", "check_budget", "approve_budget", "train", "evaluate",
          "validate", "regression_suite", "register", "decide", "approve_deploy", "deploy", "reject",
-         "post_deploy_check", "rollback")
+         "post_deploy_check", "online_test", "conclude", "rollback")
 APPROVALS = ("approve_training", "approve_budget", "approve_deploy")
 GROUPS = ("train", "evaluate")  # task groups: their result is <group>.result, their state the worst of their tasks
 

@@ -149,7 +149,8 @@ class Task(Protocol):
         what is wrong (``tuneloop serve``)."""
         ...
 
-    def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
+    def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str,
+                          alias: str = "production") -> dict[str, Any]:
         """Run a smoke set through ``models:/<name>@production``; ``passed`` False makes the run roll back."""
         ...
 

@@ -236,10 +236,11 @@ class ChatTask:
         check_prompt_ends(checked, "input.messages")
         return [checked]
 
-    def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
+    def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str,
+                          alias: str = "production") -> dict[str, Any]:
         from tuneloop.tasks import chat_evaluation
 
-        return chat_evaluation.post_deploy_check(run, dataset_id, deployed_version)
+        return chat_evaluation.post_deploy_check(run, dataset_id, deployed_version, alias)
 
     def headline(self, gate_result: dict[str, Any]) -> str:
         from tuneloop.tasks import chat_evaluation

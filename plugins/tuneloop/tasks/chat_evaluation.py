@@ -147,19 +147,21 @@ def suite_metrics(report: dict[str, Any]) -> dict[str, float]:
             for key in ("score", "score_drop", "failed_samples_rate")}
 
 
-def post_deploy_check(run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
-    """Send the first ``post_deploy_smoke_size`` eval conversations through ``models:/<name>@production`` (the
-    generic pyfunc loader, as serving does) and judge the replies as the gate did."""
+def post_deploy_check(run: PipelineRun, dataset_id: str, deployed_version: str,
+                      alias: str = "production") -> dict[str, Any]:
+    """Send the first ``post_deploy_smoke_size`` eval conversations through ``models:/<name>@<alias>`` (the
+    generic pyfunc loader, as serving does; green or canary for a staged rollout) and judge the replies as the
+    gate did."""
     config = run.config
-    production = run.registry.production_version()
-    if production != deployed_version:
-        return _check(False, None, None, 0, 0, [f"the production alias points to version {production}, not to "
+    served_version = run.registry.alias_version(alias)
+    if served_version != deployed_version:
+        return _check(False, None, None, 0, 0, [f"the {alias} alias points to version {served_version}, not to "
                                                 f"the deployed {deployed_version}"])
     rows = storage.read_jsonl(run.dataset_dir(dataset_id) / "eval.jsonl")[: config.deployment.post_deploy_smoke_size]
     expected = {r["id"]: r for r in storage.read_jsonl(run.paths.predictions("candidate"))}
-    uri = f"models:/{config.mlflow.model_name}@production"
+    uri = f"models:/{config.mlflow.model_name}@{alias}"
     try:
-        model = run.registry.load_pyfunc("production", run.served_model_config())  # as serving loads it
+        model = run.registry.load_pyfunc(alias, run.served_model_config())  # as serving loads it
         served = [str(reply) for reply in model.predict([row["messages"][:-1] for row in rows],
                                                         params=run.served_params())]
     except Exception as error:  # a model that cannot load or reply is the clearest failure of all

@@ -224,13 +224,14 @@ class SpeechToText:
             raise InvalidCase("input.audio_base64", "empty recording")
         return [audio]
 
-    def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str) -> dict[str, Any]:
-        """Transcribe a smoke set through ``models:/<name>@production`` (:mod:`tuneloop.post_deploy`)."""
+    def post_deploy_check(self, run: PipelineRun, dataset_id: str, deployed_version: str,
+                          alias: str = "production") -> dict[str, Any]:
+        """Transcribe a smoke set through ``models:/<name>@<alias>`` (:mod:`tuneloop.post_deploy`)."""
         from tuneloop.post_deploy import check_served_model
 
         return check_served_model(run.config, run.paths.predictions("candidate"),
                                   run.dataset_dir(dataset_id) / "eval.jsonl", deployed_version,
-                                  run.registry.production_version()).to_dict()
+                                  run.registry.alias_version(alias), alias=alias).to_dict()
 
     def headline(self, gate_result: dict[str, Any]) -> str:
         wer, cer = gate_result["wer"], gate_result["cer"]

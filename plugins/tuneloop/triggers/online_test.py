@@ -1,0 +1,77 @@
+"""Wait for a canary's online test in the triggerer: every ``poll_seconds`` the judged requests of both arms since
+the canary started are counted in the store, the sequential test looks (:mod:`tuneloop.online_test`), and the
+wait ends as soon as it decides -- a clearly worse canary at once, a better one once both arms have
+``min_samples`` judged requests, production kept at the deadline.
+
+Every look goes into the task's log (the counts, the error rates, the always-valid p-value). The trigger reads
+the model's configuration by DAG id, as the triggerer has the same plugins and configuration as the workers; no
+store URL (which may hold a password) is serialized. A triggerer restart starts the wait again from the state the
+task deferred with: the counts are read again from the store (every served request is there), and the running
+minimum of the p-value restarts from ``previous_p`` -- never lower than it was, so a restart can only make the
+test more careful, never promote on evidence counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+
+class OnlineTestTrigger(BaseTrigger):
+    """The online test of ``canary_version`` against ``production_version`` over requests served since ``since``
+    (ISO time), deciding at the latest at ``deadline`` (epoch seconds)."""
+
+    def __init__(self, *, dag_id: str, canary_version: str, production_version: str, since: str, deadline: float,
+                 poll_seconds: float, previous_p: float = 1.0, looks: int = 0) -> None:
+        super().__init__()
+        self.dag_id = dag_id
+        self.canary_version = canary_version
+        self.production_version = production_version
+        self.since = since
+        self.deadline = deadline
+        self.poll_seconds = poll_seconds
+        self.previous_p = previous_p
+        self.looks = looks
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("tuneloop.triggers.online_test.OnlineTestTrigger",
+                {"dag_id": self.dag_id, "canary_version": self.canary_version,
+                 "production_version": self.production_version, "since": self.since, "deadline": self.deadline,
+                 "poll_seconds": self.poll_seconds, "previous_p": self.previous_p, "looks": self.looks})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            settings, store = await asyncio.to_thread(self._open)
+            while True:
+                decision = await asyncio.to_thread(self._look, settings, store)
+                if decision["action"] != "wait":
+                    yield TriggerEvent({"status": "decided", "decision": decision, "looks": self.looks})
+                    return
+                await asyncio.sleep(self.poll_seconds)
+        except Exception as error:  # noqa: BLE001 - the task decides: a store outage is worth a retry
+            yield TriggerEvent({"status": "error", "message": f"{type(error).__name__}: {error}"})
+
+    def _open(self) -> tuple[Any, Any]:
+        from tuneloop.config import load_model_config
+        from tuneloop.store import ErrorCaseStore
+
+        config = load_model_config(self.dag_id)
+        return config.deployment.canary, ErrorCaseStore.from_config(config)
+
+    def _look(self, settings: Any, store: Any) -> dict[str, Any]:
+        from tuneloop.online_test import Arm, decide, look
+
+        since = datetime.fromisoformat(self.since)
+        production = Arm(*store.judged_counts(self.production_version, since=since))
+        canary = Arm(*store.judged_counts(self.canary_version, since=since))
+        current = look(production, canary, previous_p=self.previous_p, mixing_sd=settings.mixing_sd)
+        decision = decide(current, alpha=settings.alpha, min_samples=settings.min_samples,
+                          deadline_passed=time.time() >= self.deadline)
+        self.previous_p, self.looks = current.always_valid_p, self.looks + 1
+        self.log.info("online test, look %d: %s", self.looks, decision.reason)
+        return decision.to_dict()
