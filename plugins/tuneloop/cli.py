@@ -178,6 +178,7 @@ def collect_status(config: TuneloopConfig, *, registry: bool = False) -> dict[st
     """
     from tuneloop.deployment import aliases_from_history
     from tuneloop.pipeline import evaluate_trigger, training_approval_reason
+    from tuneloop.rollout import canary_from_history
     from tuneloop.store import ErrorCaseStore
 
     store = ErrorCaseStore.from_config(config)
@@ -186,7 +187,8 @@ def collect_status(config: TuneloopConfig, *, registry: bool = False) -> dict[st
     aliases = aliases_from_history([move] if move else [])
     model: dict[str, Any] = {"name": config.mlflow.model_name, "production_version": aliases["production"],
                              "previous_version": aliases["previous"],
-                             "production_since": move.to_dict() if move else None}
+                             "production_since": move.to_dict() if move else None,
+                             "canary": canary_from_history(store.deployment_history(config.mlflow.model_name))}
     if registry:
         model["registry"] = _registry_status(config, aliases)
     return {
@@ -276,6 +278,11 @@ def _print_model(model: dict[str, Any]) -> None:
     if since:
         print(f"  since {since['at'][:19].replace('T', ' ')} UTC, {since['action']} by {since['actor']}: "
               f"{_first_line(since['reason'])}")
+    canary = model.get("canary")
+    if canary:
+        print(f"  canary {version_label(canary['version'])} answers {canary['traffic_percent']:g}% of the requests "
+              f"since {canary['since'][:19].replace('T', ' ')} UTC (its online test decides; tuneloop rollback "
+              "ends it)")
     registry = model.get("registry")
     if registry is None:
         return

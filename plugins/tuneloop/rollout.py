@@ -49,6 +49,18 @@ def running_canary(registry: ModelRegistry) -> Canary | None:
     return Canary(version, float(tags.get("canary_percent", 0)), datetime.fromisoformat(started) if started else None)
 
 
+def canary_from_history(events: list[DeploymentEvent]) -> dict[str, Any] | None:
+    """The running canary as the deployment history tells it (newest first; no registry read, for ``tuneloop
+    status``): the latest start with no end after it, or None."""
+    for event in events:
+        if event.action == "canary_end" or (event.action == "deploy" and "canary_end" in event.details):
+            return None
+        if event.action == "canary_start":
+            return {"version": event.details.get("version"), "traffic_percent": event.details.get("traffic_percent"),
+                    "since": event.at.isoformat(), "by": event.actor}
+    return None
+
+
 def start_canary(registry: ModelRegistry, history: DeploymentHistory, version: str, *, traffic_percent: float,
                  reason: str, actor: str = "tuneloop", run_id: str | None = None,
                  details: Mapping[str, Any] | None = None, clock: Clock = _utcnow) -> DeploymentEvent:

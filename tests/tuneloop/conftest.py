@@ -1,4 +1,5 @@
-"""Fixtures of the core tests: the error-case store on SQLite and (when reachable) PostgreSQL."""
+"""Fixtures of the core tests: the error-case store on SQLite and (when reachable) PostgreSQL; a real local MLflow
+per test (``env``: a copy of one migrated template database), its registry and an in-memory deployment history."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from tests.tuneloop.registry_testing import MemoryHistory, MlflowEnv, template_db
+from tuneloop.registry import ModelRegistry
 from tuneloop.store import ErrorCaseStore, metadata
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -68,3 +72,24 @@ def store(request, tmp_path, clock) -> Iterator[ErrorCaseStore]:
         with store._engine.begin() as conn:
             conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
     store.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return template_db(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def env(tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowEnv:
+    monkeypatch.chdir(tmp_path)
+    return MlflowEnv.create(tmp_path, mlflow_template)
+
+
+@pytest.fixture
+def registry(env: MlflowEnv) -> ModelRegistry:
+    return env.registry()
+
+
+@pytest.fixture
+def history() -> MemoryHistory:
+    return MemoryHistory()

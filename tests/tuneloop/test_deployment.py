@@ -5,11 +5,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from tests.tuneloop.registry_testing import SERVING_CODE, MemoryHistory, MlflowEnv, template_db
+from tests.tuneloop.registry_testing import SERVING_CODE, MemoryHistory, MlflowEnv
 from tuneloop.deployment import (
     DeploymentError,
     RollbackError,
@@ -102,27 +101,6 @@ def test_lineage_and_retention() -> None:
 
 
 # -- moves against MLflow --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return template_db(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture
-def env(tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowEnv:
-    monkeypatch.chdir(tmp_path)
-    return MlflowEnv.create(tmp_path, mlflow_template)
-
-
-@pytest.fixture
-def registry(env: MlflowEnv) -> ModelRegistry:
-    return env.registry()
-
-
-@pytest.fixture
-def history() -> MemoryHistory:
-    return MemoryHistory()
 
 
 def _versions(env: MlflowEnv, registry: ModelRegistry, count: int) -> list[str]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from pathlib import Path
 
 import mlflow
 import pytest
 
-from tests.tuneloop.registry_testing import SERVING_CODE, MlflowEnv, template_db
+from tests.tuneloop.registry_testing import SERVING_CODE, MlflowEnv
 from tuneloop.registry import (
     ModelRegistry,
     ModelVersionInfo,
@@ -18,17 +17,6 @@ from tuneloop.registry import (
     RegistryNotFoundError,
     RegistryTimeoutError,
 )
-
-
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return template_db(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture
-def env(tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowEnv:
-    monkeypatch.chdir(tmp_path)
-    return MlflowEnv.create(tmp_path, mlflow_template)
 
 
 def _register(env: MlflowEnv, registry: ModelRegistry, airflow_run_id: str, tag: str, run_id: str | None = None) -> str:

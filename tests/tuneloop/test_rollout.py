@@ -3,35 +3,14 @@ a rollback; a green version switched to production in one step, or dropped witho
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
-from tests.tuneloop.registry_testing import MemoryHistory, MlflowEnv, template_db
+from tests.tuneloop.registry_testing import MemoryHistory, MlflowEnv
 from tuneloop.deployment import DeploymentError, aliases_from_history, bootstrap_production, deploy, rollback
 from tuneloop.registry import ModelRegistry
-from tuneloop.rollout import drop_green, end_canary, running_canary, stage_green, start_canary, switch_green
-
-
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return template_db(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture
-def env(tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowEnv:
-    monkeypatch.chdir(tmp_path)
-    return MlflowEnv.create(tmp_path, mlflow_template)
-
-
-@pytest.fixture
-def registry(env: MlflowEnv) -> ModelRegistry:
-    return env.registry()
-
-
-@pytest.fixture
-def history() -> MemoryHistory:
-    return MemoryHistory()
+from tuneloop.rollout import (canary_from_history, drop_green, end_canary, running_canary, stage_green, start_canary,
+                              switch_green)
 
 
 @pytest.fixture
@@ -59,6 +38,8 @@ def test_a_canary_gets_its_share_and_a_second_one_is_refused(registry, history, 
     canary = running_canary(registry)
     assert (canary.version, canary.traffic_percent) == (v2, 10.0) and canary.started_at == event.at
     assert registry.get_version(v2).tags["decision"] == "canary"
+    assert canary_from_history(history.deployment_history()) == {  # what tuneloop status shows, without MLflow
+        "version": v2, "traffic_percent": 10, "since": event.at.isoformat(), "by": "airflow"}
     assert start_canary(registry, history, v2, traffic_percent=10, reason="retry") == event
     assert len(history.events) == 2  # bootstrap, canary_start
     with pytest.raises(DeploymentError, match=f"already runs a canary \\(version {v2}\\); one canary per model"):
@@ -90,6 +71,7 @@ def test_a_promoted_canary_becomes_production_and_keeps_the_old_one_as_previous(
     assert (event.action, event.from_version, event.to_version) == ("deploy", v1, v2)
     assert event.details["canary_end"] == "promoted" and event.details["online_test"] == {"always_valid_p": 0.01}
     assert end_canary(registry, history, how="promoted", reason="retry") is None  # nothing runs any more
+    assert canary_from_history(history.deployment_history()) is None
     _history_agrees(registry, history)
 
 
@@ -103,7 +85,7 @@ def test_a_canary_that_is_not_promoted_sends_traffic_back_to_production(registry
     assert (event.details["version"], event.details["canary_end"]) == (v2, how)
     tags = registry.get_version(v2).tags
     assert tags["decision"] == f"canary_{how}" and tags["canary_end_reason"] == "the online test says so"
-    assert running_canary(registry) is None
+    assert running_canary(registry) is None and canary_from_history(history.deployment_history()) is None
     start_canary(registry, history, v3, traffic_percent=10, reason="the next one may start")
     _history_agrees(registry, history)
 

@@ -9,24 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.standins.clock import ManualClock
-from tests.tuneloop.registry_testing import SERVING_CODE, MemoryHistory, MlflowEnv, template_db
+from tests.tuneloop.registry_testing import SERVING_CODE, MemoryHistory, MlflowEnv
 from tuneloop.deployment import bootstrap_production, register
 from tuneloop.rollout import end_canary, start_canary
 from tuneloop.serving.router import NoProductionModel, Router
 from tuneloop.store import ErrorCaseStore
 
 KEYS = [f"user-{i}" for i in range(200)]
-
-
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return template_db(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture
-def env(tmp_path: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowEnv:
-    monkeypatch.chdir(tmp_path)
-    return MlflowEnv.create(tmp_path, mlflow_template)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.tuneloop.registry_testing import MemoryHistory, MlflowEnv, template_db
+from tests.tuneloop.registry_testing import MemoryHistory, MlflowEnv
 from tuneloop.deployment import bootstrap_production, register
 from tuneloop.rollout import start_canary
 from tuneloop.serving.router import Router
@@ -27,11 +27,6 @@ from tuneloop.tasks import task_for
 
 ECHO = Path(__file__).with_name("serving_echo.py")
 QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "what is a nickname?"}]
-
-
-@pytest.fixture(scope="module")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return template_db(tmp_path_factory.mktemp("mlflow-template"))
 
 
 @pytest.fixture

@@ -10,18 +10,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.tuneloop.registry_testing import template_db
 from tuneloop.config import TuneloopConfig, load_config
 from tuneloop.pipeline import PipelineRun, RunParams
 from tuneloop.store import ErrorCaseStore
 
 T0 = datetime(2026, 11, 19, tzinfo=timezone.utc)
 COLOURS = ("red", "blue", "green", "gold", "pink", "grey")
-
-
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return template_db(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture
