@@ -92,11 +92,13 @@ class CaseDraft:
     payload: dict[str, Any] | None = None  # what a task stores beside the common fields (a chat's messages, ...)
     audio_duration_s: float | None = None  # what the probe found, so the export need not decode the file again
     audio_sample_rate: int | None = None
+    request_id: str | None = None  # the served request this corrects (tuneloop serve): not a column of the case
 
     def values(self) -> dict[str, Any]:
         data = asdict(self)
         data["error_types"] = list(self.error_types)
         data["meta"] = data.pop("metadata")
+        data.pop("request_id")
         return data
 
 
@@ -232,7 +234,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "correction": ("correction", "corrected_transcript"),
 }
 COMMON_KEYS = frozenset(("id", "error_types", "error_score", "model_version", "created_at", "annotator", "source",
-                         "metadata"))
+                         "metadata", "request_id"))
 ROW_KEYS = COMMON_KEYS.union(*_ALIASES.values())
 
 
@@ -277,8 +279,10 @@ def refuse_unknown(row: Mapping[str, Any], known: frozenset[str]) -> None:
 def common_fields(row: Mapping[str, Any], *, default_source: str, now: datetime,
                   limits: IngestLimits) -> dict[str, Any]:
     """The fields every task's case has (``COMMON_KEYS``), checked: id (None: derive it from the content),
-    error types and score, model version, annotator, source, metadata and created_at."""
+    error types and score, model version, annotator, source, metadata, created_at and the served request it
+    corrects (``request_id``, as ``tuneloop serve`` answered it)."""
     return {
+        "request_id": _optional_name(row, "request_id"),
         "id": _case_id(row.get("id")),
         "error_types": _error_types(row.get("error_types"), limits),
         "error_score": _error_score(row.get("error_score")),

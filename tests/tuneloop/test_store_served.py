@@ -3,6 +3,7 @@ stands", the online test's counts per version and period, and every bad field re
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -99,3 +100,43 @@ def test_a_bad_field_is_refused_by_name(fields, error):
     base = {"request_id": "r-1", "model_version": "7", "arm": "canary", "served_at": T0}
     with pytest.raises(ValueError, match=error.replace("(", r"\(")):
         ServedRequest(**(base | fields))
+
+
+def test_a_correction_naming_a_served_request_becomes_a_case_of_the_version_that_served_it(store, wav_factory,
+                                                                                           tmp_path, clock):
+    """Ingest (JSONL): the row takes the request's version and judges the request an error, linked to the case;
+    a request never served, or a row naming another version, is refused by field; the other rows are kept."""
+    store.record_served(served("req-7", version="7"))
+    store.record_served(served("req-8", version="8"))
+    rows = [{"audio_path": str(wav_factory(f"u{i}.wav")), "prediction": "wrong words", "correction": f"right {i}",
+             **extra} for i, extra in enumerate([{"request_id": "req-7"}, {"request_id": "nope"},
+                                                  {"request_id": "req-8", "model_version": "6"}, {}])]
+    batch = tmp_path / "corrections.jsonl"
+    batch.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = store.ingest_jsonl(batch)
+    assert len(report.accepted) == 2
+    assert [(r.line, r.field) for r in report.rejected] == [(2, "request_id"), (3, "model_version")]
+    assert "'nope' was not served by this model" in report.rejected[0].reason
+    assert report.rejected[1].reason == "'6', but request 'req-8' was served by version 8"
+    case = store.get_case(report.accepted[0])
+    assert case.model_version == "7"
+    judged = store.served_request("req-7")
+    assert (judged.outcome, judged.case_id, judged.judged_at) == ("error", case.id, clock())
+    assert store.served_request("req-8").outcome is None  # its row was refused: not judged
+    again = store.ingest_jsonl(batch)  # the same batch again: duplicates, nothing judged twice
+    assert again.accepted == () and store.served_request("req-7").case_id == case.id
+
+
+def test_a_chat_correction_through_the_python_api_judges_its_request(tmp_path):
+    from tuneloop.store import ErrorCaseStore
+
+    with ErrorCaseStore(f"sqlite:///{tmp_path / 'chat.db'}", model="support", task="chat") as store:
+        store.record_served(served("chat-1", version="4"))
+        case_id = store.store_case({"messages": [{"role": "user", "content": "what is a nickname?"}],
+                                    "output": "a kind of nick", "ideal_response": "a familiar name for someone",
+                                    "request_id": "chat-1"})
+        assert store.get_case(case_id).model_version == "4"
+        assert (store.served_request("chat-1").outcome, store.served_request("chat-1").case_id) == ("error", case_id)
+        with pytest.raises(ValueError, match="request_id: 'chat-2' was not served by this model"):
+            store.store_case({"messages": [{"role": "user", "content": "hi"}], "output": "x", "ideal_response": "y",
+                              "request_id": "chat-2"})

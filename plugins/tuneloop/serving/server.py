@@ -3,6 +3,7 @@
     POST /predict   {"input": <one request's input>, "key": "user-42", "request_id": "..."}
                     -> {"request_id", "model_version", "arm", "latency_ms", "output"}
     POST /outcome   {"request_id": "...", "outcome": "success" | "error"}  -> the served request as recorded
+                    (a correction ingested as an error case with its ``request_id`` judges the request too)
     GET  /healthz   -> {"status": "ok", "model", "production", "canary", "canary_percent"}  (503: nothing to serve)
 
 ``input`` is what the model's task takes (:meth:`tuneloop.tasks.Task.request_input`): a speech model

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tuneloop.intake import CaseDraft, InvalidCase, Line, decode_row, read_lines, sha256, storable
 from tuneloop.store.database import NotFound, StoreBase, StoreError, _batched, _chunks, _is_transient
-from tuneloop.store.schema import cases_table, rejections_table
+from tuneloop.store.schema import cases_table, rejections_table, served_table
 from tuneloop.store.training_runs import CONSUMING_STATUSES, TrainingRun
 
 if TYPE_CHECKING:
@@ -179,7 +179,14 @@ class CaseRecords(StoreBase):
     def _store_row(self, row: Mapping[str, Any], default_source: str) -> str:
         draft = self._case_task().parse_case(row, base_dir=Path.cwd(), default_source=default_source,
                                              now=self._clock(), limits=self._limits)
-        case_id, is_new = self._transaction(lambda conn: self._insert_isolated(conn, draft))
+
+        def write(conn: Connection) -> tuple[str, bool]:
+            linked = _linked(draft, self._served_versions(conn, [draft]))
+            case_id, is_new = self._insert_isolated(conn, linked)
+            self._judge_requests(conn, {linked.request_id: case_id} if linked.request_id else {})
+            return case_id, is_new
+
+        case_id, is_new = self._transaction(write)
         log.info("%s: %s error case %s", self._model, "stored" if is_new else "already had", case_id)
         return case_id
 
@@ -255,7 +262,10 @@ class CaseRecords(StoreBase):
         parsing the row and probing its audio. The outcome is the one of writing the rows one by one, in line
         order (:meth:`_sort_drafts`); when the database refuses the bulk insert (a concurrent writer stored one of
         the cases after our lookup, or one row breaks a rule of the database), the chunk is written again row by
-        row in savepoints inside the same transaction, so that only the offending row is refused."""
+        row in savepoints inside the same transaction, so that only the offending row is refused. Rows that
+        correct a served request (``request_id``) take its version and judge it an error."""
+        drafts, unlinked = self._link_requests(conn, drafts)
+        rejected = [*rejected, *unlinked]
         accepted, duplicates, refused_here, new = self._sort_drafts(drafts, *self._existing_cases(conn, drafts))
         if new:
             try:
@@ -272,7 +282,47 @@ class CaseRecords(StoreBase):
                 accepted, duplicates, refused_here = self._write_one_by_one(conn, drafts)
         refused = sorted([*rejected, *refused_here], key=lambda r: r.line)
         self._record_rejections(conn, batch, refused)
+        stored = set(accepted) | {d.case_id for d in duplicates}
+        by_line = {d.line: d.case_id for d in duplicates}
+        self._judge_requests(conn, {draft.request_id: by_line.get(line.number, draft.id) for line, draft in drafts
+                                    if draft.request_id and by_line.get(line.number, draft.id) in stored})
         return accepted, duplicates, refused
+
+    def _link_requests(self, conn: Connection, drafts: list[tuple[Line, CaseDraft]]
+                       ) -> tuple[list[tuple[Line, CaseDraft]], list[RejectedRow]]:
+        """Drafts that name a served request get the version that served it; a request this model never served,
+        or a row naming another version than the one that served it, is refused (field and reason)."""
+        served = self._served_versions(conn, [draft for _, draft in drafts])
+        linked: list[tuple[Line, CaseDraft]] = []
+        refused: list[RejectedRow] = []
+        for line, draft in drafts:
+            try:
+                linked.append((line, _linked(draft, served)))
+            except InvalidCase as error:
+                refused.append(RejectedRow(line.number, error.field, error.reason, line.snippet))
+        return linked, refused
+
+    def _served_versions(self, conn: Connection, drafts: list[CaseDraft]) -> dict[str, str]:
+        """request id -> the version that served it, for the drafts' request ids this model served."""
+        t = served_table
+        wanted = sorted({draft.request_id for draft in drafts if draft.request_id})
+        found: dict[str, str] = {}
+        for keys in _chunks(wanted, LOOKUP_KEYS):
+            rows = conn.execute(sa.select(t.c.request_id, t.c.model_version).where(
+                t.c.model == self._model, t.c.request_id.in_(keys)))
+            found.update((row.request_id, row.model_version) for row in rows)
+        return found
+
+    def _judge_requests(self, conn: Connection, cases: Mapping[str, str]) -> None:
+        """The served requests a correction names (request id -> the case it became) were wrong: their outcome is
+        ``error`` (for the online test), linked to the case."""
+        t = served_table
+        if not cases:
+            return
+        now = self._clock()
+        statement = (sa.update(t).where(t.c.model == self._model, t.c.request_id == sa.bindparam("rid"))
+                     .values(outcome="error", case_id=sa.bindparam("cid"), judged_at=now))
+        conn.execute(statement, [{"rid": rid, "cid": cid} for rid, cid in cases.items()])
 
     def _existing_cases(self, conn: Connection, drafts: list[tuple[Line, CaseDraft]]) -> tuple[dict[str, str],
                                                                                                 dict[str, str]]:
@@ -328,6 +378,7 @@ class CaseRecords(StoreBase):
         data = {field.name: getattr(draft, field.name) for field in fields(draft)}
         data["error_types"] = list(draft.error_types)
         data["meta"] = data.pop("metadata")
+        data.pop("request_id")
         return data
 
     def _write_one_by_one(self, conn: Connection, drafts: list[tuple[Line, CaseDraft]],
@@ -499,6 +550,21 @@ class CaseRecords(StoreBase):
 
     def _no_case(self, case_id: str) -> str:
         return f"error case {case_id!r} does not exist (model {self._model!r})"
+
+
+def _linked(draft: CaseDraft, served: Mapping[str, str]) -> CaseDraft:
+    """``draft`` with the version that served its request (``served``: request id -> version); ``InvalidCase``
+    when the request was not served, or the row names another version."""
+    if draft.request_id is None:
+        return draft
+    version = served.get(draft.request_id)
+    if version is None:
+        raise InvalidCase("request_id", f"{draft.request_id!r} was not served by this model (no router recorded "
+                                        "it): leave request_id out to store the case on its own")
+    if draft.model_version not in (None, version):
+        raise InvalidCase("model_version", f"{draft.model_version!r}, but request {draft.request_id!r} was served "
+                                           f"by version {version}")
+    return replace(draft, model_version=version)
 
 
 def _ordered_id(dialect: str) -> sa.ColumnElement[str]:
