@@ -480,7 +480,7 @@ class ScheduleConfig(_Section):
     sensor_timeout_minutes: float = Field(25, gt=0, description="how long one sensor run waits before skipping")
     retries: int = Field(2, ge=0, description="attempts after a failed task (a retried training resumes)")
     retry_delay_seconds: float = Field(60, ge=0, description="wait before a retry")
-    run_timeout_hours: float = Field(240, gt=0, description="a fine-tuning run with no result this long after it "
+    run_timeout_hours: float = Field(336, gt=0, description="a fine-tuning run with no result this long after it "
                                      "started is failed (its cases stay new), whatever Airflow says; keep it above "
                                      "the longest real run, approval waits included")
 
@@ -604,17 +604,20 @@ class TuneloopConfig(_Section):
     @model_validator(mode="after")
     def _deadline_above_the_waits(self) -> "TuneloopConfig":
         """A deadline shorter than a run may legitimately take would fail a live run and let a second one train
-        on the same cases: it must exceed both approval waits plus one training budget."""
+        on the same cases: it must exceed the approval waits, one training budget and a canary's online test (any
+        run may choose the canary strategy in its form)."""
         floor = (self.trigger.approval_timeout_hours + self.costs.approval_timeout_hours
-                 + self.deployment.approval_timeout_hours + self.training.timeout_hours())
+                 + self.deployment.approval_timeout_hours + self.training.timeout_hours()
+                 + self.deployment.canary.max_duration_hours)
         if self.schedule.run_timeout_hours <= floor:
             raise ValueError(
                 f"schedule.run_timeout_hours: {self.schedule.run_timeout_hours:g} h would fail runs still waiting or "
                 f"training: a run may wait trigger.approval_timeout_hours ({self.trigger.approval_timeout_hours:g}) "
                 f"+ costs.approval_timeout_hours ({self.costs.approval_timeout_hours:g}) "
-                f"+ deployment.approval_timeout_hours ({self.deployment.approval_timeout_hours:g}) and train "
-                f"for {self.training.timeout_hours():g} h (the {self.training.backend} backend's timeout); set it "
-                f"above {floor:g} h")
+                f"+ deployment.approval_timeout_hours ({self.deployment.approval_timeout_hours:g}), train "
+                f"for {self.training.timeout_hours():g} h (the {self.training.backend} backend's timeout) and run a "
+                f"canary for deployment.canary.max_duration_hours ({self.deployment.canary.max_duration_hours:g}); "
+                f"set it above {floor:g} h")
         return self
 
     @model_validator(mode="after")

@@ -77,17 +77,18 @@ def test_slices_on_exported_fields_load(tmp_path, slices, slice_fields):
 
 
 @pytest.mark.parametrize(("env", "loads"), [
-    ({}, True),                                                                         # 240 > 72 + 72 + 2
-    ({"TUNELOOP__SCHEDULE__RUN_TIMEOUT_HOURS": "100"}, False),                          # a run may wait 144 h
+    ({}, True),                                                             # 336 > 72 + 24 + 72 + 2 + 72 (canary)
+    ({"TUNELOOP__SCHEDULE__RUN_TIMEOUT_HOURS": "100"}, False),                          # a run may take 242 h
     ({"TUNELOOP__SCHEDULE__RUN_TIMEOUT_HOURS": "100", "TUNELOOP__TRIGGER__APPROVAL_TIMEOUT_HOURS": "12",
-      "TUNELOOP__DEPLOYMENT__APPROVAL_TIMEOUT_HOURS": "12"}, True),
+      "TUNELOOP__DEPLOYMENT__APPROVAL_TIMEOUT_HOURS": "12", "TUNELOOP__DEPLOYMENT__CANARY__MAX_DURATION_HOURS": "12"},
+     True),
 ])
 def test_the_run_deadline_is_above_what_a_live_run_may_take(tmp_path, env, loads):
     """A deadline a live run can reach would fail it and let a second run train on the same cases."""
     if loads:
         assert _load(tmp_path, **env).schedule.run_timeout_hours > 0
     else:
-        with pytest.raises(ConfigError, match=r"schedule\.run_timeout_hours: 100 h would fail runs .* above 170 h"):
+        with pytest.raises(ConfigError, match=r"schedule\.run_timeout_hours: 100 h would fail runs .*canary.* above 242 h"):
             _load(tmp_path, **env)
 
 

@@ -173,11 +173,11 @@ def test_forced_run_starts_after_a_stale_row(config, store_with_cases):
 
 
 def test_a_row_past_its_deadline_blocks_nothing(config, store_with_cases):
-    store_with_cases.start_training_run("scheduled__hung", at=NOW - timedelta(hours=300))
+    store_with_cases.start_training_run("scheduled__hung", at=NOW - timedelta(hours=400))
     result = evaluate_trigger(config, now=NOW, force=False, store=store_with_cases)
     assert not result.metrics["training_in_progress"]
     assert result.should_trigger  # ended without a result: no cooldown, its cases are taken up at once
-    assert "run_timeout_hours=240" in store_with_cases.training_run("scheduled__hung").summary["reason"]
+    assert "run_timeout_hours=336" in store_with_cases.training_run("scheduled__hung").summary["reason"]
 
 
 def test_mlflow_unreachable_during_report_then_the_next_run_starts(tmp_path, monkeypatch, store_with_cases):
