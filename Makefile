@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3.11
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo demo-bad ui test test-fast test-integration bench cluster cluster-stop lock clean
+.PHONY: setup demo demo-bad demo-canary ui test test-fast test-integration bench cluster cluster-stop lock clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,9 @@ demo: setup
 
 demo-bad: setup
 	$(VENV)/bin/tuneloop demo --bad-candidate
+
+demo-canary: setup
+	$(VENV)/bin/tuneloop demo --strategy canary
 
 # The same loop for a chat model: a tiny causal LM answering questions about nicknames (data: the nicknames package).
 .PHONY: demo-llm demo-llm-bad

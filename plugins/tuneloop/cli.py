@@ -152,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="train on shuffled transcripts (--llm: replies): the gate must reject it and production "
                            "stay put")
     demo.add_argument("--workdir", type=Path, help="demo state folder (default: <repo>/.demo)")
+    demo.add_argument("--strategy", choices=("replace", "blue_green", "canary"), default="replace",
+                      help="how the candidate reaches production (speech demo); canary: tuneloop serve answers "
+                           "simulated users and the online test decides on their corrections")
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -578,13 +581,15 @@ def _managed_model(args: argparse.Namespace) -> Any:
 
 
 def cmd_demo(config: TuneloopConfig, args: argparse.Namespace) -> int:
+    if args.llm and args.strategy != "replace":
+        raise ValueError(f"--strategy {args.strategy}: the chat demo (--llm) deploys with replace")
     if args.llm:
         from tuneloop_demo.llm import run_llm_demo
 
         return run_llm_demo(bad_candidate=args.bad_candidate, workdir=args.workdir)
     from tuneloop_demo.main import run_demo
 
-    return run_demo(bad_candidate=args.bad_candidate, workdir=args.workdir)
+    return run_demo(bad_candidate=args.bad_candidate, workdir=args.workdir, strategy=args.strategy)
 
 
 if __name__ == "__main__":

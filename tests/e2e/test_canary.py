@@ -15,19 +15,14 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import new_installation
 from tests.e2e.scenario import REPO, Scenario, permissive_gate, write_cases
+from tuneloop_demo.live_traffic import Users, call, serving
 
 pytestmark = pytest.mark.slow
 
@@ -59,76 +54,21 @@ def installation(tmp_path_factory, airflow_env, migrated_airflow_db, migrated_ml
 @pytest.fixture(scope="module")
 def server(installation: Scenario):
     """`tuneloop serve` on a free loopback port, reading the aliases again every half second."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = (installation.root / "serve.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "tuneloop.cli", "serve", "--port", str(port),
-                                "--refresh-seconds", "0.5"], env=installation.env, cwd=REPO, stdout=log,
-                               stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            call(base, "GET", "/healthz")
-            break
-        except (urllib.error.URLError, ConnectionError):
-            assert process.poll() is None, (installation.root / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "tuneloop serve did not start"
-            time.sleep(0.5)
-    yield base
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    with serving(installation.env, REPO, installation.root / "serve.log") as base:
+        yield base
 
 
-def call(base: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
-
-
-class Users(threading.Thread):
-    """Simulated users: once a canary runs, they send recordings with sticky keys and judge every answer by the
-    arm's pattern, until the canary ends (or ``stop``)."""
-
-    def __init__(self, base: str, speech: dict[str, Any], patterns: dict[str, set[int]]) -> None:
-        super().__init__(daemon=True)
-        self.base, self.patterns = base, patterns
-        self.audio = [base64.b64encode(job.out_path.read_bytes()).decode() for job in speech["jobs"][:8]]
-        self.judged = {"production": 0, "canary": 0}
-        self.served_versions: dict[str, set[str]] = {"production": set(), "canary": set()}
-        self.stop = threading.Event()
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        while not self.stop.is_set() and call(self.base, "GET", "/healthz")["canary"] is None:
-            time.sleep(0.2)
-        i = 0
-        while not self.stop.is_set():
-            try:
-                if call(self.base, "GET", "/healthz")["canary"] is None:
-                    return  # the canary ended
-                answer = call(self.base, "POST", "/predict", {"input": {"audio_base64": self.audio[i % 8]},
-                                                              "key": f"user-{i}"})
-                arm = answer["arm"]
-                self.served_versions[arm].add(answer["model_version"])
-                wrong = self.judged[arm] % 10 in self.patterns[arm]
-                self.judged[arm] += 1
-                call(self.base, "POST", "/outcome", {"request_id": answer["request_id"],
-                                                     "outcome": "error" if wrong else "success"})
-                i += 1
-            except Exception as error:  # noqa: BLE001 - reported by the test
-                self.errors.append(f"{type(error).__name__}: {error}")
-                return
+def by_pattern(patterns: dict[str, set[int]]):
+    """Users who find the i-th answer of an arm wrong when i % 10 is in that arm's pattern."""
+    return lambda arm, answer, expected, judged: judged % 10 in patterns[arm]
 
 
 def canary_run(installation: Scenario, server: str, patterns: dict[str, set[int]], reason: str,
                max_hours: float) -> tuple[dict[str, Any], Users]:
     before = set((installation.root / "tuneloop" / "storage" / "runs").glob("*"))
-    users = Users(server, installation.batches[0], patterns)  # type: ignore[attr-defined]
+    recordings = [(job.out_path, text) for job, text in zip(installation.batches[0]["jobs"][:8],  # type: ignore
+                                                            installation.batches[0]["texts"])]  # type: ignore
+    users = Users(server, recordings, by_pattern(patterns))
     users.start()
     installation.env["TUNELOOP__DEPLOYMENT__CANARY__MAX_DURATION_HOURS"] = str(max_hours)
     try:
@@ -157,7 +97,7 @@ def test_an_equal_canary_keeps_production_at_the_deadline(installation, server):
     assert (decision["status"], online["action"]) == ("insufficient_evidence", "keep_production"), online
     assert "deadline reached: no difference shown" in online["reason"]
     assert min(users.judged.values()) >= MIN_SAMPLES  # it had the samples; the arms did not differ
-    assert users.served_versions == {"production": {"1"}, "canary": {"2"}}
+    assert users.versions == {"production": {"1"}, "canary": {"2"}}
     assert decision["rollout"]["details"]["canary_end"] == "not_promoted"
     registry = _registry(installation)
     assert registry.production_version() == "1" and "canary" not in registry.aliases()
