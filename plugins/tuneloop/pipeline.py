@@ -741,6 +741,8 @@ class PipelineRun:
 
         _write_json(self.paths.online_test, decision)
         looked = decision["look"]
+        if looked is None:  # ended outside the test: no counts to log
+            return
         metrics = {"online_production_requests": looked["production"]["requests"],
                    "online_production_errors": looked["production"]["errors"],
                    "online_canary_requests": looked["canary"]["requests"],

@@ -37,6 +37,8 @@ def classify(outcome: dict[str, Any]) -> str:
             return "deployed"
     elif outcome.get("conclude"):
         return _concluded(outcome["conclude"])
+    elif (outcome.get("online_test") or {}).get("action") == "ended_elsewhere":
+        return "rolled_back"  # a person ended the canary (tuneloop rollback, the rollback DAG)
     if outcome.get("reject"):
         gate = outcome.get("validate") or {}
         return "insufficient_evidence" if gate.get("verdict") == "insufficient_evidence" else "rejected"

@@ -22,7 +22,7 @@ import pytest
 
 from tests.e2e.conftest import new_installation
 from tests.e2e.scenario import REPO, Scenario, permissive_gate, write_cases
-from tuneloop_demo.live_traffic import Users, call, serving
+from tuneloop_demo.live_traffic import Users, call, recordings, serving
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +66,9 @@ def by_pattern(patterns: dict[str, set[int]]):
 def canary_run(installation: Scenario, server: str, patterns: dict[str, set[int]], reason: str,
                max_hours: float) -> tuple[dict[str, Any], Users]:
     before = set((installation.root / "tuneloop" / "storage" / "runs").glob("*"))
-    recordings = [(job.out_path, text) for job, text in zip(installation.batches[0]["jobs"][:8],  # type: ignore
-                                                            installation.batches[0]["texts"])]  # type: ignore
-    users = Users(server, recordings, by_pattern(patterns))
+    batch = installation.batches[0]  # type: ignore[attr-defined]
+    requests = recordings([(job.out_path, text) for job, text in zip(batch["jobs"][:8], batch["texts"])])
+    users = Users(server, requests, by_pattern(patterns))
     users.start()
     installation.env["TUNELOOP__DEPLOYMENT__CANARY__MAX_DURATION_HOURS"] = str(max_hours)
     try:

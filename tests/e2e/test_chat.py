@@ -1,13 +1,15 @@
 """A chat model beside a speech model in one installation: `airflow dags test` of its weekly DAG to rejected and
-to deployed, then of its rollback DAG, all seen through `tuneloop status` (issue 10, first point).
+to deployed (as a canary that live users promote), then of its rollback DAG, all seen through `tuneloop status`.
 
 The story, on a tiny chat model trained for real on CPU: production (v1) answers four kinds of support question
 with fixed replies. The policy for returns and for shipping changes; people correct production's replies to those
 questions (ideal responses) and rate its replies to the other two as good. A run that trains on shuffled replies
 (``label_noise: shuffle``) is rejected: it breaks answers production got right and is no better. A later
 run, started by its trigger conditions alone, trains on the corrections, answers held-out wordings by the new
-policy, passes the text gate (exact match, McNemar) and is deployed (v3). The rollback DAG puts v1 back, and
-serving answers by the old policy again. The speech model (``asr``) keeps its own cases, aliases and history.
+policy, passes the text gate (exact match, McNemar) and becomes a canary on half the traffic of `tuneloop serve`:
+users ask questions and correct every reply that is not the current policy's, the online test finds the
+canary answers fewer of them wrong, and promotes it (v3). The rollback DAG puts v1 back, and serving answers by
+the old policy again. The speech model (``asr``) keeps its own cases, aliases and history.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import new_installation
-from tests.e2e.scenario import Scenario, write_cases
+from tests.e2e.scenario import REPO, Scenario, write_cases
+from tuneloop_demo.live_traffic import Users, serving
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +68,9 @@ SUPPORT = {
     # one newly broken held-out answer in ten is tolerated (default: one in twenty): a 130k-parameter model is no
     # precise instrument; the measured good runs broke none, the shuffled ones three of eight
     "validation": {"min_eval_size": 8, "max_newly_broken_rate": 0.1},
+    # the canary of the deployed run: half the traffic, decided on a few dozen judged replies per arm
+    "deployment": {"canary": {"traffic_percent": 50, "min_samples": 20, "mixing_sd": 0.3, "poll_seconds": 1,
+                              "max_duration_hours": 0.1}},
 }
 ASR = {"name": "asr", "task": "speech_to_text", "model_name": "speech-to-text"}
 
@@ -205,11 +211,25 @@ def rejected(installation) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def deployed(installation, rejected) -> dict[str, Any]:
-    """More cases arrive; a run started without forcing (its trigger conditions hold) trains on them."""
+    """More cases arrive; a run started without forcing (its trigger conditions hold) trains on them, and its
+    candidate goes live as a canary: users of `tuneloop serve` ask questions and correct every reply that
+    is not the current policy's."""
     scenario = installation["scenario"]
     scenario.tuneloop("ingest", "--model", "support",
                       str(chat_cases(scenario.root / "chat_cases_2.jsonl", SECOND_BATCH, 1)))
-    return _weekly(scenario, {"reason": "e2e chat: new returns and shipping policy"})
+    current = {**OLD_REPLIES, **NEW_REPLIES}
+    asked = [([{"role": "user", "content": q}], current[kind]) for kind, q in SECOND_BATCH[-12:]]
+    with serving(scenario.env, REPO, scenario.root / "serve-support.log", model="support") as base:
+        users = Users(base, asked, lambda arm, reply, expected, judged: reply != expected)
+        users.start()
+        try:
+            result = _weekly(scenario, {"reason": "e2e chat: new returns and shipping policy",
+                                        "deployment_strategy": "canary"})
+        finally:
+            users.stop.set()
+            users.join(timeout=60)
+    assert not users.errors, users.errors
+    return {**result, "users": users}
 
 
 @pytest.fixture(scope="module")
@@ -275,15 +295,22 @@ def test_corrections_are_learned_and_deployed(installation, rejected, deployed):
     counts = decision["dataset"]["counts"]
     assert counts["eval"] == gate["n"] and counts["train"] + counts["eval"] == (
         len(SECOND_BATCH) + rejected["decision"]["dataset"]["counts"]["eval"])  # the first run's eval cases stayed new
-    check = decision["post_deploy_check"]  # replies through models:/support-assistant@production, as served
+    check = decision["post_deploy_check"]  # replies through models:/support-assistant@canary, as served
     assert check["passed"] is True and check["served_score"] >= gate["baseline_mean"] + 0.25, check
+    # live traffic: production (old policy) answered the new-policy questions wrong; the canary fewer of them
+    online, users = decision["online_test"], deployed["users"]
+    assert online["action"] == "promote" and online["look"]["difference"] < 0, online
+    assert min(online["look"]["production"]["requests"], online["look"]["canary"]["requests"]) >= 20
+    assert users.versions == {"production": {"1"}, "canary": {"3"}}
+    assert users.wrong["canary"] / users.judged["canary"] < users.wrong["production"] / users.judged["production"]
     assert decision["candidate_version"] == "3" and decision["production_before"] == "1"
     assert deployed["aliases"]["support"] == {"production": "3", "previous": "1"}
     tags = deployed["candidate_tags"]
     assert (tags["decision"], tags["verdict"]) == ("deployed", "pass")
     assert tags["dataset_id"] == decision["dataset"]["dataset_id"]
-    event = deployed["history"]["support"][0]
+    event, started = deployed["history"]["support"][:2]
     assert (event["action"], event["from_version"], event["to_version"]) == ("deploy", "1", "3")
+    assert event["details"]["canary_end"] == "promoted" and started["action"] == "canary_start"
     assert status["support"]["model"]["production_version"] == "3"
     assert [r["status"] for r in status["support"]["last_runs"][:2]] == ["deployed", "rejected"]
     # the speech model beside it: its own aliases, history and untouched cases
@@ -294,7 +321,7 @@ def test_corrections_are_learned_and_deployed(installation, rejected, deployed):
 
 def test_rollback_dag_puts_the_previous_production_back(installation, deployed, rolled_back):
     history = rolled_back["history"]["support"]
-    assert [e["action"] for e in history] == ["rollback", "deploy", "reject", "bootstrap"]
+    assert [e["action"] for e in history] == ["rollback", "deploy", "canary_start", "reject", "bootstrap"]
     assert (history[0]["from_version"], history[0]["to_version"]) == ("3", "1")
     assert history[0]["reason"] == "e2e chat: the new policy is withdrawn" and history[0]["actor"] == "dag_test"
     assert rolled_back["aliases"]["support"] == {"production": "1"}

@@ -24,7 +24,17 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELOOP_CONFIG", str(tmp_path / "tuneloop.yaml"))
     monkeypatch.setenv("TUNELOOP__DEPLOYMENT__CANARY__MIN_SAMPLES", "50")
     with ErrorCaseStore.from_config(load_config()) as store:
+        start_canary(store)
         yield store
+
+
+def start_canary(store: ErrorCaseStore, version: str = "2") -> None:
+    """The store's history of a running canary (what the trigger checks at every look)."""
+    from tuneloop.history import DeploymentEvent
+
+    store.record_deployment(DeploymentEvent(action="canary_start", model_name="speech-to-text", from_version="1",
+                                            to_version="1", reason="gate passed", at=START,
+                                            details={"version": version, "traffic_percent": 50}))
 
 
 def serve(store: ErrorCaseStore, version: str, arm: str, requests: int, errors: int, *, before: bool = False) -> None:
@@ -73,6 +83,17 @@ def test_no_difference_by_the_deadline_keeps_production(store):
     event = first_event(trigger(deadline=time.time() - 1))
     assert event["decision"]["action"] == "keep_production"
     assert "deadline reached: no difference shown" in event["decision"]["reason"]
+
+
+def test_a_canary_ended_by_hand_ends_the_wait(store):
+    from tuneloop.history import DeploymentEvent
+
+    serve(store, "1", "production", 50, 5)
+    store.record_deployment(DeploymentEvent(action="canary_end", model_name="speech-to-text", from_version="1",
+                                            to_version="1", reason="on-call: stop it", at=START + timedelta(minutes=2),
+                                            details={"version": "2", "canary_end": "rolled_back"}))
+    event = first_event(trigger())
+    assert event["decision"]["action"] == "ended_elsewhere" and event["decision"]["look"] is None
 
 
 def test_the_trigger_serializes_every_argument():

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# judge(arm, answer, expected transcript, how many of this arm's answers were judged before) -> wrong?
+# judge(arm, answer, expected answer, how many of this arm's answers were judged before) -> wrong?
 Judge = Callable[[str, str, str, int], bool]
 
 
@@ -38,14 +38,15 @@ def call(base: str, method: str, path: str, body: Any = None, timeout: float = 6
 
 @contextmanager
 def serving(env: dict[str, str], cwd: Path, log_file: Path, *, refresh_seconds: float = 0.5,
-            start_timeout: float = 180) -> Iterator[str]:
-    """``tuneloop serve`` on a free loopback port for the installation ``env`` describes; yields its base URL and
-    stops it afterwards."""
+            start_timeout: float = 180, model: str | None = None) -> Iterator[str]:
+    """``tuneloop serve`` on a free loopback port for the installation ``env`` describes (``model``: which of
+    several configured models); yields its base URL and stops it afterwards."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with log_file.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "tuneloop.cli", "serve", "--port", str(port),
+        chosen = ["--model", model] if model else []
+        process = subprocess.Popen([sys.executable, "-m", "tuneloop.cli", "serve", *chosen, "--port", str(port),
                                     "--refresh-seconds", str(refresh_seconds)], env=env, cwd=cwd, stdout=log,
                                    stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
@@ -65,15 +66,20 @@ def serving(env: dict[str, str], cwd: Path, log_file: Path, *, refresh_seconds: 
             process.wait(timeout=30)
 
 
-class Users(threading.Thread):
-    """Users of a model behind ``base``: once a canary runs, they send ``recordings`` ((path, transcript) pairs)
-    round and round, each under its own user key, judge every answer with ``judge`` and post the outcome, until
-    the canary ends or :attr:`stop` is set. ``judged`` counts answers per arm; ``errors`` holds what went wrong."""
+def recordings(pairs: list[tuple[Path, str]]) -> list[tuple[dict[str, str], str]]:
+    """A speech model's requests: (recording, what was said) -> (its ``input``, the expected transcript)."""
+    return [({"audio_base64": base64.b64encode(path.read_bytes()).decode()}, text) for path, text in pairs]
 
-    def __init__(self, base: str, recordings: list[tuple[Path, str]], judge: Judge) -> None:
+
+class Users(threading.Thread):
+    """Users of a model behind ``base``: once a canary runs, they send ``requests`` ((input, expected answer)
+    pairs) round and round, each under its own user key, judge every answer with ``judge`` and post the outcome,
+    until the canary ends or :attr:`stop` is set. ``judged`` counts answers per arm; ``errors`` holds what went
+    wrong."""
+
+    def __init__(self, base: str, requests: list[tuple[Any, str]], judge: Judge) -> None:
         super().__init__(daemon=True)
-        self.base, self.judge = base, judge
-        self.recordings = [(base64.b64encode(path.read_bytes()).decode(), text) for path, text in recordings]
+        self.base, self.judge, self.requests = base, judge, requests
         self.judged = {"production": 0, "canary": 0}
         self.wrong = {"production": 0, "canary": 0}
         self.versions: dict[str, set[str]] = {"production": set(), "canary": set()}
@@ -86,11 +92,11 @@ class Users(threading.Thread):
                 time.sleep(0.2)
             i = 0
             while not self.stop.is_set() and call(self.base, "GET", "/healthz")["canary"] is not None:
-                audio, text = self.recordings[i % len(self.recordings)]
-                answer = call(self.base, "POST", "/predict", {"input": {"audio_base64": audio}, "key": f"user-{i}"})
+                model_input, expected = self.requests[i % len(self.requests)]
+                answer = call(self.base, "POST", "/predict", {"input": model_input, "key": f"user-{i}"})
                 arm = answer["arm"]
                 self.versions[arm].add(answer["model_version"])
-                wrong = self.judge(arm, str(answer["output"]), text, self.judged[arm])
+                wrong = self.judge(arm, str(answer["output"]), expected, self.judged[arm])
                 self.judged[arm] += 1
                 self.wrong[arm] += wrong
                 call(self.base, "POST", "/outcome", {"request_id": answer["request_id"],

@@ -175,9 +175,9 @@ def run_weekly_with_live_traffic(install: Installation, conf: dict[str, Any], wo
     (Every transcript with any wrong word would be corrected 95-97% of the time for both of the demo's 1-MB
     models, measured: a difference the test needs thousands of requests to show.)"""
     from tuneloop.metrics import corpus_wer
-    from tuneloop_demo.live_traffic import Users, serving
+    from tuneloop_demo.live_traffic import Users, recordings, serving
 
-    recordings = [(world.root / row["audio"], row["text"]) for row in read_split(world, "heldout")]
+    requests = recordings([(world.root / row["audio"], row["text"]) for row in read_split(world, "heldout")])
 
     def wrong(arm: str, answer: str, said: str, judged: int) -> bool:
         return corpus_wer([said], [answer]) > CORRECTED_ABOVE_WER
@@ -185,7 +185,7 @@ def run_weekly_with_live_traffic(install: Installation, conf: dict[str, Any], wo
     with serving(install.env, REPO, install.root / "tuneloop-serve.log") as base:
         print(f"    tuneloop serve answers live traffic at {base}; users correct transcripts with more than "
               f"{CORRECTED_ABOVE_WER:.0%} of the words wrong", flush=True)
-        users = Users(base, recordings, wrong)
+        users = Users(base, requests, wrong)
         users.start()
         try:
             run_weekly(install, conf)

@@ -59,6 +59,8 @@ class ConcludeRolloutOperator(PipelineStepOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         placed = self.upstream(context, "deploy")
         decision = context["ti"].xcom_pull(task_ids="online_test")
+        if decision and decision["action"] == "ended_elsewhere":
+            raise AirflowSkipException(decision["reason"])
         event = self.pipeline(context).promote(placed, decision, self.actor(context, "approve_deploy"))
         if event is None:
             raise AirflowSkipException(f"the {placed['strategy']} strategy moved production at deploy; nothing left")

@@ -1,7 +1,9 @@
 """Wait for a canary's online test in the triggerer: every ``poll_seconds`` the judged requests of both arms since
 the canary started are counted in the store, the sequential test looks (:mod:`tuneloop.online_test`), and the
 wait ends as soon as it decides -- a clearly worse canary at once, a better one once both arms have
-``min_samples`` judged requests, production kept at the deadline.
+``min_samples`` judged requests, production kept at the deadline -- or when the canary was ended outside it
+(``tuneloop rollback``, the rollback DAG: the store's deployment history says so), which the run reports as
+rolled back.
 
 Every look goes into the task's log (the counts, the error rates, the always-valid p-value). The trigger reads
 the model's configuration by DAG id, as the triggerer has the same plugins and configuration as the workers; no
@@ -61,11 +63,19 @@ class OnlineTestTrigger(BaseTrigger):
         from tuneloop.store import ErrorCaseStore
 
         config = load_model_config(self.dag_id)
+        self.model_name = config.mlflow.model_name
         return config.deployment.canary, ErrorCaseStore.from_config(config)
 
     def _look(self, settings: Any, store: Any) -> dict[str, Any]:
         from tuneloop.online_test import Arm, decide, look
+        from tuneloop.rollout import canary_from_history
 
+        running = canary_from_history(store.deployment_history(self.model_name))
+        if running is None or running.get("version") != self.canary_version:
+            self.log.info("online test: canary %s was ended outside it; the wait ends", self.canary_version)
+            return {"action": "ended_elsewhere", "look": None,
+                    "reason": f"canary {self.canary_version} was ended outside the online test (tuneloop rollback, "
+                              "the rollback DAG)"}
         since = datetime.fromisoformat(self.since)
         production = Arm(*store.judged_counts(self.production_version, since=since))
         canary = Arm(*store.judged_counts(self.canary_version, since=since))
