@@ -4,7 +4,9 @@
 Manual only. Leave **target_version** empty to roll back to the `previous` alias (the model that production
 replaced), or give a registered version number. The move and the **reason** are written to the deployment history
 (`tuneloop history`). Rolling back to a version that was never deployed, or with nothing to roll back to, fails
-with a message saying so; production is left untouched.
+with a message saying so; production is left untouched. While a canary runs, the newest change is the canary:
+an empty **target_version** ends it (all traffic back to production, which stays), a version number ends it and
+rolls production back too.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ class RollbackOperator(PipelineStepOperator):
 
 
 class ManualRollbackOperator(BaseOperator):
-    """The ``finetune_rollback`` DAG's step: roll back to ``params.target_version`` or ``previous``."""
+    """The ``finetune_rollback`` DAG's step: roll back to ``params.target_version`` or ``previous``; while a canary
+    runs, end it (and roll production back only when a target version is given)."""
 
     def execute(self, context: Context) -> dict[str, Any]:
         from tuneloop.pipeline import PipelineRun
@@ -67,5 +68,9 @@ class ManualRollbackOperator(BaseOperator):
         event = rollback(run.registry, run.store, to_version=params.get("target_version") or None,
                          reason=params["reason"], actor=actor.name, run_id=context["run_id"],
                          details=actor.details())
-        self.log.info("rolled back production %s -> %s", event.from_version, event.to_version)
+        if event.action == "canary_end":
+            self.log.info("ended canary %s: all traffic back to production %s", event.details.get("version"),
+                          event.to_version)
+        else:
+            self.log.info("rolled back production %s -> %s", event.from_version, event.to_version)
         return event.to_dict()
