@@ -735,14 +735,18 @@ class PipelineRun:
         _write_json(self.paths.post_deploy, result)
         return result
 
-    def record_online_test(self, decision: dict[str, Any]) -> None:
-        """Keep the online test's decision with its numbers (online_test.json, and the run's MLflow metrics)."""
+    def record_online_test(self, decision: dict[str, Any], since: datetime | None = None) -> dict[str, Any]:
+        """Keep the online test's decision with its numbers (online_test.json, and the run's MLflow metrics), and
+        seed 004's weighted winner beside it (accuracy and mean latency per arm since ``since``; cost is left out:
+        a self-hosted version has no price per request). Returns the decision as recorded."""
         from tuneloop import tracking
 
-        _write_json(self.paths.online_test, decision)
         looked = decision["look"]
+        if looked is not None and since is not None:
+            decision = decision | {"winner": self._weighted_winner(looked, since)}
+        _write_json(self.paths.online_test, decision)
         if looked is None:  # ended outside the test: no counts to log
-            return
+            return decision
         metrics = {"online_production_requests": looked["production"]["requests"],
                    "online_production_errors": looked["production"]["errors"],
                    "online_canary_requests": looked["canary"]["requests"],
@@ -751,6 +755,18 @@ class PipelineRun:
         if looked.get("chi_squared_p") is not None:
             metrics["online_chi_squared_p"] = looked["chi_squared_p"]
         tracking.log_metrics(self.config, self.mlflow_run_id(), metrics)
+        return decision
+
+    def _weighted_winner(self, looked: dict[str, Any], since: datetime) -> dict[str, Any]:
+        from tuneloop.online_test import ArmSummary, weighted_winner
+
+        versions = {"production": self.registry.production_version(), "canary": self.registry.alias_version("canary")}
+        arms = {}
+        for arm, counts in ((arm, looked[arm]) for arm in ("production", "canary")):
+            accuracy = 1 - counts["errors"] / counts["requests"] if counts["requests"] else 0.0
+            latency = self.store.mean_latency_ms(versions[arm], since=since) if versions[arm] else None
+            arms[arm] = ArmSummary(accuracy=accuracy, latency_ms=latency)
+        return weighted_winner(arms["production"], arms["canary"])
 
     def auto_rollback(self, placed: dict[str, Any] | None, why: str,
                       actor: RunActor | None = None) -> dict[str, Any] | None:

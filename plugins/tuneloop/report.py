@@ -156,6 +156,11 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     online = record.get("online_test") or {}
     if online:
         lines.append(f"online test: {online['action']} ({online['reason']})")
+        winner = online.get("winner")
+        if winner:
+            scores = ", ".join(f"{arm} {score:.3f}" for arm, score in winner["scores"].items())
+            lines.append(f"seed 004's weighted winner (reported, not decided on): {winner['winner']} ({scores}; "
+                         f"weights {winner['weights']})")
     rollout = record.get("rollout") or {}
     if rollout:
         lines.append(f"rollout: {rollout['action']} {version_label(rollout['from_version'])} -> "

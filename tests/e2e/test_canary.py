@@ -130,6 +130,7 @@ def test_a_better_canary_is_promoted(installation, server):
     online = decision["online_test"]
     assert (decision["status"], online["action"]) == ("deployed", "promote"), online
     assert min(online["look"]["production"]["requests"], online["look"]["canary"]["requests"]) >= MIN_SAMPLES
+    assert online["winner"]["winner"] == "canary" and set(online["winner"]["weights"]) == {"accuracy", "latency"}
     registry = _registry(installation)
     assert (registry.production_version(), registry.previous_version()) == ("4", "1")
     assert "canary" not in registry.aliases()

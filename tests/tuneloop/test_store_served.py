@@ -46,6 +46,16 @@ def test_an_error_stands_and_a_success_after_it_changes_nothing(store, clock):
         store.record_outcome("r-1", "maybe")  # type: ignore[arg-type]
 
 
+def test_mean_latency_is_one_version_s_since_a_time(store):
+    store.record_served(served("a", latency_ms=10.0))
+    store.record_served(served("b", latency_ms=30.0, minutes=5))
+    store.record_served(served("c", version="6", arm="production", latency_ms=500.0))
+    store.record_served(served("d"))  # no latency recorded: not counted
+    assert store.mean_latency_ms("7", since=T0) == pytest.approx(20.0)
+    assert store.mean_latency_ms("7", since=T0 + timedelta(minutes=1)) == pytest.approx(30.0)
+    assert store.mean_latency_ms("8", since=T0) is None
+
+
 def test_judged_counts_are_one_version_s_judged_requests_in_the_period(store):
     for i, outcome in enumerate(["error", "success", "success", None, "error"]):
         store.record_served(served(f"c-{i}", minutes=i, outcome=outcome))

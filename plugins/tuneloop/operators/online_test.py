@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Context
@@ -45,8 +45,7 @@ class OnlineTestOperator(PipelineStepOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         if event["status"] == "error":
             raise RuntimeError(f"the online test could not read the store: {event['message']}")
-        decision = event["decision"]
-        self.pipeline(context).record_online_test(decision)
+        decision = self.pipeline(context).record_online_test(event["decision"], datetime.fromisoformat(event["since"]))
         self.log.info("online test decided after %d look(s): %s -- %s", event["looks"], decision["action"],
                       decision["reason"])
         return decision

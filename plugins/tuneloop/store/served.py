@@ -136,6 +136,15 @@ class ServedRecords(StoreBase):
         return int(judged), int(wrong or 0)
 
 
+    def mean_latency_ms(self, model_version: str, *, since: datetime) -> float | None:
+        """The mean latency of the requests ``model_version`` served since ``since`` (None: none recorded)."""
+        t = served_table
+        with self._engine.connect() as conn:
+            value = conn.execute(sa.select(sa.func.avg(t.c.latency_ms)).where(
+                t.c.model == self._model, t.c.model_version == model_version, t.c.served_at >= as_utc(since))).scalar()
+        return None if value is None else float(value)
+
+
 def _request(row: sa.Row) -> ServedRequest:
     return ServedRequest(request_id=row.request_id, model_version=row.model_version, arm=row.arm,
                          served_at=row.served_at, latency_ms=row.latency_ms, prompt_tokens=row.prompt_tokens,

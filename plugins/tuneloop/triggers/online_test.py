@@ -52,7 +52,8 @@ class OnlineTestTrigger(BaseTrigger):
             while True:
                 decision = await asyncio.to_thread(self._look, settings, store)
                 if decision["action"] != "wait":
-                    yield TriggerEvent({"status": "decided", "decision": decision, "looks": self.looks})
+                    yield TriggerEvent({"status": "decided", "decision": decision, "looks": self.looks,
+                                        "since": self.since})
                     return
                 await asyncio.sleep(self.poll_seconds)
         except Exception as error:  # noqa: BLE001 - the task decides: a store outage is worth a retry
