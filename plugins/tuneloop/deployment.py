@@ -398,22 +398,25 @@ def rollback(
     run_id: str | None = None,
     details: Mapping[str, Any] | None = None,
     clock: Clock = _utcnow,
+    end_canary: bool = True,
 ) -> DeploymentEvent:
-    """Put an earlier version back in production: ``previous`` by default, or ``to_version``. While a canary
-    runs, the newest change is the canary: without ``to_version`` it is ended (traffic back to production, which
-    stays) and its end event returned; with ``to_version`` it is ended and production rolled back too.
+    """Put an earlier version back in production: ``previous`` by default, or ``to_version``. When a person
+    rolls back (``end_canary``, the default: the CLI and the rollback DAG) while a canary runs, the newest change is
+    the canary: without ``to_version`` it is ended (traffic back to production, which stays) and its end event
+    returned; with ``to_version`` it is ended and production rolled back too. An automatic rollback of a version
+    this run put in production passes ``end_canary=False``: it undoes that and nothing else.
 
     Raises RollbackError with the reasons when there is nothing to roll back to or the request is not allowed.
     A retry with the same ``run_id`` (an Airflow task retry) does not roll back a second time.
     """
-    from tuneloop.rollout import end_canary
+    from tuneloop.rollout import end_canary as end_running_canary
 
-    if run_id is not None and to_version is None:  # a retry of a rollback that ended a canary: that was all
+    if end_canary and run_id is not None and to_version is None:  # a retry of one that ended a canary: that was all
         for event in _events(registry, history):
             if event.action == "canary_end" and event.run_id == run_id:
                 return event
-    ended = end_canary(registry, history, how="rolled_back", reason=reason, actor=actor, run_id=run_id,
-                       details=details, clock=clock)
+    ended = end_running_canary(registry, history, how="rolled_back", reason=reason, actor=actor, run_id=run_id,
+                               details=details, clock=clock) if end_canary else None
     if ended is not None and to_version is None:
         return ended
     requested = None if to_version is None else str(to_version)

@@ -19,9 +19,9 @@ chance that it ever falls to ``alpha`` -- however often one looks -- is at most 
 up to the normal approximation of small counts. ``tau`` is the size of difference the test is tuned to find
 fastest (``deployment.canary.mixing_sd``, in error-rate points).
 
-The decision (:func:`decide`): the canary is rolled back as soon as the sequential test finds it worse, at any
-look; it is promoted when the test finds it better once both arms have ``min_samples`` judged requests; at the
-deadline with no difference found, production stays. The chi-squared test and seed 004's weighted winner are
+The decision (:func:`decide`): the canary is rolled back as soon as a look's evidence finds it worse (likelihood
+ratio at least ``1 / alpha``); it is promoted when a look finds it better once both arms have ``min_samples``
+judged requests; at the deadline with no difference found, production stays. The chi-squared test and seed 004's weighted winner are
 reported beside the decision, never instead of it.
 """
 
@@ -129,10 +129,17 @@ class Decision:
 
 def decide(current: Look, *, alpha: float, min_samples: int, deadline_passed: bool) -> Decision:
     """Roll back as soon as the sequential test finds the canary worse; promote when it finds it better and both
-    arms have ``min_samples`` judged requests; at the deadline keep production; else wait for more traffic."""
+    arms have ``min_samples`` judged requests; at the deadline keep production; else wait for more traffic.
+
+    The test acts on this look's evidence: the mSPRT stops when this look's likelihood ratio reaches ``1 / alpha``
+    (its p-value ``1 / Lambda`` at most ``alpha``), in the direction of this look's difference. (The running minimum,
+    ``always_valid_p``, is reported: acting on it would pair an earlier look's evidence with today's direction --
+    a canary that looked better early, short of ``min_samples``, could be rolled back later on noise.) Under "no
+    difference" the chance that any look reaches ``1 / alpha`` is at most ``alpha``, so acting on one is as
+    valid."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha: must be in (0, 1), got {alpha!r}")
-    p, difference = current.always_valid_p, current.difference
+    p, difference = min(1.0, 1 / current.likelihood_ratio), current.difference
     rates = _rates(current)
     if p <= alpha and difference is not None and difference > 0:
         return Decision("rollback", f"the canary gets more requests wrong ({rates}; always-valid p = {p:.4f} <= "

@@ -65,7 +65,7 @@ class Replace(Strategy):
         if run.registry.production_version() != version:  # never roll back someone else's deployment
             return None
         return rollback(run.registry, run.store, reason=f"auto-rollback: {why}", actor=actor.name,
-                        run_id=run.run_id, details=actor.details())
+                        run_id=run.run_id, details=actor.details(), end_canary=False)
 
 
 class BlueGreen(Strategy):

@@ -80,6 +80,17 @@ def test_a_worse_canary_is_rolled_back_before_min_samples():
                                "12/20 = 60.0%; always-valid p = 0.0117 <= alpha 0.05)")
 
 
+def test_an_early_lead_does_not_decide_a_later_look_against_its_evidence():
+    """The canary looked much better early (short of min_samples); later the arms are equal. The running minimum
+    remembers the early lead, but the decision rests on this look's evidence: wait, not promote or roll back."""
+    early = look(Arm(400, 200), Arm(40, 0), mixing_sd=MIXING_SD)
+    assert early.always_valid_p < ALPHA
+    assert decide(early, alpha=ALPHA, min_samples=50, deadline_passed=False).action == "wait"
+    later = look(Arm(900, 270), Arm(100, 31), previous_p=early.always_valid_p, mixing_sd=MIXING_SD)
+    assert later.always_valid_p == early.always_valid_p and later.difference > 0
+    assert decide(later, alpha=ALPHA, min_samples=50, deadline_passed=False).action == "wait"
+
+
 def test_a_better_canary_waits_for_min_samples_and_the_deadline_keeps_production():
     better = look(Arm(900, 270), Arm(100, 5), mixing_sd=MIXING_SD)
     assert better.always_valid_p < ALPHA and better.difference < 0

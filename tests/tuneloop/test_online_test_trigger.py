@@ -96,6 +96,22 @@ def test_a_canary_ended_by_hand_ends_the_wait(store):
     assert event["decision"]["action"] == "ended_elsewhere" and event["decision"]["look"] is None
 
 
+def test_a_store_that_fails_is_looked_at_again_then_the_wait_ends_with_an_error(store, monkeypatch):
+    from tuneloop.triggers import online_test as module
+
+    calls = []
+
+    def unavailable(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        raise ConnectionError("the store's database is unreachable")
+
+    monkeypatch.setattr(ErrorCaseStore, "judged_counts", unavailable)
+    monkeypatch.setattr(module, "MAX_FAILED_LOOKS", 3)
+    event = first_event(trigger())
+    assert event == {"status": "error", "message": "ConnectionError: the store's database is unreachable"}
+    assert len(calls) == 3  # looked again twice before giving up
+
+
 def test_the_trigger_serializes_every_argument():
     made = trigger(previous_p=0.5, looks=3)
     path, kwargs = made.serialize()

@@ -113,8 +113,11 @@ def test_a_failed_pod_spends_its_hours_from_creation(kubernetes_standin):
                                                    "command": ["python", "-c", "raise SystemExit(3)"]}]}})
     pod = core_v1.read_namespaced_pod("fails", "default")
     later = pod.metadata.creation_timestamp + timedelta(minutes=90)
+    assert pod.status.phase != "Succeeded"
     created = pod.metadata.creation_timestamp.isoformat(timespec="seconds")
     assert failed_pod_spent(pod, later) == Spent(f"fails (created {created})", 1.5, "hours", "failed")
     assert failed_pod_spent(pod, datetime.now(timezone.utc)).quantity < 0.01
     assert failed_pod_spent(None, later) is None
     assert failed_pod_spent(k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="never-created")), later) is None
+    pod.status.phase = "Succeeded"  # a step that failed after its pod succeeded: the trainer's runtime prices it
+    assert failed_pod_spent(pod, later) is None

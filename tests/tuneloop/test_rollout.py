@@ -136,3 +136,15 @@ def test_a_green_version_that_fails_its_check_never_moves_production(registry, h
     with pytest.raises(DeploymentError, match="has no green version to switch to"):
         switch_green(registry, history, reason="x", run_id="r3")
     _history_agrees(registry, history)
+
+
+def test_an_automatic_rollback_of_production_leaves_a_running_canary_alone(registry, history, versions):
+    """A run's own auto-rollback (replace strategy) undoes its deployment and nothing else."""
+    v1, v2, v3 = versions
+    start_canary(registry, history, v3, traffic_percent=10, reason="an earlier run's canary")
+    registry.set_alias("candidate", v2)
+    deploy(registry, history, v2, reason="gate passed")
+    event = rollback(registry, history, reason="auto-rollback: post-deploy check failed", run_id="r2",
+                     end_canary=False)
+    assert (event.action, event.from_version, event.to_version) == ("rollback", v2, v1)
+    assert registry.aliases() == {"production": v1, "canary": v3}

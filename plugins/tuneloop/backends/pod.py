@@ -79,9 +79,11 @@ def pod_arguments(config: PodConfig, *, run_id: str, step: str, args: list[str],
 
 
 def failed_pod_spent(pod: k8s.V1Pod | None, now: datetime) -> Spent | None:
-    """What a training pod that failed spent (:mod:`tuneloop.spent`): its hours from creation to ``now``; None
-    for a pod never created (no creation time)."""
+    """What a training pod spent when its step failed (:mod:`tuneloop.spent`): its hours from creation to ``now``;
+    None for a pod never created (no creation time) or one that succeeded (the trainer's own runtime prices it)."""
     if pod is None or pod.metadata is None or pod.metadata.creation_timestamp is None:
+        return None
+    if pod.status is not None and pod.status.phase == "Succeeded":
         return None
     created = pod.metadata.creation_timestamp
     return Spent(resource_name(pod.metadata.name, created), hours_between(created, now), "hours", "failed")

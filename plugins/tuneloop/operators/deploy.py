@@ -39,10 +39,12 @@ class RollbackOperator(PipelineStepOperator):
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         run = self.pipeline(context)
-        if not run.config.deployment.enable_auto_rollback:
+        deployed = context["ti"].xcom_pull(task_ids="deploy")
+        # a green version or a canary is always taken out: production never moved, nothing is rolled back
+        staged = bool(deployed) and deployed.get("strategy", "replace") != "replace"
+        if not run.config.deployment.enable_auto_rollback and not staged:
             self.log.warning("a step after deploy failed but deployment.enable_auto_rollback is false")
             return None
-        deployed = context["ti"].xcom_pull(task_ids="deploy")
         check = context["ti"].xcom_pull(task_ids="post_deploy_check") or {}
         if not check.get("passed", True):
             why = "; ".join(check.get("reasons", [])) or "post-deploy check failed"

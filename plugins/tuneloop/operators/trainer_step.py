@@ -101,11 +101,15 @@ class TrainerPodOperator(TrainerStepMixin, PipelineStepOperator):
         return self._recording_failure(context, lambda stock: stock.trigger_reentry(context, event))
 
     def _recording_failure(self, context: Context, call: Any) -> Any:
-        """Run the stock operator; when the training pod fails, record its hours (:mod:`tuneloop.spent`), so the
-        failed run's cost counts. A deferral is no failure (``TaskDeferred`` is no ``Exception``)."""
+        """Run the stock operator; when the training step fails (a timeout too), record its pod's hours
+        (:mod:`tuneloop.spent`), so the failed run's cost counts. A deferral is no failure."""
+        from airflow.sdk.exceptions import TaskDeferred
+
         try:
             return call(self.stock_operator(context))
-        except Exception:
+        except TaskDeferred:
+            raise
+        except BaseException:  # AirflowTaskTimeout is a BaseException
             if self.step == "train" and self._pod_operator is not None:
                 self._record_spent(context, self._pod_operator.pod)
             raise

@@ -110,7 +110,12 @@ class DeleteTrainerVmOperator(PipelineStepOperator):
         run = self.pipeline(context)
         gce, name = run.config.training.gce, instance_name(context["run_id"], self.step, run.config.name)
         client = _compute(run.config)
-        created = vm_created_at(client, project=gce.project_id, zone=gce.zone, name=name)
+        try:
+            created = vm_created_at(client, project=gce.project_id, zone=gce.zone, name=name)
+        except Exception as error:  # noqa: BLE001 - the VM's cost is not worth a VM left running
+            self.log.warning("could not read trainer VM %s before deleting it (%s): its hours go unrecorded", name,
+                             error)
+            created = None
         deleted = delete_vm(client, project=gce.project_id, zone=gce.zone, name=name)
         self.log.info("trainer VM %s %s", name, "deleted" if deleted else "was already gone")
         if self.step == "train" and created is not None and not (run.paths.training / "metrics.json").exists():

@@ -2,7 +2,8 @@
 loaded through their MLflow aliases, every served request recorded in the store.
 
 The split comes from the registry (``production``; ``canary`` with its ``canary_percent`` tag, see
-:mod:`tuneloop.rollout`) and is read again every ``refresh_seconds``, so an alias that moves -- a canary started,
+:mod:`tuneloop.rollout`) and is read again every ``refresh_seconds`` (when the registry cannot be read, the split
+read before keeps serving), so an alias that moves -- a canary started,
 promoted or rolled back, a rollback of production -- is picked up without a restart; a version no longer in the
 split is unloaded. Routing needs no shared state (:mod:`tuneloop.serving.routing`), so routers scale out
 side by side, all writing to the same store (PostgreSQL at scale).
@@ -14,6 +15,7 @@ its output carries ``prompt_tokens`` / ``completion_tokens`` columns.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -24,6 +26,8 @@ from typing import Any
 
 from tuneloop.serving.routing import Arm, TrafficSplit
 from tuneloop.store.served import ServedRecords, ServedRequest
+
+log = logging.getLogger(__name__)
 
 
 class NoProductionModel(RuntimeError):
@@ -70,7 +74,13 @@ class Router:
         """The traffic split now (read from the registry when older than ``refresh_seconds``)."""
         with self._lock:
             if self._split is None or self._monotonic() - self._read_at >= self._refresh_seconds:
-                self._split = self._read_split()
+                try:
+                    self._split = self._read_split()
+                except Exception as error:  # the registry unreachable: serve on with the split last read
+                    if self._split is None or isinstance(error, NoProductionModel):
+                        raise
+                    log.warning("reading %s's aliases failed (%s); serving with the split read before",
+                                self.model_name, error)
                 self._read_at = self._monotonic()
                 live = {self._split.production, self._split.canary}
                 self._models = {v: m for v, m in self._models.items() if v in live}  # unload what left the split

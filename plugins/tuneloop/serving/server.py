@@ -12,7 +12,8 @@ of a canary (default: the request id); ``request_id`` (default: a new one) is wh
 request is one input: the online test counts requests.
 
 The server keeps no state of its own (the split is the registry's, the requests the store's), so several run side
-by side behind a load balancer, with the store on PostgreSQL. A bad request is a 400 naming the field; an unknown
+by side behind a load balancer, with the store on PostgreSQL. It has no authentication: anyone who can reach it
+can ask and judge, so it listens on loopback by default; put it behind your gateway to expose it. A bad request is a 400 naming the field; an unknown
 request id a 404; the answer of a model that fails a 500 with its error -- none stops the server.
 """
 
@@ -55,14 +56,16 @@ class _Handler(BaseHTTPRequestHandler):
     router: Router
     task: Any
     protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds a connection may stall before its thread gives up
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         if self.path != "/healthz":
             return self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: GET {self.path}"})
         try:
             split = self.router.split()
-        except NoProductionModel as error:
-            return self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unavailable", "error": str(error)})
+        except Exception as error:  # noqa: BLE001 - nothing to serve, or the registry unreachable at the start
+            return self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unavailable",
+                                                               "error": f"{type(error).__name__}: {error}"})
         self._send(HTTPStatus.OK, {"status": "ok", "model": self.router.model_name, "production": split.production,
                                    "canary": split.canary, "canary_percent": split.canary_percent})
 
@@ -110,10 +113,14 @@ class _Handler(BaseHTTPRequestHandler):
                 "outcome": recorded.outcome}
 
     def _body(self) -> dict[str, Any]:
+        if self.headers.get("Transfer-Encoding"):
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Transfer-Encoding: send a Content-Length instead")
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length: not a number") from None
+        if length < 0:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"Content-Length: {length} is negative")
         if length > MAX_BODY_BYTES:
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"body: {length} bytes, more than {MAX_BODY_BYTES}")
@@ -127,6 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
+        if status >= 400:
+            self.close_connection = True  # a body left unread must not be taken for the next request
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

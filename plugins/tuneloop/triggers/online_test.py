@@ -23,6 +23,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+MAX_FAILED_LOOKS = 10  # looks in a row the store may fail before the wait ends with an error (the task retries)
+
 
 class OnlineTestTrigger(BaseTrigger):
     """The online test of ``canary_version`` against ``production_version`` over requests served since ``since``
@@ -49,15 +51,27 @@ class OnlineTestTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             settings, store = await asyncio.to_thread(self._open)
-            while True:
-                decision = await asyncio.to_thread(self._look, settings, store)
-                if decision["action"] != "wait":
-                    yield TriggerEvent({"status": "decided", "decision": decision, "looks": self.looks,
-                                        "since": self.since})
-                    return
-                await asyncio.sleep(self.poll_seconds)
-        except Exception as error:  # noqa: BLE001 - the task decides: a store outage is worth a retry
+        except Exception as error:  # noqa: BLE001 - a broken configuration: the task fails with it
             yield TriggerEvent({"status": "error", "message": f"{type(error).__name__}: {error}"})
+            return
+        failed = 0
+        while True:
+            try:
+                decision = await asyncio.to_thread(self._look, settings, store)
+                failed = 0
+            except Exception as error:  # noqa: BLE001 - a store outage: look again later, give up after a while
+                failed += 1
+                self.log.warning("online test: look failed (%d in a row): %s: %s", failed, type(error).__name__,
+                                 error)
+                if failed >= MAX_FAILED_LOOKS:
+                    yield TriggerEvent({"status": "error", "message": f"{type(error).__name__}: {error}"})
+                    return
+                decision = {"action": "wait"}
+            if decision["action"] != "wait":
+                yield TriggerEvent({"status": "decided", "decision": decision, "looks": self.looks,
+                                    "since": self.since})
+                return
+            await asyncio.sleep(self.poll_seconds)
 
     def _open(self) -> tuple[Any, Any]:
         from tuneloop.config import load_model_config
@@ -68,10 +82,11 @@ class OnlineTestTrigger(BaseTrigger):
         return config.deployment.canary, ErrorCaseStore.from_config(config)
 
     def _look(self, settings: Any, store: Any) -> dict[str, Any]:
+        from tuneloop.deployment import HISTORY_LIMIT
         from tuneloop.online_test import Arm, decide, look
         from tuneloop.rollout import canary_from_history
 
-        running = canary_from_history(store.deployment_history(self.model_name))
+        running = canary_from_history(store.deployment_history(self.model_name, limit=HISTORY_LIMIT))
         if running is None or running.get("version") != self.canary_version:
             self.log.info("online test: canary %s was ended outside it; the wait ends", self.canary_version)
             return {"action": "ended_elsewhere", "look": None,
