@@ -179,7 +179,7 @@ def test_runs_lists_runs_and_fail_ends_a_stuck_one_in_the_history(home, capsys):
 
     assert main(["runs"]) == 0
     out = capsys.readouterr().out
-    assert "running               manual__stuck  running for 0.0 h, deadline in 240.0 h" in out
+    assert "running               manual__stuck  running for 0.0 h, deadline in 336.0 h" in out
     assert "skipped" in out and "scheduled__old" in out
     assert main(["runs", "--fail", "manual__stuck"]) == 2
     assert "--reason" in capsys.readouterr().err
