@@ -658,10 +658,10 @@ class PipelineRun:
     def promote(self, placed: dict[str, Any], decision: dict[str, Any] | None,
                 actor: RunActor | None = None) -> dict[str, Any] | None:
         """The strategy's last move once the placed version passed its check (and the online test decided)."""
-        from tuneloop.strategies import strategy_for
+        from tuneloop.strategies import Placement
 
-        strategy = strategy_for(placed["strategy"])
-        event = strategy.finish(self, placed["placed_version"], decision, actor or RunActor())
+        placement = Placement.of(placed)
+        event = placement.strategy.finish(self, placement.version, decision, actor or RunActor())
         if event is None:
             return None
         self._retire_managed_models(event.details.get("archived") or [])
@@ -773,14 +773,14 @@ class PipelineRun:
         """Undo this run's placement (``deploy``'s result) after a failed check or wait: production back, green
         dropped, the canary ended -- only while the placed version is still where this run put it (never someone
         else's deployment)."""
-        from tuneloop.strategies import strategy_for
+        from tuneloop.strategies import Placement
 
         if not placed:
             return None
-        version = placed.get("placed_version") or placed["to_version"]
-        event = strategy_for(placed.get("strategy", "replace")).undo(self, version, why, actor or RunActor())
+        placement = Placement.of(placed)
+        event = placement.strategy.undo(self, placement.version, why, actor or RunActor())
         if event is None:
-            log.warning("auto-rollback skipped: version %s is no longer where this run placed it", version)
+            log.warning("auto-rollback skipped: version %s is no longer where this run placed it", placement.version)
             return None
         return event.to_dict()
 

@@ -14,6 +14,7 @@ The registry moves themselves are :mod:`tuneloop.deployment` and :mod:`tuneloop.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.history import DeploymentEvent, RunActor
@@ -135,6 +136,26 @@ class Canary(Strategy):
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Replace(), BlueGreen(), Canary())}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where ``deploy`` put the candidate, read from its result (a run deployed before strategies existed has
+    only the deploy event: replace, production, its ``to_version``)."""
+
+    strategy: Strategy
+    version: str
+    alias: str
+
+    @classmethod
+    def of(cls, deployed: dict[str, Any]) -> Placement:
+        strategy = strategy_for(deployed.get("strategy", "replace"))
+        return cls(strategy, deployed.get("placed_version") or deployed["to_version"], strategy.alias)
+
+    @property
+    def staged(self) -> bool:
+        """Production did not move at deploy (green, canary): undoing it never touches production."""
+        return self.strategy.name != "replace"
 
 
 def strategy_for(name: str) -> Strategy:

@@ -40,8 +40,10 @@ class RollbackOperator(PipelineStepOperator):
     def execute(self, context: Context) -> dict[str, Any] | None:
         run = self.pipeline(context)
         deployed = context["ti"].xcom_pull(task_ids="deploy")
+        from tuneloop.strategies import Placement
+
         # a green version or a canary is always taken out: production never moved, nothing is rolled back
-        staged = bool(deployed) and deployed.get("strategy", "replace") != "replace"
+        staged = bool(deployed) and Placement.of(deployed).staged
         if not run.config.deployment.enable_auto_rollback and not staged:
             self.log.warning("a step after deploy failed but deployment.enable_auto_rollback is false")
             return None

@@ -19,16 +19,16 @@ class OnlineTestOperator(PipelineStepOperator):
 
     def execute(self, context: Context) -> None:
         from tuneloop.rollout import running_canary
-        from tuneloop.strategies import strategy_for
+        from tuneloop.strategies import Placement
         from tuneloop.triggers.online_test import OnlineTestTrigger
 
-        placed = self.upstream(context, "deploy")
-        if not strategy_for(placed["strategy"]).waits:
-            raise AirflowSkipException(f"the {placed['strategy']} strategy has no online test")
+        placement = Placement.of(self.upstream(context, "deploy"))
+        if not placement.strategy.waits:
+            raise AirflowSkipException(f"the {placement.strategy.name} strategy has no online test")
         run = self.pipeline(context)
         canary = running_canary(run.registry)
-        if canary is None or canary.version != placed["placed_version"]:
-            raise AirflowFailException(f"the canary of version {placed['placed_version']} is no longer running "
+        if canary is None or canary.version != placement.version:
+            raise AirflowFailException(f"the canary of version {placement.version} is no longer running "
                                        f"(ended by hand or by a rollback); nothing to test")
         settings = run.config.deployment.canary
         started = canary.started_at

@@ -17,9 +17,10 @@ class PostDeployCheckOperator(PipelineStepOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         dataset = self.upstream(context, "export_dataset")
-        placed = self.upstream(context, "deploy")
-        version, alias = placed.get("placed_version") or placed["to_version"], placed.get("alias", "production")
-        result = self.pipeline(context).post_deploy_check(dataset["dataset_id"], version, alias)
+        from tuneloop.strategies import Placement
+
+        placement = Placement.of(self.upstream(context, "deploy"))
+        result = self.pipeline(context).post_deploy_check(dataset["dataset_id"], placement.version, placement.alias)
         for reason in result["reasons"]:
             self.log.info("post-deploy: %s", reason)
         if not result["passed"]:
