@@ -59,9 +59,11 @@ def read(training: StoragePath) -> list[Spent]:
     return [Spent(**entry) for entry in storage.read_json(path)["spent"]]
 
 
-def resource_name(name: str, created: datetime) -> str:
-    """A pod's or VM's name with its creation time: a retry's pod or VM has the same name, and is another one."""
-    return f"{name} (created {created.isoformat(timespec='seconds')})"
+def machine_hours(name: str, created: datetime, now: datetime, outcome: str) -> Spent:
+    """A pod's or VM's hours from its creation to ``now``, keyed by its name and creation time (a retry's pod or
+    VM has the same name, and is another one)."""
+    return Spent(f"{name} (created {created.isoformat(timespec='seconds')})", hours_between(created, now), "hours",
+                 outcome)
 
 
 def hours_between(start: datetime, end: datetime) -> float:

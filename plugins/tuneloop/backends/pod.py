@@ -17,7 +17,7 @@ from kubernetes.client import models as k8s
 
 from tuneloop.backends.command import ENTRYPOINT
 from tuneloop.config import PodConfig
-from tuneloop.spent import Spent, hours_between, resource_name
+from tuneloop.spent import Spent, machine_hours
 
 CONTAINER_NAME = "base"  # the name KubernetesPodOperator watches for logs and exit status
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
@@ -85,5 +85,4 @@ def failed_pod_spent(pod: k8s.V1Pod | None, now: datetime) -> Spent | None:
         return None
     if pod.status is not None and pod.status.phase == "Succeeded":
         return None
-    created = pod.metadata.creation_timestamp
-    return Spent(resource_name(pod.metadata.name, created), hours_between(created, now), "hours", "failed")
+    return machine_hours(pod.metadata.name, pod.metadata.creation_timestamp, now, "failed")

@@ -128,7 +128,6 @@ class DeleteTrainerVmOperator(PipelineStepOperator):
 
         from tuneloop import spent
 
-        hours = spent.hours_between(created, datetime.now(timezone.utc))
-        spent.record(run.paths.training, spent.Spent(spent.resource_name(name, created), hours, "hours",
-                                                     "deleted without a model"))
-        self.log.info("trainer VM %s ran %.2f h without a model: recorded as spent", name, hours)
+        entry = spent.machine_hours(name, created, datetime.now(timezone.utc), "deleted without a model")
+        spent.record(run.paths.training, entry)
+        self.log.info("trainer VM %s ran %.2f h without a model: recorded as spent", name, entry.quantity)
