@@ -18,6 +18,10 @@ $(STAMP): requirements.txt pyproject.toml scripts/airflow-wrapper.sh
 	@[ -x $(PY) ] || command -v $(PYTHON) >/dev/null || { echo "make setup: $(PYTHON) not found: install Python 3.11\
 	 (Debian/Ubuntu: apt-get install python3.11 python3.11-venv; macOS: brew install python@3.11), or name one:\
 	 make PYTHON=/path/to/python3.11 ..." >&2; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:3] < (3, 11, 3))' || { echo "make setup:\
+	 $$(command -v $(PYTHON)) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); the\
+	 pinned requirements need 3.11.3 or newer (gcloud-aio-auth 5.6.0): install a newer 3.11, or name one:\
+	 make PYTHON=/path/to/python3.11 ..." >&2; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps -r requirements.txt  # the full pinned set: nothing to resolve
