@@ -3,6 +3,10 @@ the canary's share, stickiness, an alias move picked up without a restart, every
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -75,3 +79,29 @@ def test_a_request_without_a_key_is_its_own_key(served_model, store):
     router = Router(registry, store, refresh_seconds=0)
     arms = {router.predict(["hi"]).arm for _ in range(40)}
     assert arms == {"production", "canary"}  # new request ids land on both arms
+
+
+def test_concurrent_first_requests_load_each_version_once(served_model, store):
+    """Eight clients arriving together get one load per version (loads serialised): no copies of the weights, and
+    MLflow's unguarded ``dbutils`` stand-in for models-from-code is not left in ``sys.modules``."""
+    registry, history, base, tuned = served_model
+    start_canary(registry, history, tuned, traffic_percent=50, reason="gate passed")
+    loads, inside, most_inside, count = [], [0], [0], threading.Lock()
+
+    def load(version: str):
+        with count:
+            loads.append(version)
+            inside[0] += 1
+            most_inside[0] = max(most_inside[0], inside[0])
+        time.sleep(0.05)  # long enough for the other clients to arrive
+        model = registry.load_pyfunc(version)
+        with count:
+            inside[0] -= 1
+        return model
+
+    router = Router(registry, store, refresh_seconds=0, load=load)
+    with ThreadPoolExecutor(8) as pool:
+        served = list(pool.map(lambda i: router.predict(["hi"], key=f"user-{i}"), range(64)))
+    assert {s.version for s in served} == {base, tuned}
+    assert sorted(loads) == sorted([base, tuned]) and most_inside[0] == 1
+    assert "dbutils" not in sys.modules

@@ -58,6 +58,7 @@ class Router:
         self._refresh_seconds, self._monotonic = refresh_seconds, monotonic
         self._load = load or (lambda version: registry.load_pyfunc(version, model_config=model_config))
         self._lock = threading.Lock()
+        self._loading = threading.Lock()  # one load at a time, see model()
         self._split: TrafficSplit | None = None
         self._read_at = -float("inf")
         self._models: dict[str, Any] = {}
@@ -98,14 +99,24 @@ class Router:
         return TrafficSplit(production, canary.version, canary.traffic_percent)
 
     def model(self, version: str) -> Any:
-        """The loaded model of ``version`` (loaded on first use, kept while it is in the split)."""
+        """The loaded model of ``version`` (loaded once, on first use, kept while it is in the split).
+
+        Loads run one at a time, outside the split's lock so loaded versions keep serving meanwhile: concurrent
+        first requests for a version wait for one load instead of each loading a copy, and MLflow's loader of
+        models-from-code swaps a ``dbutils`` stand-in in and out of ``sys.modules`` unguarded, so two loads at
+        once can leave the stand-in behind."""
         with self._lock:
             found = self._models.get(version)
         if found is not None:
             return found
-        loaded = self._load(version)  # outside the lock: loading takes seconds, other versions keep serving
-        with self._lock:
-            return self._models.setdefault(version, loaded)
+        with self._loading:
+            with self._lock:
+                found = self._models.get(version)
+            if found is None:
+                found = self._load(version)
+                with self._lock:
+                    self._models[version] = found
+            return found
 
     def predict(self, model_input: Any, *, key: str | None = None, request_id: str | None = None) -> Served:
         """Answer one request. ``key`` keeps a user on one arm (a user or session id; default: the request id,
