@@ -12,7 +12,8 @@ Weekly (cron from `schedule.weekly_cron`), or started by `finetune_on_errors`, o
 moves production at `deploy`; `blue_green` puts the candidate on the `green` alias, checks it there and moves
 production at `conclude`; `canary` gives it the `canary` alias and a share of the traffic (`tuneloop serve`, or
 the router in your serving process), `online_test` waits in the triggerer for the sequential test on live
-outcomes, and `conclude` promotes it, rolls it back or keeps production. `online_test` runs for canaries only.
+outcomes, and `conclude` promotes it, rolls it back or keeps production. `online_test` runs for canaries only;
+while it waits, *Required actions* lets a person end it early (**Promote now** / **Roll back now**).
 
 `train` and `evaluate` are groups: `prepare` branches to the run's backend -- `local` (a subprocess), `pod`
 (Kubernetes or GKE, in the `gpu` pool) or `create_vm` → `wait_vm` → `delete_vm` (GCE) -- and `result` reads

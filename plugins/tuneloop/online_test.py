@@ -21,7 +21,8 @@ fastest (``deployment.canary.mixing_sd``, in error-rate points).
 
 The decision (:func:`decide`): the canary is rolled back as soon as a look's evidence finds it worse (likelihood
 ratio at least ``1 / alpha``); it is promoted when a look finds it better once both arms have ``min_samples``
-judged requests; at the deadline with no difference found, production stays. The chi-squared test and seed 004's weighted winner are
+judged requests; at the deadline with no difference found, production stays. A person may end the test earlier,
+promoting or rolling back by hand (:func:`ended_by_person`). The chi-squared test and seed 004's weighted winner are
 reported beside the decision, never instead of it.
 """
 
@@ -122,9 +123,11 @@ class Decision:
     action: Action
     reason: str
     look: Look
+    decided_by: str | None = None  # a person who ended the test early; None: the test decided
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "reason": self.reason, "look": self.look.to_dict()}
+        person = {"decided_by": self.decided_by} if self.decided_by else {}
+        return {"action": self.action, "reason": self.reason, "look": self.look.to_dict(), **person}
 
 
 def decide(current: Look, *, alpha: float, min_samples: int, deadline_passed: bool) -> Decision:
@@ -154,6 +157,19 @@ def decide(current: Look, *, alpha: float, min_samples: int, deadline_passed: bo
                                            "production stays", current)
     waiting = f"{min_samples} judged requests per arm" if not enough else f"always-valid p <= {alpha:g}"
     return Decision("wait", f"waiting for {waiting} ({rates}; always-valid p = {p:.4f})", current)
+
+
+def ended_by_person(current: Look, action: Action, *, by: str, why: str) -> Decision:
+    """A person ended the test early (Airflow's Required actions): their call stands whatever the numbers say, and
+    the numbers of that moment are kept beside it, so the record shows what the person overruled or anticipated."""
+    if action not in ("promote", "rollback"):
+        raise ValueError(f"action: a person ends the test with promote or rollback, got {action!r}")
+    if not by.strip():
+        raise ValueError("by: the person who ended the test must be named")
+    done = "promoted" if action == "promote" else "rolled back"
+    return Decision(action, f"ended early by {by}: {done} by hand ({why.strip() or 'no reason given'}); at that "
+                            f"moment {_rates(current)}, always-valid p = {current.always_valid_p:.4f}", current,
+                    decided_by=by)
 
 
 def _rates(current: Look) -> str:

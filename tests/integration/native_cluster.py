@@ -83,6 +83,12 @@ class AirflowApi:
         return wait_for(finished, timeout, f"{dag_id} run {run_id} to finish",
                         lambda: json.dumps(self.task_states(dag_id, run_id)))
 
+    def respond(self, dag_id: str, run_id: str, task_id: str, choice: str, params_input: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+        """Answer a task's Required action as a person in the UI does (the form posts the same request)."""
+        return self.request("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+                            json={"chosen_options": [choice], "params_input": params_input or {}})
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         return {task: ti["state"] for task, ti in self.task_instances(dag_id, run_id).items()}
 

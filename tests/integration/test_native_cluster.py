@@ -3,8 +3,10 @@
 A client starts ``finetune_on_errors`` through Airflow's REST API; its sensor defers to the triggerer until the
 error cases arrive; the ``finetune_weekly`` run it starts runs on the Celery workers; the worker training dies
 (SIGKILL of its whole process tree) right after the trainer's first checkpoint, and Airflow's retry on the other
-worker resumes from it; the run deploys the candidate in the MLflow server's registry, nothing duplicated, all
-state in the cluster's Postgres databases. One cluster and one run for all of it: each costs minutes.
+worker resumes from it; the candidate goes out as a canary in the MLflow server's registry, its online test waits
+in the triggerer, and a person ends it early from Airflow's Required actions ("Promote now", through the REST
+API the UI uses), which resumes the deferred task at once and promotes the canary; nothing duplicated, all state in
+the cluster's Postgres databases. One cluster and one run for all of it: each costs minutes.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def test_on_errors_run_survives_a_killed_worker_and_deploys(start_cluster, damag
     # Longer training (120 steps, ~0.1-0.3 s each here) with a checkpoint every 2 steps: the worker dies right
     # after the first one, long before the end. A dead worker's task is failed (and retried, 5 s later) after 30 s
     # without a heartbeat.
-    env = {**CLUSTER_ENV, "TUNELOOP__TRAINING__EPOCHS": "24", "TUNELOOP__TRAINING__CHECKPOINT_EVERY_STEPS": "2"}
+    env = {**CLUSTER_ENV, "TUNELOOP__TRAINING__EPOCHS": "24", "TUNELOOP__TRAINING__CHECKPOINT_EVERY_STEPS": "2",
+           "TUNELOOP__DEPLOYMENT__DEPLOYMENT_STRATEGY": "canary"}
     cluster = start_cluster(env, heartbeat_timeout=30)
     timings["cluster start"] = time.monotonic() - t0
     _bootstrap(cluster, damaged_model)
@@ -100,11 +103,32 @@ def test_on_errors_run_survives_a_killed_worker_and_deploys(start_cluster, damag
     timings["trigger to kill"] = time.monotonic() - t1
     print(f"killed worker{victim} ({train['hostname']}) running train.local, checkpoints on disk: {steps}")
 
-    weekly = api.wait_run("finetune_weekly", run_id, timeout=600)
-    timings["kill to deployed"] = time.monotonic() - t1 - timings["trigger to kill"]
+    # the canary's online test waits in the triggerer (no traffic here: it would wait for days); a person ends it
+    def online_test_waits() -> bool:
+        states = api.task_states("finetune_weekly", run_id)
+        if any(state in ("failed", "upstream_failed") for state in states.values()):
+            raise AssertionError(f"run failed before its online test: {states}")
+        return states.get("online_test") == "deferred"
+
+    wait_for(online_test_waits, 600, "online_test to defer", lambda: str(api.task_states("finetune_weekly", run_id)))
+    timings["kill to canary"] = time.monotonic() - t1 - timings["trigger to kill"]
+    assert _store(cluster).deployment_history(MODEL)[0].action == "canary_start"
+    [asked] = [d for d in api.get(f"/dags/finetune_weekly/dagRuns/{run_id}/hitlDetails")["hitl_details"]
+               if d["task_instance"]["task_id"] == "online_test"]
+    assert asked["options"] == ["Promote now", "Roll back now"] and "online test early" in asked["subject"]
+    answered = api.respond("finetune_weekly", run_id, "online_test", "Promote now",
+                           {"reason": "integration: the release needs it"})
+    person = answered["responded_by"]["name"]
+
+    weekly = api.wait_run("finetune_weekly", run_id, timeout=300)
+    timings["answer to deployed"] = time.monotonic() - t1 - timings["trigger to kill"] - timings["kill to canary"]
     tis = api.task_instances("finetune_weekly", run_id)
     assert weekly["state"] == "success", {task: ti["state"] for task, ti in tis.items()}
     assert tis["deploy"]["state"] == "success" and tis["reject"]["state"] == "skipped"
+    assert [t["state"] for t in api.tries("finetune_weekly", run_id, "online_test")] == ["success"]  # resumed
+    decision = api.xcom("finetune_weekly", run_id, "online_test")
+    assert (decision["action"], decision["decided_by"]) == ("promote", person), decision
+    assert decision["reason"].startswith(f"ended early by {person}: promoted by hand (integration: the release")
 
     # the first attempt died with the worker; Airflow retried it on the surviving worker, which resumed
     tries = sorted(api.tries("finetune_weekly", run_id, "train.local"), key=lambda t: t["try_number"])
@@ -131,9 +155,9 @@ def test_on_errors_run_survives_a_killed_worker_and_deploys(start_cluster, damag
     assert sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'")) == ["1", "2"]
     assert api.xcom("finetune_weekly", run_id, "register")["version"] == "2"
     history = _store(cluster).deployment_history(MODEL)
-    assert [(e.action, e.from_version, e.to_version) for e in history] == [("deploy", "1", "2"),
-                                                                          ("bootstrap", None, "1")]
-    assert history[0].run_id == run_id
+    assert [(e.action, e.from_version, e.to_version) for e in history] == [
+        ("deploy", "1", "2"), ("canary_start", "1", "1"), ("bootstrap", None, "1")]
+    assert (history[0].run_id, history[0].actor, history[0].details["canary_end"]) == (run_id, person, "promoted")
     experiment = client.get_experiment_by_name("tuneloop")
     mlflow_runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.airflow_run_id = '{run_id}'")
     assert len(mlflow_runs) == 1, [r.info.run_id for r in mlflow_runs]

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from tuneloop.online_test import Arm, ArmSummary, chi_squared, decide, look, msprt_likelihood_ratio, weighted_winner
+from tuneloop.online_test import (Arm, ArmSummary, chi_squared, decide, ended_by_person, look, msprt_likelihood_ratio,
+                                  weighted_winner)
 
 ALPHA = 0.05
 MIXING_SD = 0.05
@@ -126,6 +127,25 @@ def test_the_always_valid_p_never_rises_and_stays_in_0_1(production, canary, pre
     current = look(production, canary, previous_p=previous, mixing_sd=MIXING_SD)
     assert 0 < current.always_valid_p <= previous
     assert current.likelihood_ratio > 0 and math.isfinite(current.likelihood_ratio)
+
+
+@given(arms, arms, st.sampled_from(["promote", "rollback"]), st.text(max_size=30))
+def test_a_person_s_early_end_stands_whatever_the_numbers_and_keeps_them(production, canary, action, why):
+    current = look(production, canary, mixing_sd=MIXING_SD)
+    decision = ended_by_person(current, action, by="ada", why=why).to_dict()
+    assert (decision["action"], decision["decided_by"]) == (action, "ada")
+    assert decision["look"] == current.to_dict()
+    done = "promoted" if action == "promote" else "rolled back"
+    assert decision["reason"].startswith(f"ended early by ada: {done} by hand ({why.strip() or 'no reason given'})")
+    assert "decided_by" not in decide(current, alpha=ALPHA, min_samples=1, deadline_passed=True).to_dict()
+
+
+def test_a_person_ends_the_test_only_by_promoting_or_rolling_back_and_is_named():
+    current = look(Arm(10, 1), Arm(10, 2), mixing_sd=MIXING_SD)
+    with pytest.raises(ValueError, match="action: a person ends the test with promote or rollback, got 'wait'"):
+        ended_by_person(current, "wait", by="ada", why="")
+    with pytest.raises(ValueError, match="by: the person who ended the test must be named"):
+        ended_by_person(current, "promote", by=" ", why="")
 
 
 def test_no_evidence_is_a_likelihood_ratio_of_one():

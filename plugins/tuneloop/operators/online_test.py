@@ -1,19 +1,31 @@
-"""The canary's online test and the rollout's last move, as tasks (:mod:`tuneloop.strategies`)."""
+"""The canary's online test and the rollout's last move, as tasks (:mod:`tuneloop.strategies`).
+
+While the online test waits, Airflow's *Required actions* offer to end it early: ``online_test`` writes a
+human-in-the-loop request (options "Promote now" / "Roll back now", an optional reason) before it defers. An answer
+resumes the deferred task at once (Airflow's API hands the response to a deferred task as its event), and the
+person's call is the decision, recorded with who made it, why, and the counts of that moment. ``airflow dags
+test`` runs the wait inline (the task is not deferred in the database), so there an answer is recorded but the
+test decides by itself.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Context
+from airflow.sdk import Context, Param
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tuneloop.operators.base import PipelineStepOperator
 
+PROMOTE_NOW, ROLL_BACK_NOW = "Promote now", "Roll back now"
+PERSON_ACTIONS = {PROMOTE_NOW: "promote", ROLL_BACK_NOW: "rollback"}
+
 
 class OnlineTestOperator(PipelineStepOperator):
-    """Canary only: wait in the triggerer until the online test decides (promote, roll back, keep production).
-    Other strategies skip it."""
+    """Canary only: wait in the triggerer until the online test decides (promote, roll back, keep production) or
+    a person ends it early. Other strategies skip it."""
 
     ui_color = "#fff4e5"
 
@@ -37,18 +49,67 @@ class OnlineTestOperator(PipelineStepOperator):
         self.log.info("online test of canary %s (%g%% of the traffic) against production %s until %s: looking "
                       "every %gs", canary.version, canary.traffic_percent, production, deadline.isoformat(),
                       settings.poll_seconds)
+        self._offer_early_end(context, canary, str(production), deadline, settings)
         self.defer(trigger=OnlineTestTrigger(dag_id=self.dag_id, canary_version=canary.version,
                                              production_version=str(production), since=started.isoformat(),
                                              deadline=deadline.timestamp(), poll_seconds=settings.poll_seconds),
                    method_name="execute_complete")
 
+    def _offer_early_end(self, context: Context, canary: Any, production: str, deadline: datetime,
+                         settings: Any) -> None:
+        """The Required action a person answers to end the test now (no timeout: the test's deadline rules)."""
+        from airflow.sdk.execution_time.hitl import upsert_hitl_detail
+
+        body = (f"Version {canary.version} answers {canary.traffic_percent:g}% of the requests; production "
+                f"{production} the rest. The online test decides by itself -- a worse canary is rolled back as soon "
+                f"as the evidence shows it, a better one promoted once both arms have {settings.min_samples} judged "
+                f"requests (alpha {settings.alpha:g}), production kept at {deadline:%Y-%m-%d %H:%M} UTC.\n\n"
+                f"Answer only to end it now: **{PROMOTE_NOW}** makes version {canary.version} production, "
+                f"**{ROLL_BACK_NOW}** takes it out of service. The decision record keeps who ended it, why, and the "
+                f"counts of that moment.")
+        reason = Param("", type="string", title="Reason", description="Why you end the test now (kept in the "
+                                                                      "decision record and the history).")
+        upsert_hitl_detail(ti_id=context["task_instance"].id, options=[PROMOTE_NOW, ROLL_BACK_NOW],
+                           subject=f"End canary {canary.version}'s online test early? ({context['run_id']})",
+                           body=body, defaults=None, multiple=False, params={"reason": reason.serialize()})
+
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        if event["status"] == "error":
+        if "chosen_options" in event:  # a person answered the Required action
+            decision, since = self._ended_by_person(context, event)
+            self.log.info("online test ended by a person: %s -- %s", decision["action"], decision["reason"])
+        elif event["status"] == "error":
             raise RuntimeError(f"the online test could not read the store: {event['message']}")
-        decision = self.pipeline(context).record_online_test(event["decision"], datetime.fromisoformat(event["since"]))
-        self.log.info("online test decided after %d look(s): %s -- %s", event["looks"], decision["action"],
-                      decision["reason"])
-        return decision
+        else:
+            decision, since = event["decision"], datetime.fromisoformat(event["since"])
+            self.log.info("online test decided after %d look(s): %s -- %s", event["looks"], decision["action"],
+                          decision["reason"])
+        return self.pipeline(context).record_online_test(decision, since)
+
+    def _ended_by_person(self, context: Context, event: dict[str, Any]) -> tuple[dict[str, Any], datetime | None]:
+        """The person's call with the counts of this moment (the sequential test's earlier looks are not kept:
+        the always-valid p-value shown is this look's)."""
+        from tuneloop.online_test import Arm, ended_by_person, look
+        from tuneloop.rollout import running_canary
+        from tuneloop.strategies import Placement
+
+        chosen = list(event.get("chosen_options") or [])
+        if len(chosen) != 1 or chosen[0] not in PERSON_ACTIONS:
+            raise AirflowFailException(f"chosen_options: expected one of {sorted(PERSON_ACTIONS)}, got {chosen!r}")
+        user = event.get("responded_by_user") or {}
+        by = str(user.get("name") or user.get("id") or "an unnamed user")
+        run = self.pipeline(context)
+        version = Placement.of(self.upstream(context, "deploy")).version
+        canary = running_canary(run.registry)
+        if canary is None or canary.version != version:
+            return {"action": "ended_elsewhere", "look": None, "decided_by": by,
+                    "reason": f"{by} answered {chosen[0]!r}, but canary {version} was already ended outside the "
+                              "online test (tuneloop rollback, the rollback DAG)"}, None
+        since, production = canary.started_at, str(run.registry.production_version())
+        current = look(Arm(*run.store.judged_counts(production, since=since)),
+                       Arm(*run.store.judged_counts(canary.version, since=since)),
+                       mixing_sd=run.config.deployment.canary.mixing_sd)
+        why = str((event.get("params_input") or {}).get("reason") or "")
+        return ended_by_person(current, PERSON_ACTIONS[chosen[0]], by=by, why=why).to_dict(), since  # type: ignore[arg-type]
 
 
 class ConcludeRolloutOperator(PipelineStepOperator):
@@ -60,7 +121,10 @@ class ConcludeRolloutOperator(PipelineStepOperator):
         decision = context["ti"].xcom_pull(task_ids="online_test")
         if decision and decision["action"] == "ended_elsewhere":
             raise AirflowSkipException(decision["reason"])
-        event = self.pipeline(context).promote(placed, decision, self.actor(context, "approve_deploy"))
+        actor = self.actor(context, "approve_deploy")
+        if decision and decision.get("decided_by"):  # a person ended the online test: the move is theirs
+            actor = dataclasses.replace(actor, approved_by=decision["decided_by"])
+        event = self.pipeline(context).promote(placed, decision, actor)
         if event is None:
             raise AirflowSkipException(f"the {placed['strategy']} strategy moved production at deploy; nothing left")
         self.log.info("%s: %s -> %s (%s)", event["action"], event["from_version"], event["to_version"],
