@@ -505,13 +505,14 @@ def cmd_rollback(config: TuneloopConfig, args: argparse.Namespace) -> int:
 
 def cmd_serve(config: TuneloopConfig, args: argparse.Namespace) -> int:
     from tuneloop.registry import ModelRegistry
-    from tuneloop.serving.router import Router
+    from tuneloop.serving.router import Router, registry_loader
     from tuneloop.serving.server import make_server
     from tuneloop.store import ErrorCaseStore
     from tuneloop.tasks import task_for
 
     registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
-    router = Router(registry, ErrorCaseStore.from_config(config), refresh_seconds=args.refresh_seconds)
+    router = Router(registry, ErrorCaseStore.from_config(config), refresh_seconds=args.refresh_seconds,
+                    load=registry_loader(registry, config.training))
     split = router.split()  # refuses a model with nothing in production before listening
     server = make_server(router, task_for(config.task), host=args.host, port=args.port)
     host, port = server.server_address[:2]

@@ -599,15 +599,11 @@ class PipelineRun:
         """What loading the candidate's pyfunc needs besides its artifacts (``model_config``, kept in memory):
         the API's credentials from the Airflow connection for a managed model (its provider's
         ``tuneloop.hooks.<provider>_connection.serving_config``), else nothing."""
-        from tuneloop.managed.reference import is_managed, read_managed
+        from tuneloop.managed.reference import is_managed, read_managed, serving_credentials
 
         if not is_managed(self.paths.model):
             return None
-        import importlib
-
-        provider = read_managed(self.paths.model).provider
-        connection = importlib.import_module(f"tuneloop.hooks.{provider}_connection")
-        return connection.serving_config(getattr(self.config.training, provider))
+        return serving_credentials(read_managed(self.paths.model).provider, self.config.training)
 
     def served_params(self) -> dict[str, Any] | None:
         """The candidate's predict params that keep its served replies as long as its evaluated ones (a managed

@@ -3,6 +3,7 @@ the canary's share, stickiness, an alias move picked up without a restart, every
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from tests.standins.clock import ManualClock
 from tests.tuneloop.registry_testing import SERVING_CODE, MemoryHistory, MlflowEnv
 from tuneloop.deployment import bootstrap_production, register
 from tuneloop.rollout import end_canary, start_canary
-from tuneloop.serving.router import NoProductionModel, Router
+from tuneloop.serving.router import NoProductionModel, Router, registry_loader
 from tuneloop.store import ErrorCaseStore
 
 KEYS = [f"user-{i}" for i in range(200)]
@@ -105,3 +106,29 @@ def test_concurrent_first_requests_load_each_version_once(served_model, store):
     assert {s.version for s in served} == {base, tuned}
     assert sorted(loads) == sorted([base, tuned]) and most_inside[0] == 1
     assert "dbutils" not in sys.modules
+
+
+def test_a_managed_version_is_served_with_the_connection_s_credentials(env: MlflowEnv, store, airflow_env,
+                                                                       monkeypatch, tmp_path):
+    """``tuneloop serve``'s loader: an OpenAI model in production answers through the API with the key of the
+    Airflow connection its settings name (the version holds no credentials)."""
+    from tests.standins.openai_api import OpenAIStandIn
+    from tuneloop.config import TrainingConfig
+    from tuneloop.managed.reference import ManagedModel, serving, write_managed
+
+    key = "sk-serve-secret"
+    with OpenAIStandIn(api_key=key, reply=lambda body: f"answer from {body['model']}") as api:
+        monkeypatch.setenv("AIRFLOW_CONN_TUNELOOP_SERVE_TEST", json.dumps(
+            {"conn_type": "openai", "host": api.base_url, "password": key}))
+        model = ManagedModel(provider="openai", model="ft:gpt-4.1-mini-2025-04-14:acme:support:abc123")
+        write_managed(tmp_path / "managed", model)
+        how = serving("openai")
+        registry = env.registry("support-chat")
+        bootstrap_production(registry, MemoryHistory(), tmp_path / "managed", run_id=env.new_run(),
+                             tags={"provider": "openai", "provider_model": model.model}, serving_code=how.code,
+                             pip_requirements=how.requirements, signature=how.signature, model_config=how.model_config)
+        training = TrainingConfig.model_validate({"openai": {"conn_id": "tuneloop_serve_test", "max_retries": 0}})
+        router = Router(registry, store, load=registry_loader(registry, training))
+        served = router.predict([[{"role": "user", "content": "hi"}]], request_id="r1")
+        assert served.output == [f"answer from {model.model}"] and store.served_request("r1").model_version == "1"
+        assert [request["model"] for request in api.requests] == [model.model]  # the stand-in requires the key

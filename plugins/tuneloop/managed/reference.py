@@ -76,6 +76,18 @@ def read_managed(model_dir: StoragePath | Path) -> ManagedModel:
                         job_id=data.get("job_id"), resource=data.get("resource"))
 
 
+def serving_credentials(provider: str, training: Any) -> dict[str, Any]:
+    """What loading a managed version's pyfunc needs besides its artifacts (``model_config``, kept in memory): the
+    API's credentials from the Airflow connection that ``training.<provider>`` names (the provider's
+    ``tuneloop.hooks.<provider>_connection.serving_config``)."""
+    import importlib
+
+    if provider not in PROVIDERS:
+        raise ManagedModelError(f"provider: one of {', '.join(PROVIDERS)}, got {provider!r}")
+    connection = importlib.import_module(f"tuneloop.hooks.{provider}_connection")
+    return connection.serving_config(getattr(training, provider))
+
+
 def serving(provider: Provider) -> Serving:
     """How a managed model version is served: a pyfunc calling the provider's chat API with the model id (no
     credentials inside; they are given at load time)."""

@@ -30,6 +30,18 @@ from tuneloop.store.served import ServedRecords, ServedRequest
 log = logging.getLogger(__name__)
 
 
+def registry_loader(registry: Any, training: Any) -> Callable[[str], Any]:
+    """Load a version as serving must: through the registry's pyfunc loader, a managed version (its ``provider``
+    tag) with the API's credentials from the Airflow connection its provider's ``training`` settings name."""
+    from tuneloop.managed.reference import serving_credentials
+
+    def load(version: str) -> Any:
+        provider = registry.get_version(version).tags.get("provider")
+        return registry.load_pyfunc(version, serving_credentials(provider, training) if provider else None)
+
+    return load
+
+
 class NoProductionModel(RuntimeError):
     """The registered model has no production version to serve."""
 
