@@ -511,10 +511,11 @@ def cmd_serve(config: TuneloopConfig, args: argparse.Namespace) -> int:
     from tuneloop.tasks import task_for
 
     registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
+    task = task_for(config.task)
     router = Router(registry, ErrorCaseStore.from_config(config), refresh_seconds=args.refresh_seconds,
-                    load=registry_loader(registry, config.training))
+                    load=registry_loader(registry, config.training), params=task.serving().request_params)
     split = router.split()  # refuses a model with nothing in production before listening
-    server = make_server(router, task_for(config.task), host=args.host, port=args.port)
+    server = make_server(router, task, host=args.host, port=args.port)
     host, port = server.server_address[:2]
     canary = f", canary {version_label(split.canary)} ({split.canary_percent:g}%)" if split.canary else ""
     print(f"serving {registry.model_name} on http://{host}:{port} (production {version_label(split.production)}"

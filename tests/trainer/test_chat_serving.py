@@ -66,6 +66,13 @@ def test_round_trip_through_mlflow(tracking: str, trained_chat_run: Path, chat_d
     first_tokens = served.predict(prompts, params={"max_new_tokens": 1})
     assert first_tokens == [p["hypothesis"] for p in reply_rows(rows, model, tokenizer, 16, max_new_tokens=1)]
     assert first_tokens != replies  # the param reached predict
+    # a server's request: the replies with their token counts (the prompt as templated; the reply's stop included)
+    usage = served.predict(prompts, params={"max_new_tokens": 8, "with_usage": True})
+    assert list(usage.columns) == ["reply", "prompt_tokens", "completion_tokens"] and usage["reply"].tolist() == replies
+    templated = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    assert usage["prompt_tokens"].tolist() == [len(tokenizer(t, add_special_tokens=False)["input_ids"])
+                                               for t in templated]
+    assert all(1 <= n <= 8 for n in usage["completion_tokens"])
 
 
 def test_without_the_signature_params_are_dropped_and_the_default_applies(

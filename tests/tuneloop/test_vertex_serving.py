@@ -115,6 +115,9 @@ def test_the_pyfunc_replies_through_generate_content_on_the_endpoint(api, tracki
     assert served.predict(CONVERSATIONS[1]) == replies[1:]  # one conversation
     assert served.predict(CONVERSATIONS, params={"max_new_tokens": 5}) == replies
     assert [body["generationConfig"]["maxOutputTokens"] for _, body in api.requests[-2:]] == [5, 5]
+    usage = served.predict(CONVERSATIONS, params={"with_usage": True})  # a server's request: Gemini's usage too
+    assert usage["reply"].tolist() == replies and usage["completion_tokens"].tolist() == [4, 4]
+    assert usage["prompt_tokens"].tolist() == [4, 8]  # the stand-in counts words: system + question; three turns
 
 
 def test_the_logged_model_holds_no_credentials(api, tracking, tmp_path, endpoint, model_config):

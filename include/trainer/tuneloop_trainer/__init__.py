@@ -70,8 +70,10 @@ def serving_signature(task: str = "speech-to-text") -> Any:
     """The ``signature`` to pass to ``mlflow.pyfunc.log_model`` with :func:`serving_path` (imports mlflow).
 
     None for speech-to-text (no signature, as before). For the chat ones: no input schema (predict accepts several input
-    shapes and checks them itself) and the ``max_new_tokens`` param, default 64: MLflow drops, with a warning, every
-    param that the logged signature does not declare.
+    shapes and checks them itself), the ``max_new_tokens`` param, default 64, and ``with_usage``, default false (true:
+    a DataFrame of ``reply``, ``prompt_tokens``, ``completion_tokens`` instead of the replies, for a server that
+    records each request's usage): MLflow drops, with a warning, every param that the logged signature does not
+    declare.
     """
     if task not in SERVING_FILES:
         raise ValueError(f"task must be one of {', '.join(SERVING_FILES)}, got {task!r}")
@@ -80,4 +82,5 @@ def serving_signature(task: str = "speech-to-text") -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
-    return ModelSignature(inputs=None, params=ParamSchema([ParamSpec("max_new_tokens", "long", 64)]))
+    return ModelSignature(inputs=None, params=ParamSchema([ParamSpec("max_new_tokens", "long", 64),
+                                                           ParamSpec("with_usage", "boolean", False)]))

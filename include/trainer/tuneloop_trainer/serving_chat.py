@@ -9,7 +9,8 @@ import the rest of tuneloop_trainer: prompt rendering and batched greedy generat
 
 Input: a list of conversations (each a list of ``{"role", "content"}`` dicts), a single conversation, or a pandas
 DataFrame with a ``messages`` column. Output: a list of reply strings, one per conversation, in order.
-``params={"max_new_tokens": N}`` caps each reply (default 64).
+``params={"max_new_tokens": N}`` caps each reply (default 64); ``params={"with_usage": True}`` returns a DataFrame
+of ``reply``, ``prompt_tokens`` and ``completion_tokens`` instead (what a server records per request).
 """
 
 from __future__ import annotations
@@ -65,12 +66,16 @@ class ChatModel(mlflow.pyfunc.PythonModel):
         max_new_tokens = int((params or {}).get("max_new_tokens", MAX_NEW_TOKENS))
         prompts = [self._prompt(conversation) for conversation in _conversations(model_input)]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
-        replies: list[str] = [""] * len(prompts)
+        replies: list[tuple[str, int]] = [("", 0)] * len(prompts)
         for start in range(0, len(order), BATCH_SIZE):
             batch = order[start : start + BATCH_SIZE]
             for index, reply in zip(batch, self._generate([prompts[i] for i in batch], max_new_tokens), strict=True):
                 replies[index] = reply
-        return replies
+        if (params or {}).get("with_usage"):
+            return pd.DataFrame({"reply": [text for text, _ in replies],
+                                 "prompt_tokens": [len(prompt) for prompt in prompts],
+                                 "completion_tokens": [tokens for _, tokens in replies]})
+        return [text for text, _ in replies]
 
     def _prompt(self, conversation: list[dict[str, Any]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
@@ -86,7 +91,8 @@ class ChatModel(mlflow.pyfunc.PythonModel):
         return sorted(token for token in stops if token is not None)
 
     @torch.inference_mode()
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[str, int]]:
+        """Each prompt's reply and the tokens generated for it (its stop token included, as an API bills it)."""
         pad = self.tokenizer.pad_token_id
         width = max(len(prompt) for prompt in prompts)
         input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -106,7 +112,8 @@ class ChatModel(mlflow.pyfunc.PythonModel):
         replies = []
         for generated in output[:, width:].tolist():
             length = next((i for i, token in enumerate(generated) if token in self.stops), len(generated))
-            replies.append(self.tokenizer.decode(generated[:length], skip_special_tokens=True).strip())
+            replies.append((self.tokenizer.decode(generated[:length], skip_special_tokens=True).strip(),
+                            min(length + 1, len(generated))))
         return replies
 
 

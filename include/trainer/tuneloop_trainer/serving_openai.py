@@ -10,7 +10,9 @@ its Airflow connection's), else from ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``, a
 
 Input: a list of conversations (each a list of ``{"role", "content"}`` dicts), a single conversation, or a pandas
 DataFrame with a ``messages`` column. Output: one reply string per conversation, in order.
-``params={"max_new_tokens": N}`` caps each reply (default 64), as for tuneloop's own chat models.
+``params={"max_new_tokens": N}`` caps each reply (default 64), as for tuneloop's own chat models;
+``params={"with_usage": True}`` returns a DataFrame of ``reply``, ``prompt_tokens`` and ``completion_tokens`` (the
+API's usage) instead.
 """
 
 from __future__ import annotations
@@ -70,13 +72,18 @@ class OpenAIChatModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         max_tokens = int((params or {}).get("max_new_tokens", MAX_NEW_TOKENS))
 
-        def reply(conversation: list[dict[str, Any]]) -> str:
+        def reply(conversation: list[dict[str, Any]]) -> tuple[str, int | None, int | None]:
             response = self.client.chat.completions.create(model=self.model, messages=conversation, temperature=0,
                                                            max_completion_tokens=max_tokens)
-            return (response.choices[0].message.content or "").strip() if response.choices else ""
+            text = (response.choices[0].message.content or "").strip() if response.choices else ""
+            usage = response.usage
+            return text, usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None
 
         with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
-            return list(pool.map(reply, _conversations(model_input)))
+            replies = list(pool.map(reply, _conversations(model_input)))
+        if (params or {}).get("with_usage"):
+            return pd.DataFrame(replies, columns=["reply", "prompt_tokens", "completion_tokens"])
+        return [text for text, _, _ in replies]
 
 
 mlflow.models.set_model(OpenAIChatModel())

@@ -12,7 +12,8 @@ Google's application default credentials, as any Vertex AI client does.
 Input: as the other chat models (serving_openai.py): a list of conversations, a single conversation, or a pandas
 DataFrame with a ``messages`` column. System messages before the first user turn become the system instruction,
 assistant turns the model's. Output: one reply string per conversation, in order. ``params={"max_new_tokens": N}``
-caps each reply (default 64).
+caps each reply (default 64); ``params={"with_usage": True}`` returns a DataFrame of ``reply``, ``prompt_tokens`` and
+``completion_tokens`` (Gemini's usage metadata) instead.
 """
 
 from __future__ import annotations
@@ -91,16 +92,21 @@ class VertexChatModel(mlflow.pyfunc.PythonModel):
 
         max_tokens = int((params or {}).get("max_new_tokens", MAX_NEW_TOKENS))
 
-        def reply(conversation: list[dict[str, Any]]) -> str:
+        def reply(conversation: list[dict[str, Any]]) -> tuple[str, int | None, int | None]:
             system, contents = gemini_request(conversation)
             response = self.client.models.generate_content(
                 model=self.model, contents=contents,
                 config=types.GenerateContentConfig(system_instruction=system, temperature=0,
                                                    max_output_tokens=max_tokens))
-            return (response.text or "").strip()
+            usage = response.usage_metadata
+            return ((response.text or "").strip(), usage.prompt_token_count if usage else None,
+                    usage.candidates_token_count if usage else None)
 
         with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
-            return list(pool.map(reply, _conversations(model_input)))
+            replies = list(pool.map(reply, _conversations(model_input)))
+        if (params or {}).get("with_usage"):
+            return pd.DataFrame(replies, columns=["reply", "prompt_tokens", "completion_tokens"])
+        return [text for text, _, _ in replies]
 
 
 mlflow.models.set_model(VertexChatModel())

@@ -98,4 +98,4 @@ def serving(provider: Provider) -> Serving:
     kind, requirements = {"openai": ("openai-chat", OPENAI_SERVING_REQUIREMENTS),
                           "vertex": ("vertex-chat", VERTEX_SERVING_REQUIREMENTS)}[provider]
     return Serving(serving_path(kind), list(requirements), serving_signature(kind),
-                   model_config=dict(SERVING_CONFIG_KEYS[provider]))
+                   model_config=dict(SERVING_CONFIG_KEYS[provider]), request_params={"with_usage": True})

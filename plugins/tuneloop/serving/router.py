@@ -9,8 +9,10 @@ split is unloaded. Routing needs no shared state (:mod:`tuneloop.serving.routing
 side by side, all writing to the same store (PostgreSQL at scale).
 
 Each request is recorded (:meth:`tuneloop.store.ServedRecords.record_served`) before its answer is returned: an
-answer the caller received is never missing from the online test. A chat model's token usage is recorded when
-its output carries ``prompt_tokens`` / ``completion_tokens`` columns.
+answer the caller received is never missing from the online test. A chat model's token usage is recorded: the
+router passes the serving's ``request_params`` (``with_usage``), and the model answers a DataFrame of ``reply``,
+``prompt_tokens`` and ``completion_tokens`` (a version logged before that param existed answers its replies only,
+recorded without usage).
 """
 
 from __future__ import annotations
@@ -59,15 +61,16 @@ class Served:
 
 class Router:
     """Serve one registered model by its traffic split. ``load`` loads a version (default: the registry's pyfunc
-    loader, with ``model_config``); ``monotonic`` is the clock of ``refresh_seconds`` (injectable for tests)."""
+    loader, with ``model_config``); ``params``: passed with every prediction (the serving's ``request_params``);
+    ``monotonic`` is the clock of ``refresh_seconds`` (injectable for tests)."""
 
     def __init__(self, registry: Any, store: ServedRecords, *, refresh_seconds: float = 10.0,
                  model_config: dict[str, Any] | None = None, load: Callable[[str], Any] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 params: dict[str, Any] | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
         if refresh_seconds < 0:
             raise ValueError(f"refresh_seconds: must be >= 0, got {refresh_seconds!r}")
         self._registry, self._store = registry, store
-        self._refresh_seconds, self._monotonic = refresh_seconds, monotonic
+        self._refresh_seconds, self._monotonic, self._params = refresh_seconds, monotonic, params
         self._load = load or (lambda version: registry.load_pyfunc(version, model_config=model_config))
         self._lock = threading.Lock()
         self._loading = threading.Lock()  # one load at a time, see model()
@@ -140,9 +143,11 @@ class Router:
         model = self.model(version)
         served_at = datetime.now(UTC)
         started = time.perf_counter()
-        output = model.predict(model_input)
+        output = model.predict(model_input, params=self._params) if self._params else model.predict(model_input)
         latency_ms = (time.perf_counter() - started) * 1000
         prompt, completion = _usage(output)
+        if "reply" in getattr(output, "columns", ()):
+            output = output["reply"].tolist()
         self._store.record_served(ServedRequest(request_id=request_id, model_version=version, arm=arm,
                                                 served_at=served_at, latency_ms=latency_ms, prompt_tokens=prompt,
                                                 completion_tokens=completion))

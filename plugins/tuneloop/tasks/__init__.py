@@ -64,13 +64,15 @@ class ExportItem:
 @dataclass(frozen=True)
 class Serving:
     """How a version of this kind of model is served: the MLflow pyfunc definition ("models from code"), its pip
-    requirements, its signature (None: none) and the ``model_config`` keys it takes at load time with their
-    defaults (None: none; a managed model's API credentials are given there, never logged)."""
+    requirements, its signature (None: none), the ``model_config`` keys it takes at load time with their
+    defaults (None: none; a managed model's API credentials are given there, never logged) and the params a server
+    passes with each request (None: none; chat: ``with_usage``, so the router records each request's tokens)."""
 
     code: str
     requirements: list[str]
     signature: Any = None
     model_config: dict[str, Any] | None = None
+    request_params: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

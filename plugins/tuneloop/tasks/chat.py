@@ -222,11 +222,12 @@ class ChatTask:
         return chat_evaluation.suite_metrics(report)
 
     def serving(self) -> Serving:
-        """The chat pyfunc (conversations -> replies), its pip requirements and its ``max_new_tokens`` param."""
+        """The chat pyfunc (conversations -> replies), its pip requirements and its params (``max_new_tokens``;
+        ``with_usage``, which a server asks for to record each request's tokens)."""
         from tuneloop_trainer import CHAT_SERVING_REQUIREMENTS, serving_path, serving_signature
 
         return Serving(serving_path(self.trainer_task), list(CHAT_SERVING_REQUIREMENTS),
-                       serving_signature(self.trainer_task))
+                       serving_signature(self.trainer_task), request_params={"with_usage": True})
 
     def request_input(self, value: Any) -> list[list[dict[str, Any]]]:
         """A conversation to answer (its messages, or ``{"messages": [...]}``), checked like a case's prompt: it
