@@ -532,6 +532,7 @@ def cmd_serve(config: TuneloopConfig, args: argparse.Namespace) -> int:
 def cmd_bootstrap(config: TuneloopConfig, args: argparse.Namespace) -> int:
     from tuneloop import tracking
     from tuneloop.deployment import bootstrap_production
+    from tuneloop.managed import reference
     from tuneloop.registry import ModelRegistry
     from tuneloop.store import ErrorCaseStore
 
@@ -543,7 +544,7 @@ def cmd_bootstrap(config: TuneloopConfig, args: argparse.Namespace) -> int:
         model_dir, serving = _bootstrap_model(config, args, Path(scratch))
         run_id = tracking.ensure_run(config, "bootstrap", dag_id="cli")
         managed = _managed_model(args)
-        tags = {"provider": managed.provider, "provider_model": managed.model} if managed else None
+        tags = reference.managed_tags(managed) if managed else None
         event = bootstrap_production(registry, ErrorCaseStore.from_config(config), model_dir, run_id=run_id,
                                      reason=args.reason, actor=f"cli:{getpass.getuser()}", tags=tags,
                                      serving_code=serving.code,

@@ -665,13 +665,11 @@ class PipelineRun:
 
     def _managed_tags(self) -> dict[str, str]:
         """A managed candidate's provider and model id, as version tags (retention reads them)."""
-        from tuneloop.managed.reference import is_managed, read_managed
+        from tuneloop.managed.reference import is_managed, managed_tags, read_managed
 
         if not is_managed(self.paths.model):
             return {}
-        model = read_managed(self.paths.model)
-        job = {"provider_job_id": model.job_id} if model.job_id else {}
-        return {"provider": model.provider, "provider_model": model.model, **job}
+        return managed_tags(read_managed(self.paths.model))
 
     def _retire_managed_models(self, archived: list[str]) -> None:
         """Delete at the provider the fine-tuned models of the versions retention just archived."""
@@ -733,8 +731,9 @@ class PipelineRun:
 
     def record_online_test(self, decision: dict[str, Any], since: datetime | None = None) -> dict[str, Any]:
         """Keep the online test's decision with its numbers (online_test.json, and the run's MLflow metrics), and
-        seed 004's weighted winner beside it (accuracy and mean latency per arm since ``since``; cost is left out:
-        a self-hosted version has no price per request). Returns the decision as recorded."""
+        seed 004's weighted winner beside it (accuracy, mean latency and cost per request of each arm since
+        ``since``; cost is left out where an arm has none, as a self-hosted version). Returns the decision as
+        recorded."""
         from tuneloop import tracking
 
         looked = decision["look"]
@@ -759,10 +758,26 @@ class PipelineRun:
         versions = {"production": self.registry.production_version(), "canary": self.registry.alias_version("canary")}
         arms = {}
         for arm, counts in ((arm, looked[arm]) for arm in ("production", "canary")):
+            version = versions[arm]
             accuracy = 1 - counts["errors"] / counts["requests"] if counts["requests"] else 0.0
-            latency = self.store.mean_latency_ms(versions[arm], since=since) if versions[arm] else None
-            arms[arm] = ArmSummary(accuracy=accuracy, latency_ms=latency)
+            latency = self.store.mean_latency_ms(version, since=since) if version else None
+            cost = self.served_cost_per_request(version, since) if version else None
+            arms[arm] = ArmSummary(accuracy=accuracy, latency_ms=latency, cost_usd=cost)
         return weighted_winner(arms["production"], arms["canary"])
+
+    def served_cost_per_request(self, version: str, since: datetime) -> float | None:
+        """What a request ``version`` served since ``since`` cost on average: its recorded tokens at its configured
+        price (``costs.prices``). None for a self-hosted version (its cost is its machine's, not per request), or
+        without recorded usage or a price."""
+        from tuneloop.costs import request_cost
+        from tuneloop.managed import steps
+        from tuneloop.managed.reference import managed_from_tags
+
+        model = managed_from_tags(self.registry.get_version(version).tags)
+        usage = self.store.mean_usage(version, since=since) if model else None
+        if model is None or usage is None:
+            return None
+        return request_cost(self.config.costs.prices, steps(model.provider).served_price_name(model), *usage).usd
 
     def auto_rollback(self, placed: dict[str, Any] | None, why: str,
                       actor: RunActor | None = None) -> dict[str, Any] | None:

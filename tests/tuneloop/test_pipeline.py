@@ -231,3 +231,38 @@ def test_a_run_s_training_cost_adds_what_its_attempts_without_a_model_spent(tmp_
                                                   "TUNELOOP__TRAINING__GCE__MACHINE_TYPE": "a2-highgpu-1g"}),
                            "r1", RunParams())
     assert unpriced.training_cost().usd is None and "'a2-highgpu-1g'" in unpriced.training_cost().basis
+
+
+def test_a_managed_version_s_served_cost_is_its_recorded_tokens_at_its_price(tmp_path, mlflow_template):
+    """The online test's cost per request (seed 004's winner weighs it): the served requests' mean tokens at the
+    version's configured price; a self-hosted version, one without usage or without a price has none."""
+    from tests.tuneloop.registry_testing import SERVING_CODE, MlflowEnv
+    from tuneloop.deployment import register
+    from tuneloop.managed.reference import ManagedModel, managed_tags, serving, write_managed
+    from tuneloop.store import ServedRequest
+
+    mlflow = MlflowEnv.create(tmp_path, mlflow_template)
+    file = tmp_path / "tuneloop.yaml"
+    file.write_text("costs:\n  prices:\n    ft:gpt-4.1-mini-2025-04-14: {input_per_1m_tokens: 0.8, "
+                    "output_per_1m_tokens: 3.2}\n")
+    config = load_config(file, env={"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP__MLFLOW__TRACKING_URI": mlflow.uri})
+    run = PipelineRun(config, "r")
+    how = serving("openai")
+    versions = {}
+    for name, model in (("priced", "ft:gpt-4.1-mini-2025-04-14:acme::a1"), ("unpriced", "gpt-5-nano")):
+        write_managed(tmp_path / name, ManagedModel(provider="openai", model=model))
+        versions[name] = register(run.registry, run.store, tmp_path / name, run_id=mlflow.new_run(),
+                                  airflow_run_id=name, tags=managed_tags(ManagedModel("openai", model)),
+                                  serving_code=how.code, pip_requirements=how.requirements)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "tag.txt").write_text("local")
+    versions["self-hosted"] = register(run.registry, run.store, tmp_path / "local", run_id=mlflow.new_run(),
+                                       airflow_run_id="local", serving_code=SERVING_CODE)
+    for name, version in versions.items():
+        for i, (prompt, completion) in enumerate([(1000, 100), (3000, 300)]):
+            run.store.record_served(ServedRequest(request_id=f"{name}-{i}", model_version=version, arm="canary",
+                                                  served_at=NOW, prompt_tokens=prompt, completion_tokens=completion))
+    assert run.served_cost_per_request(versions["priced"], NOW) == pytest.approx((0.8 * 2000 + 3.2 * 200) / 1e6)
+    assert run.served_cost_per_request(versions["unpriced"], NOW) is None  # no costs.prices entry: unknown
+    assert run.served_cost_per_request(versions["self-hosted"], NOW) is None  # costs what its machine costs
+    assert run.served_cost_per_request(versions["priced"], NOW + timedelta(minutes=1)) is None  # nothing served

@@ -56,6 +56,17 @@ def test_mean_latency_is_one_version_s_since_a_time(store):
     assert store.mean_latency_ms("8", since=T0) is None
 
 
+def test_mean_usage_is_one_version_s_recorded_tokens_since_a_time(store):
+    store.record_served(served("a", prompt_tokens=10, completion_tokens=4))
+    store.record_served(served("b", prompt_tokens=30, completion_tokens=8, minutes=5))
+    store.record_served(served("c", version="6", arm="production", prompt_tokens=900, completion_tokens=900))
+    store.record_served(served("d", minutes=6))  # no usage recorded (a speech model, an older version): not counted
+    assert store.mean_usage("7", since=T0) == pytest.approx((20.0, 6.0))
+    assert store.mean_usage("7", since=T0 + timedelta(minutes=1)) == pytest.approx((30.0, 8.0))
+    assert store.mean_usage("7", since=T0 + timedelta(minutes=6)) is None
+    assert store.mean_usage("8", since=T0) is None
+
+
 def test_judged_counts_are_one_version_s_judged_requests_in_the_period(store):
     for i, outcome in enumerate(["error", "success", "success", None, "error"]):
         store.record_served(served(f"c-{i}", minutes=i, outcome=outcome))

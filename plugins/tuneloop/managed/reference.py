@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from tuneloop import storage
@@ -51,6 +52,21 @@ class ManagedModel:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def managed_tags(model: ManagedModel) -> dict[str, str]:
+    """The model as registry version tags (retention, serving and the online test's cost read them back)."""
+    optional = {"provider_job_id": model.job_id, "provider_base_model": model.base_model}
+    return {"provider": model.provider, "provider_model": model.model,
+            **{key: value for key, value in optional.items() if value}}
+
+
+def managed_from_tags(tags: Mapping[str, str]) -> ManagedModel | None:
+    """A version's managed model from its tags (:func:`managed_tags`); None for a self-hosted version."""
+    if tags.get("provider") not in PROVIDERS or not tags.get("provider_model"):
+        return None
+    return ManagedModel(provider=tags["provider"], model=tags["provider_model"],  # type: ignore[arg-type]
+                        base_model=tags.get("provider_base_model"), job_id=tags.get("provider_job_id"))
 
 
 def is_managed(model_dir: StoragePath) -> bool:

@@ -145,6 +145,17 @@ class ServedRecords(StoreBase):
         return None if value is None else float(value)
 
 
+    def mean_usage(self, model_version: str, *, since: datetime) -> tuple[float, float] | None:
+        """The mean prompt and completion tokens of the requests ``model_version`` served since ``since`` that
+        recorded their usage (None: none did)."""
+        t = served_table
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(sa.func.avg(t.c.prompt_tokens), sa.func.avg(t.c.completion_tokens)).where(
+                t.c.model == self._model, t.c.model_version == model_version, t.c.served_at >= as_utc(since),
+                t.c.prompt_tokens.is_not(None), t.c.completion_tokens.is_not(None))).one()
+        return None if row[0] is None else (float(row[0]), float(row[1]))
+
+
 def _request(row: sa.Row) -> ServedRequest:
     return ServedRequest(request_id=row.request_id, model_version=row.model_version, arm=row.arm,
                          served_at=row.served_at, latency_ms=row.latency_ms, prompt_tokens=row.prompt_tokens,
