@@ -47,13 +47,15 @@ class DeploymentEvent:
 class RunActor:
     """Who answers for a registry move made by a DAG run, as the deployment history names it.
 
-    The person who approved the step in Airflow (the human-in-the-loop responder), else the user who started the
-    run by hand (Airflow's ``triggering_user_name``), else the DAG itself: a scheduled run nobody touched.
+    The person who made the call in Airflow -- ended a canary's online test by hand, else approved the step (the
+    human-in-the-loop responders) -- else the user who started the run by hand (Airflow's
+    ``triggering_user_name``), else the DAG itself: a scheduled run nobody touched.
     """
 
     approved_by: str | None = None
     triggered_by: str | None = None
     dag_id: str = "finetune_weekly"
+    decided_by: str | None = None
 
     @classmethod
     def of_run(cls, dag_id: str, triggered_by: str | None, approval: Mapping[str, Any] | None = None) -> RunActor:
@@ -63,9 +65,9 @@ class RunActor:
 
     @property
     def name(self) -> str:
-        return self.approved_by or self.triggered_by or self.dag_id
+        return self.decided_by or self.approved_by or self.triggered_by or self.dag_id
 
     def details(self) -> dict[str, str]:
-        """What the event's details keep besides the actor: both people, and the DAG."""
-        people = {"approved_by": self.approved_by, "triggered_by": self.triggered_by}
+        """What the event's details keep besides the actor: every person, and the DAG."""
+        people = {"decided_by": self.decided_by, "approved_by": self.approved_by, "triggered_by": self.triggered_by}
         return {"dag_id": self.dag_id, **{key: value for key, value in people.items() if value}}

@@ -737,9 +737,10 @@ class PipelineRun:
         from tuneloop import tracking
 
         looked = decision["look"]
+        _write_json(self.paths.online_test, decision)  # first: a person's call survives a failure below
         if looked is not None and since is not None:
             decision = decision | {"winner": self._weighted_winner(looked, since)}
-        _write_json(self.paths.online_test, decision)
+            _write_json(self.paths.online_test, decision)
         if looked is None:  # ended outside the test: no counts to log
             return decision
         metrics = {"online_production_requests": looked["production"]["requests"],
@@ -751,6 +752,10 @@ class PipelineRun:
             metrics["online_chi_squared_p"] = looked["chi_squared_p"]
         tracking.log_metrics(self.config, self.mlflow_run_id(), metrics)
         return decision
+
+    def recorded_online_test(self) -> dict[str, Any] | None:
+        """The online test's decision as recorded for this run, if it decided (a retried task returns it)."""
+        return storage.read_json(self.paths.online_test) if self.paths.online_test.exists() else None
 
     def _weighted_winner(self, looked: dict[str, Any], since: datetime) -> dict[str, Any]:
         from tuneloop.online_test import ArmSummary, weighted_winner

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,10 @@ AIRFLOW_RUN_ID_TAG = "airflow_run_id"
 ARTIFACT_NAME = "model"
 _NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+# One pyfunc load at a time in a process: MLflow's models-from-code loader keeps process-wide state while it runs
+# (the model_config, the model being defined, a ``dbutils`` stand-in in sys.modules), so two loads at once -- two
+# routers, or a router beside an evaluation -- could swap credentials or models.
+_LOADING = threading.Lock()
 
 
 class RegistryError(RuntimeError):
@@ -377,7 +382,7 @@ class ModelRegistry:
         import mlflow
 
         uri = self.model_uri(alias_or_version)
-        with self.active(), self._errors(f"loading {uri}"):
+        with _LOADING, self.active(), self._errors(f"loading {uri}"):
             return mlflow.pyfunc.load_model(uri, model_config=model_config)
 
     def download_model_dir(self, alias_or_version: str, target: Path | str) -> Path:

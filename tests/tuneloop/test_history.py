@@ -20,3 +20,10 @@ def test_the_approver_then_the_triggering_user_then_the_dag(triggered_by, approv
     actor = RunActor.of_run("finetune_weekly", triggered_by, approval)
     assert actor.name == name
     assert actor.details() == details
+
+
+def test_a_person_who_ended_a_canary_s_test_answers_for_its_move_and_the_approver_is_kept():
+    actor = RunActor(approved_by="bo", triggered_by="ana", decided_by="cy")
+    assert actor.name == "cy"
+    assert actor.details() == {"dag_id": "finetune_weekly", "decided_by": "cy", "approved_by": "bo",
+                               "triggered_by": "ana"}

@@ -134,3 +134,65 @@ def test_a_managed_version_is_served_with_the_connection_s_credentials(env: Mlfl
         recorded = store.served_request("r1")  # with the API's usage (the stand-in counts words)
         assert (recorded.model_version, recorded.prompt_tokens, recorded.completion_tokens) == ("1", 1, 3)
         assert [request["model"] for request in api.requests] == [model.model]  # the stand-in requires the key
+
+
+def test_a_model_whose_credentials_expire_is_loaded_again_in_the_background():
+    """Renewing: the loaded model answers while a fresh one loads; due again ``renew_seconds`` after a load, a
+    minute after a failed one."""
+    from tuneloop.serving.router import Renewing
+
+    clock, loads, outcomes = ManualClock(), [], iter([None, None, RuntimeError("token endpoint down"), None])
+
+    class Answers:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def predict(self, model_input, params=None):
+            return [f"load {self.n}"]
+
+    def load():
+        failure = next(outcomes)
+        if failure:
+            raise failure
+        loads.append(clock())
+        return Answers(len(loads))
+
+    def predict_and_settle(model):
+        answer = model.predict(["hi"])
+        for thread in threading.enumerate():
+            if thread.name == "tuneloop-renew-credentials":
+                thread.join(timeout=10)
+        return answer
+
+    model = Renewing(load, 1800, monotonic=clock)
+    assert predict_and_settle(model) == ["load 1"]
+    clock.tick(1799)
+    assert predict_and_settle(model) == ["load 1"] and len(loads) == 1
+    clock.tick(1)
+    assert predict_and_settle(model) == ["load 1"]  # answered by the old one while the new one loaded
+    assert predict_and_settle(model) == ["load 2"]
+    clock.tick(1800)
+    assert predict_and_settle(model) == ["load 2"]  # this renewal fails: the old one answers on
+    clock.tick(59)
+    assert predict_and_settle(model) == ["load 2"] and len(loads) == 2
+    clock.tick(1)
+    predict_and_settle(model)
+    assert predict_and_settle(model) == ["load 3"]
+
+
+def test_a_request_whose_usage_is_partly_missing_records_none(served_model, store):
+    """Usage is recorded only when every row of the answer reports it: unknown is not zero tokens."""
+    import pandas as pd
+
+    registry, history, base, tuned = served_model
+
+    class WithUsage:
+        def predict(self, model_input, params=None):
+            assert params == {"with_usage": True}
+            return pd.DataFrame({"reply": ["a", "b"], "prompt_tokens": [5, None], "completion_tokens": [2, 3]})
+
+    router = Router(registry, store, load=lambda version: WithUsage(), params={"with_usage": True})
+    served = router.predict(["x", "y"], request_id="partial")
+    assert served.output == ["a", "b"]
+    recorded = store.served_request("partial")
+    assert (recorded.prompt_tokens, recorded.completion_tokens) == (None, None)

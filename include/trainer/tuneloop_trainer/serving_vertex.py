@@ -13,7 +13,7 @@ Input: as the other chat models (serving_openai.py): a list of conversations, a 
 DataFrame with a ``messages`` column. System messages before the first user turn become the system instruction,
 assistant turns the model's. Output: one reply string per conversation, in order. ``params={"max_new_tokens": N}``
 caps each reply (default 64); ``params={"with_usage": True}`` returns a DataFrame of ``reply``, ``prompt_tokens`` and
-``completion_tokens`` (Gemini's usage metadata) instead.
+``completion_tokens`` (Gemini's usage metadata; thinking tokens count as output, as they are billed) instead.
 """
 
 from __future__ import annotations
@@ -99,8 +99,11 @@ class VertexChatModel(mlflow.pyfunc.PythonModel):
                 config=types.GenerateContentConfig(system_instruction=system, temperature=0,
                                                    max_output_tokens=max_tokens))
             usage = response.usage_metadata
-            return ((response.text or "").strip(), usage.prompt_token_count if usage else None,
-                    usage.candidates_token_count if usage else None)
+            if usage is None or usage.prompt_token_count is None:
+                return (response.text or "").strip(), None, None
+            # thinking tokens are billed as output
+            output = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+            return (response.text or "").strip(), usage.prompt_token_count, output
 
         with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
             replies = list(pool.map(reply, _conversations(model_input)))

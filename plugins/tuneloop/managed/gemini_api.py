@@ -43,7 +43,8 @@ def generate(client: Client, model: str, messages: Sequence[Mapping[str, Any]], 
                                            seed=seed, max_output_tokens=max_reply_tokens))
     usage = response.usage_metadata
     prompt = (usage.prompt_token_count or 0) if usage else 0
-    completion = (usage.candidates_token_count or 0) if usage else 0
+    # thinking tokens are billed as output
+    completion = ((usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)) if usage else 0
     return (response.text or "").strip(), prompt, completion
 
 

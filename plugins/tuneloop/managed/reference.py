@@ -29,6 +29,9 @@ SERVING_CONFIG_KEYS: dict[str, dict[str, Any]] = {
     "openai": {"api_key": "", "base_url": "", "max_retries": 5, "timeout": 60.0},
     "vertex": {"access_token": "", "project": "", "location": "", "base_url": "", "max_retries": 5, "timeout": 60.0},
 }
+# How long a managed model's load-time credentials serve before a long-lived server loads it again: a Vertex
+# access token lasts an hour (an OpenAI key does not expire).
+CREDENTIALS_RENEW_SECONDS: dict[str, float] = {"vertex": 30 * 60}
 Provider = Literal["openai", "vertex"]
 PROVIDERS: tuple[Provider, ...] = ("openai", "vertex")
 

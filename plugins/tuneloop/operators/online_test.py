@@ -3,9 +3,10 @@
 While the online test waits, Airflow's *Required actions* offer to end it early: ``online_test`` writes a
 human-in-the-loop request (options "Promote now" / "Roll back now", an optional reason) before it defers. An answer
 resumes the deferred task at once (Airflow's API hands the response to a deferred task as its event), and the
-person's call is the decision, recorded with who made it, why, and the counts of that moment. ``airflow dags
-test`` runs the wait inline (the task is not deferred in the database), so there an answer is recorded but the
-test decides by itself.
+person's call is the decision, recorded with who made it, why, and the counts of that moment. An answer given in
+the instant the test decides by itself loses to it (Airflow records the answer, but the task had resumed already).
+``airflow dags test`` runs the wait inline (the task is not deferred in the database), so there an answer is
+recorded but the test decides by itself. A retried task returns the decision already recorded for the run.
 """
 
 from __future__ import annotations
@@ -23,13 +24,25 @@ PROMOTE_NOW, ROLL_BACK_NOW = "Promote now", "Roll back now"
 PERSON_ACTIONS = {PROMOTE_NOW: "promote", ROLL_BACK_NOW: "rollback"}
 
 
+def person_answer(event: dict[str, Any]) -> tuple[str, str, str]:
+    """A person's answer to the Required action (Airflow's human-in-the-loop resume payload: ``chosen_options``,
+    ``params_input``, ``responded_by_user``) as the action, who answered and why; a choice not offered fails."""
+    chosen = list(event.get("chosen_options") or [])
+    if len(chosen) != 1 or chosen[0] not in PERSON_ACTIONS:
+        raise AirflowFailException(f"chosen_options: expected one of {sorted(PERSON_ACTIONS)}, got {chosen!r}")
+    user = event.get("responded_by_user") or {}
+    by = str(user.get("name") or user.get("id") or "an unnamed user")
+    why = str((event.get("params_input") or {}).get("reason") or "")
+    return PERSON_ACTIONS[chosen[0]], by, why
+
+
 class OnlineTestOperator(PipelineStepOperator):
     """Canary only: wait in the triggerer until the online test decides (promote, roll back, keep production) or
     a person ends it early. Other strategies skip it."""
 
     ui_color = "#fff4e5"
 
-    def execute(self, context: Context) -> None:
+    def execute(self, context: Context) -> dict[str, Any]:
         from tuneloop.rollout import running_canary
         from tuneloop.strategies import Placement
         from tuneloop.triggers.online_test import OnlineTestTrigger
@@ -38,6 +51,10 @@ class OnlineTestOperator(PipelineStepOperator):
         if not placement.strategy.waits:
             raise AirflowSkipException(f"the {placement.strategy.name} strategy has no online test")
         run = self.pipeline(context)
+        recorded = run.recorded_online_test()
+        if recorded is not None:  # a retry after the decision (a person's answer is not asked for twice)
+            self.log.info("online test: decided already (%s -- %s)", recorded["action"], recorded["reason"])
+            return recorded
         canary = running_canary(run.registry)
         if canary is None or canary.version != placement.version:
             raise AirflowFailException(f"the canary of version {placement.version} is no longer running "
@@ -92,24 +109,19 @@ class OnlineTestOperator(PipelineStepOperator):
         from tuneloop.rollout import running_canary
         from tuneloop.strategies import Placement
 
-        chosen = list(event.get("chosen_options") or [])
-        if len(chosen) != 1 or chosen[0] not in PERSON_ACTIONS:
-            raise AirflowFailException(f"chosen_options: expected one of {sorted(PERSON_ACTIONS)}, got {chosen!r}")
-        user = event.get("responded_by_user") or {}
-        by = str(user.get("name") or user.get("id") or "an unnamed user")
+        action, by, why = person_answer(event)
         run = self.pipeline(context)
         version = Placement.of(self.upstream(context, "deploy")).version
         canary = running_canary(run.registry)
         if canary is None or canary.version != version:
             return {"action": "ended_elsewhere", "look": None, "decided_by": by,
-                    "reason": f"{by} answered {chosen[0]!r}, but canary {version} was already ended outside the "
-                              "online test (tuneloop rollback, the rollback DAG)"}, None
+                    "reason": f"{by} chose {action}, but canary {version} was already ended outside the online "
+                              "test (tuneloop rollback, the rollback DAG)"}, None
         since, production = canary.started_at, str(run.registry.production_version())
         current = look(Arm(*run.store.judged_counts(production, since=since)),
                        Arm(*run.store.judged_counts(canary.version, since=since)),
                        mixing_sd=run.config.deployment.canary.mixing_sd)
-        why = str((event.get("params_input") or {}).get("reason") or "")
-        return ended_by_person(current, PERSON_ACTIONS[chosen[0]], by=by, why=why).to_dict(), since  # type: ignore[arg-type]
+        return ended_by_person(current, action, by=by, why=why).to_dict(), since  # type: ignore[arg-type]
 
 
 class ConcludeRolloutOperator(PipelineStepOperator):
@@ -123,7 +135,7 @@ class ConcludeRolloutOperator(PipelineStepOperator):
             raise AirflowSkipException(decision["reason"])
         actor = self.actor(context, "approve_deploy")
         if decision and decision.get("decided_by"):  # a person ended the online test: the move is theirs
-            actor = dataclasses.replace(actor, approved_by=decision["decided_by"])
+            actor = dataclasses.replace(actor, decided_by=decision["decided_by"])
         event = self.pipeline(context).promote(placed, decision, actor)
         if event is None:
             raise AirflowSkipException(f"the {placed['strategy']} strategy moved production at deploy; nothing left")

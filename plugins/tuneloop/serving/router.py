@@ -12,7 +12,7 @@ Each request is recorded (:meth:`tuneloop.store.ServedRecords.record_served`) be
 answer the caller received is never missing from the online test. A chat model's token usage is recorded: the
 router passes the serving's ``request_params`` (``with_usage``), and the model answers a DataFrame of ``reply``,
 ``prompt_tokens`` and ``completion_tokens`` (a version logged before that param existed answers its replies only,
-recorded without usage).
+recorded without usage, and MLflow logs a warning about the unknown param at each request).
 """
 
 from __future__ import annotations
@@ -34,14 +34,54 @@ log = logging.getLogger(__name__)
 
 def registry_loader(registry: Any, training: Any) -> Callable[[str], Any]:
     """Load a version as serving must: through the registry's pyfunc loader, a managed version (its ``provider``
-    tag) with the API's credentials from the Airflow connection its provider's ``training`` settings name."""
-    from tuneloop.managed.reference import serving_credentials
+    tags) with the API's credentials from the Airflow connection its provider's ``training`` settings name, loaded
+    again before credentials that expire do (:class:`Renewing`)."""
+    from tuneloop.managed.reference import CREDENTIALS_RENEW_SECONDS, managed_from_tags, serving_credentials
 
     def load(version: str) -> Any:
-        provider = registry.get_version(version).tags.get("provider")
-        return registry.load_pyfunc(version, serving_credentials(provider, training) if provider else None)
+        managed = managed_from_tags(registry.get_version(version).tags)
+        if managed is None:
+            return registry.load_pyfunc(version)
+
+        def fresh() -> Any:
+            return registry.load_pyfunc(version, serving_credentials(managed.provider, training))
+
+        renew = CREDENTIALS_RENEW_SECONDS.get(managed.provider)
+        return Renewing(fresh, renew) if renew else fresh()
 
     return load
+
+
+class Renewing:
+    """A loaded model whose load-time credentials expire (a Vertex access token lasts an hour), loaded again every
+    ``renew_seconds`` in the background while the one loaded before answers; a failed renewal is tried again a
+    minute later (the old credentials may still hold)."""
+
+    RETRY_SECONDS = 60.0
+
+    def __init__(self, load: Callable[[], Any], renew_seconds: float, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._load, self._renew_seconds, self._monotonic = load, renew_seconds, monotonic
+        self._model = load()
+        self._due = monotonic() + renew_seconds
+        self._renewing = threading.Lock()
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        model = self._model  # this request's answer comes from the model loaded now
+        if self._monotonic() >= self._due and self._renewing.acquire(blocking=False):
+            threading.Thread(target=self._renew, name="tuneloop-renew-credentials", daemon=True).start()
+        return model.predict(model_input, params=params)
+
+    def _renew(self) -> None:
+        try:
+            self._model = self._load()
+            self._due = self._monotonic() + self._renew_seconds
+        except Exception as error:  # noqa: BLE001 - the loaded model answers on; try again soon
+            log.warning("loading a managed model again with fresh credentials failed (%s: %s); trying again in "
+                        "%gs", type(error).__name__, error, self.RETRY_SECONDS)
+            self._due = self._monotonic() + self.RETRY_SECONDS
+        finally:
+            self._renewing.release()
 
 
 class NoProductionModel(RuntimeError):
@@ -117,9 +157,8 @@ class Router:
         """The loaded model of ``version`` (loaded once, on first use, kept while it is in the split).
 
         Loads run one at a time, outside the split's lock so loaded versions keep serving meanwhile: concurrent
-        first requests for a version wait for one load instead of each loading a copy, and MLflow's loader of
-        models-from-code swaps a ``dbutils`` stand-in in and out of ``sys.modules`` unguarded, so two loads at
-        once can leave the stand-in behind."""
+        first requests for a version wait for one load instead of each loading a copy. (The registry's loader also
+        holds a process-wide lock: MLflow's loader of models-from-code keeps process-wide state while it runs.)"""
         with self._lock:
             found = self._models.get(version)
         if found is not None:
@@ -155,8 +194,12 @@ class Router:
 
 
 def _usage(output: Any) -> tuple[int | None, int | None]:
-    """Token usage summed over the output's rows, where a chat model's output reports it."""
+    """Token usage summed over the output's rows, where a chat model's output reports it for every row (a row
+    without it makes the request's usage unknown, not zero)."""
     columns = getattr(output, "columns", ())
     if "prompt_tokens" not in columns or "completion_tokens" not in columns:
         return None, None
-    return int(output["prompt_tokens"].fillna(0).sum()), int(output["completion_tokens"].fillna(0).sum())
+    usage = output[["prompt_tokens", "completion_tokens"]]
+    if usage.isna().any().any():
+        return None, None
+    return int(usage["prompt_tokens"].sum()), int(usage["completion_tokens"].sum())
