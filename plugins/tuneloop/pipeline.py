@@ -608,12 +608,11 @@ class PipelineRun:
     def served_params(self) -> dict[str, Any] | None:
         """The candidate's predict params that keep its served replies as long as its evaluated ones (a managed
         model was evaluated with ``training.<provider>.max_reply_tokens``); None: the pyfunc's defaults."""
-        from tuneloop.managed.reference import is_managed, read_managed
+        from tuneloop.managed.reference import is_managed, read_managed, served_params
 
         if not is_managed(self.paths.model):
             return None
-        settings = getattr(self.config.training, read_managed(self.paths.model).provider)
-        return {"max_new_tokens": settings.max_reply_tokens}
+        return served_params(read_managed(self.paths.model).provider, self.config.training)
 
     # -- 7. decide -----------------------------------------------------------------------------------------
     def decide(self) -> Outcome:

@@ -111,7 +111,8 @@ def test_concurrent_first_requests_load_each_version_once(served_model, store):
 def test_a_managed_version_is_served_with_the_connection_s_credentials(env: MlflowEnv, store, airflow_env,
                                                                        monkeypatch, tmp_path):
     """``tuneloop serve``'s loader: an OpenAI model in production answers through the API with the key of the
-    Airflow connection its settings name (the version holds no credentials); the request's usage is recorded."""
+    Airflow connection its settings name (the version holds no credentials), replies as long as it was evaluated
+    with; the request's usage is recorded."""
     from tests.standins.openai_api import OpenAIStandIn
     from tuneloop.config import TrainingConfig
     from tuneloop.managed.reference import ManagedModel, serving, write_managed
@@ -127,13 +128,15 @@ def test_a_managed_version_is_served_with_the_connection_s_credentials(env: Mlfl
         bootstrap_production(registry, MemoryHistory(), tmp_path / "managed", run_id=env.new_run(),
                              tags={"provider": "openai", "provider_model": model.model}, serving_code=how.code,
                              pip_requirements=how.requirements, signature=how.signature, model_config=how.model_config)
-        training = TrainingConfig.model_validate({"openai": {"conn_id": "tuneloop_serve_test", "max_retries": 0}})
+        training = TrainingConfig.model_validate({"openai": {"conn_id": "tuneloop_serve_test", "max_retries": 0,
+                                                             "max_reply_tokens": 77}})
         router = Router(registry, store, load=registry_loader(registry, training), params=how.request_params)
         served = router.predict([[{"role": "user", "content": "hi"}]], request_id="r1")
         assert served.output == [f"answer from {model.model}"]
         recorded = store.served_request("r1")  # with the API's usage (the stand-in counts words)
         assert (recorded.model_version, recorded.prompt_tokens, recorded.completion_tokens) == ("1", 1, 3)
         assert [request["model"] for request in api.requests] == [model.model]  # the stand-in requires the key
+        assert api.requests[0]["max_completion_tokens"] == 77  # as long as its evaluated replies
 
 
 def test_a_model_whose_credentials_expire_is_loaded_again_in_the_background():

@@ -107,6 +107,12 @@ def serving_credentials(provider: str, training: Any) -> dict[str, Any]:
     return connection.serving_config(getattr(training, provider))
 
 
+def served_params(provider: str, training: Any) -> dict[str, Any]:
+    """The predict params that keep a managed version's served replies as long as its evaluated ones (it was
+    evaluated with ``training.<provider>.max_reply_tokens``, not the pyfunc's default)."""
+    return {"max_new_tokens": getattr(training, provider).max_reply_tokens}
+
+
 def serving(provider: Provider) -> Serving:
     """How a managed model version is served: a pyfunc calling the provider's chat API with the model id (no
     credentials inside; they are given at load time)."""

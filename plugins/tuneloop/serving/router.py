@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 def registry_loader(registry: Any, training: Any) -> Callable[[str], Any]:
     """Load a version as serving must: through the registry's pyfunc loader, a managed version (its ``provider``
     tags) with the API's credentials from the Airflow connection its provider's ``training`` settings name, loaded
-    again before credentials that expire do (:class:`Renewing`)."""
-    from tuneloop.managed.reference import CREDENTIALS_RENEW_SECONDS, managed_from_tags, serving_credentials
+    again before credentials that expire do (:class:`Renewing`), and answering with the reply length it was
+    evaluated with."""
+    from tuneloop.managed.reference import (CREDENTIALS_RENEW_SECONDS, managed_from_tags, served_params,
+                                            serving_credentials)
 
     def load(version: str) -> Any:
         managed = managed_from_tags(registry.get_version(version).tags)
@@ -47,9 +49,19 @@ def registry_loader(registry: Any, training: Any) -> Callable[[str], Any]:
             return registry.load_pyfunc(version, serving_credentials(managed.provider, training))
 
         renew = CREDENTIALS_RENEW_SECONDS.get(managed.provider)
-        return Renewing(fresh, renew) if renew else fresh()
+        return WithParams(Renewing(fresh, renew) if renew else fresh(), served_params(managed.provider, training))
 
     return load
+
+
+class WithParams:
+    """A loaded model whose every prediction also gets ``params`` (a request's own params win)."""
+
+    def __init__(self, model: Any, params: dict[str, Any]) -> None:
+        self._model, self._params = model, params
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        return self._model.predict(model_input, params={**self._params, **(params or {})})
 
 
 class Renewing:
