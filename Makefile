@@ -57,11 +57,15 @@ demo-llm-bad: setup
 ui: setup
 	$(VENV)/bin/airflow standalone
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them (a module's tests
+# may share one installation, in order); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 test-integration: setup
 	$(PY) -m pytest -m integration
