@@ -76,8 +76,26 @@ def test_the_trigger_streams_the_job_s_events_and_ends_with_it(api, job):
     from structlog.testing import capture_logs
 
     job_id, record = job
+
+    async def run_while_holding_the_job_running() -> dict[str, Any]:
+        """The job stays running until the trigger has logged OpenAI's estimate (a busy machine may otherwise poll
+        past the stand-in's short running phase)."""
+        async def release() -> None:
+            while not any("OpenAI estimates it finishes at" in entry["event"] for entry in logs):
+                await asyncio.sleep(0.05)
+            api.hold_running = False
+
+        api.hold_running = True
+        releasing = asyncio.create_task(release())
+        try:
+            async for event in _trigger(job_id, record).run():
+                return event.payload
+            raise AssertionError("the trigger ended without an event")
+        finally:
+            releasing.cancel()
+
     with capture_logs() as logs:  # the triggerer's logger; its lines go into the task's log
-        event = _first_event(_trigger(job_id, record))
+        event = asyncio.run(asyncio.wait_for(run_while_holding_the_job_running(), timeout=60))
     assert event["status"] == "done" and event["job"]["status"] == "succeeded"
     assert event["job"]["fine_tuned_model"].startswith(f"ft:{BASE}:")
     lines = [entry["event"] for entry in logs]
