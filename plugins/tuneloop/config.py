@@ -513,7 +513,7 @@ TaskName = Literal["speech_to_text", "chat"]
 MODEL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"  # part of DAG ids, run folders and MLflow tags
 # Sections a model of ``models:`` may override; everything else (home, store, storage, mlflow server) is shared.
 MODEL_SECTIONS = ("trigger", "ingest", "dataset", "training", "validation", "regression", "deployment", "schedule",
-                  "costs")
+                  "costs", "notifications")
 
 
 class Price(_Section):
@@ -548,6 +548,33 @@ class CostsConfig(_Section):
     approval_timeout_hours: float = Field(24, gt=0, description="an unanswered over-budget approval is a reject")
 
 
+NotificationEvent = Literal["deployed", "rejected", "rolled_back", "failed", "waiting_for_approval",
+                            "budget_exceeded"]
+NOTIFICATION_EVENTS: tuple[str, ...] = ("deployed", "rejected", "rolled_back", "failed", "waiting_for_approval",
+                                        "budget_exceeded")
+
+
+class NotificationChannel(_Section):
+    """Where a model's events are sent: e-mail through an Airflow SMTP connection (the SMTP provider's
+    ``SmtpNotifier``)."""
+
+    kind: Literal["smtp"] = Field("smtp", description="smtp: e-mail through the Airflow connection conn_id")
+    conn_id: str = Field("smtp_default", min_length=1, description="Airflow connection (type smtp)")
+    to: list[str] = Field(min_length=1, description="recipients")
+    from_email: str | None = Field(None, description="sender; None: the connection's from_email")
+    events: list[NotificationEvent] = Field(default_factory=lambda: list(NOTIFICATION_EVENTS),
+                                            description="the events sent here (default: all)")
+
+
+class NotificationsConfig(_Section):
+    """Who hears of a model's runs: each channel gets the events it lists, with the decision summary and links
+    (the Airflow run, the MLflow run, the approval form). A notifier that fails is logged; it never fails a run."""
+
+    channels: list[NotificationChannel] = Field(default_factory=list, description="none by default")
+    airflow_url: str | None = Field(None, description="the Airflow UI base URL in messages; None: Airflow's "
+                                    "api.base_url")
+
+
 class ModelSpec(_Section):
     """One model of an installation with several (``models:``): its name, task, registered model and overrides.
 
@@ -568,6 +595,7 @@ class ModelSpec(_Section):
     deployment: dict[str, Any] = Field(default_factory=dict)
     schedule: dict[str, Any] = Field(default_factory=dict)
     costs: dict[str, Any] = Field(default_factory=dict)
+    notifications: dict[str, Any] = Field(default_factory=dict)
 
 
 class TuneloopConfig(_Section):
@@ -600,6 +628,7 @@ class TuneloopConfig(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     costs: CostsConfig = CostsConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
 
     @model_validator(mode="after")
     def _deadline_above_the_waits(self) -> "TuneloopConfig":

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.e2e.scenario import Scenario, permissive_gate, write_cases
+from tests.standins.mailbox import Mailbox
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +44,11 @@ def approving(install, damaged_model, speech) -> Scenario:
 
 
 def test_approved_training_and_deployment(approving):
-    seen = approving.dags_test_answering({"auto_deploy": False, "reason": "e2e approve"},
-                                         {"approve_training": "Approve", "approve_deploy": "Approve"})
+    with Mailbox() as mailbox:  # the model's people hear of each wait and of the deployment, by e-mail
+        approving.env |= {"AIRFLOW_CONN_SMTP_TUNELOOP": mailbox.connection(),
+                          "TUNELOOP__NOTIFICATIONS__CHANNELS": '[{"conn_id": "smtp_tuneloop", "to": ["ml@example.test"]}]'}
+        seen = approving.dags_test_answering({"auto_deploy": False, "reason": "e2e approve"},
+                                             {"approve_training": "Approve", "approve_deploy": "Approve"})
 
     assert [(s["task_id"], s["response"]["chosen_options"]) for s in seen] == [
         ("approve_training", ["Approve"]), ("approve_deploy", ["Approve"])]
@@ -62,6 +66,16 @@ def test_approved_training_and_deployment(approving):
     links = approving.api_get(f"/api/v2/dags/finetune_weekly/dagRuns/{decision['run_id']}/taskInstances/report/links")
     assert links["status"] == 200, links
     assert links["body"]["extra_links"]["MLflow run"] == decision["mlflow_run"]["url"]
+
+    run_id = decision["run_id"]
+    assert [m["Subject"] for m in mailbox.messages] == [
+        f"tuneloop speech-to-text: training waiting for approval ({run_id})",
+        f"tuneloop speech-to-text: deployment waiting for approval ({run_id})",
+        f"tuneloop speech-to-text: deployed ({run_id})"]
+    waiting, deploying, deployed_mail = mailbox.bodies()
+    assert "new error cases" in waiting and "/tasks/approve_training/required_actions" in waiting
+    assert "Deploy version 2 to production?" in deploying and "/tasks/approve_deploy/required_actions" in deploying
+    assert f"Run {run_id}: DEPLOYED" in deployed_mail and decision["mlflow_run"]["url"] in deployed_mail
 
 
 def test_rejected_deployment_leaves_production_and_is_recorded(approving):

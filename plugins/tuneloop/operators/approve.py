@@ -4,7 +4,9 @@
 ``approve_budget`` when the training's estimated cost is over ``costs.max_run_usd`` or this month's
 ``costs.monthly_budget_usd`` (with ``costs.over_budget: refuse`` it refuses at once, as a Reject by policy);
 ``approve_deploy`` waits when ``auto_deploy`` is off for the run or a first run's policy requires a person. When
-no approval is needed they succeed at once, so the DAG has one shape whatever the configuration.
+no approval is needed they succeed at once, so the DAG has one shape whatever the configuration. A step that
+starts waiting tells the model's notification channels (``waiting_for_approval``; ``budget_exceeded`` for the
+budget), with the link to answer it.
 
 People answer in the Airflow UI (Required actions) or through the REST API
 (``PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails`` with
@@ -23,6 +25,7 @@ from airflow.sdk import Context
 
 from tuneloop.config import load_model_config
 from tuneloop.operators.base import APPROVAL_KEY as XCOM_KEY
+from tuneloop.operators.notify import ApprovalNotifier
 from tuneloop.pipeline import PipelineRun, RunParams
 
 
@@ -34,7 +37,7 @@ class _PolicyApprovalOperator(ApprovalOperator):
 
     def __init__(self, *, subject: str, body: str, response_timeout: timedelta, **kwargs: Any) -> None:
         super().__init__(subject=subject, body=body, defaults=self.REJECT, response_timeout=response_timeout,
-                         **kwargs)
+                         notifiers=[ApprovalNotifier(self.stage)], **kwargs)
 
     def pipeline(self, context: Context) -> PipelineRun:
         return PipelineRun(load_model_config(self.dag_id), context["run_id"],

@@ -7,6 +7,7 @@ from airflow.sdk import Context
 from tuneloop.operators.links import MlflowRunLink
 from tuneloop.operators.approve import XCOM_KEY as APPROVAL_KEY
 from tuneloop.operators.base import PipelineStepOperator
+from tuneloop.operators.notify import notify_run
 
 STEPS = ("check_trigger", "approve_training", "export_dataset", "check_budget", "approve_budget", "train", "evaluate",
          "validate", "regression_suite", "register", "decide", "approve_deploy", "deploy", "reject",
@@ -16,7 +17,8 @@ GROUPS = ("train", "evaluate")  # task groups: their result is <group>.result, t
 
 
 class ReportOperator(PipelineStepOperator):
-    """Runs whatever happened: writes the decision record, prints it, closes the run in the store."""
+    """Runs whatever happened: writes the decision record, prints it, closes the run in the store, and tells the
+    model's notification channels how the run ended."""
 
     operator_extra_links = (MlflowRunLink(),)
 
@@ -34,7 +36,8 @@ class ReportOperator(PipelineStepOperator):
         for line in record["summary"]:
             self.log.info("%s", line)
         self.log.info("decision record: %s", record["record"])
-        self.link_mlflow_run(context, run)
+        mlflow_url = self.link_mlflow_run(context, run)
+        notify_run(run.config, context, record, mlflow_url)
         return record
 
 

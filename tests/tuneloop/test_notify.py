@@ -1,0 +1,62 @@
+"""Notifications sent for real: the SMTP provider's notifier, through an Airflow connection, to an SMTP server on
+loopback (aiosmtpd); one message per event to the channels that take it; a failing server never fails the run."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from airflow.sdk import DAG
+
+from tests.standins.mailbox import Mailbox
+from tuneloop.config import load_config
+from tuneloop.operators.notify import notify_run
+
+
+@pytest.fixture
+def mailbox(airflow_env, monkeypatch):
+    with Mailbox() as box:
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_TUNELOOP_TEST", box.connection())
+        yield box
+
+
+def config_with(tmp_path, channels: str):
+    return load_config(env={"TUNELOOP_HOME": str(tmp_path), "TUNELOOP__NOTIFICATIONS__CHANNELS": channels,
+                            "TUNELOOP__NOTIFICATIONS__AIRFLOW_URL": "https://airflow.example.test/"})
+
+
+CONTEXT = {"dag": DAG("finetune_weekly"), "run_id": "manual__2026-12-07T10:00:00+00:00"}
+RECORD = {"status": "rolled_back", "summary": ["Run manual__...: ROLLED_BACK (started: weekly)",
+                                               "post-deploy check: WER 0.31 > 0.20 <script>alert(1)</script>"]}
+
+
+def test_one_message_per_event_to_each_channel_that_takes_it(mailbox, tmp_path):
+    config = config_with(tmp_path, '[{"conn_id": "smtp_tunneloop_test", "to": ["nobody@example.test"]}, '
+                                   '{"conn_id": "smtp_tuneloop_test", "to": ["ml-team@example.test", "oncall@example.test"]}, '
+                                   '{"conn_id": "smtp_tuneloop_test", "to": ["releases@example.test"], "events": ["deployed"]}]')
+    failures = notify_run(config, CONTEXT, RECORD, "http://mlflow.example.test/#/experiments/1/runs/abc")
+    assert len(failures) == 1 and "smtp_tunneloop_test" in failures[0]  # a missing connection: logged, not raised
+    [message] = mailbox.messages  # the releases channel takes deployments only
+    assert message["To"] == "ml-team@example.test, oncall@example.test"
+    assert message["Subject"] == "tuneloop speech-to-text: rolled back (manual__2026-12-07T10:00:00+00:00)"
+    assert message["From"] == "tuneloop@example.test"  # the connection's from_email
+    [body] = mailbox.bodies()
+    assert "post-deploy check: WER 0.31 &gt; 0.20 &lt;script&gt;" in body  # the summary, escaped
+    run_url = "https://airflow.example.test/dags/finetune_weekly/runs/manual__2026-12-07T10%3A00%3A00%2B00%3A00"
+    assert f'<a href="{run_url}">' in body and "http://mlflow.example.test/#/experiments/1/runs/abc" in body
+
+
+def test_a_server_that_is_down_never_fails_the_run(tmp_path, airflow_env, monkeypatch, caplog):
+    with Mailbox() as box:
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_TUNELOOP_TEST", box.connection())
+    config = config_with(tmp_path, '[{"conn_id": "smtp_tuneloop_test", "to": ["ml-team@example.test"]}]')
+    with caplog.at_level(logging.WARNING):
+        failures = notify_run(config, CONTEXT, RECORD, None)  # the server stopped: connection refused
+    assert len(failures) == 1 and "ml-team@example.test" in failures[0]
+    assert "notification 'tuneloop speech-to-text: rolled back" in caplog.text
+
+
+def test_a_run_that_was_skipped_sends_nothing(mailbox, tmp_path):
+    config = config_with(tmp_path, '[{"conn_id": "smtp_tuneloop_test", "to": ["ml-team@example.test"]}]')
+    assert notify_run(config, CONTEXT, {"status": "skipped", "summary": ["conditions unmet"]}, None) == []
+    assert mailbox.messages == []
