@@ -3,7 +3,7 @@
 Events: a run ended ``deployed``, ``rejected`` (by the gate or a suite, with insufficient evidence, declined by a
 person, or a canary that proved nothing), ``rolled_back``, ``failed``, or refused over budget
 (``budget_exceeded``); and a step ``waiting_for_approval`` (an over-budget run waiting for its approval is
-``budget_exceeded`` too). A run skipped because its trigger conditions were unmet, or whose training a person
+``budget_exceeded`` too: a channel taking either hears of it, once). A run skipped because its trigger conditions were unmet, or whose training a person
 declined, tells nobody anything new and sends nothing.
 
 Which channel hears what is configuration (``notifications.channels``, see :class:`tuneloop.config.NotificationsConfig`);
@@ -27,9 +27,10 @@ _URL = re.compile(r"https?://\S+")
 
 @dataclass(frozen=True)
 class Message:
-    """One notification: the event, a subject line, and the body as lines of plain text."""
+    """One notification: the events it announces (a channel taking any of them gets it once), a subject line, and
+    the body as lines of plain text."""
 
-    event: str
+    events: tuple[str, ...]
     subject: str
     lines: tuple[str, ...]
 
@@ -52,21 +53,22 @@ def run_message(*, model_name: str, run_id: str, status: str, summary: Sequence[
     if event is None:
         return None
     subject = f"tuneloop {model_name}: {status.replace('_', ' ')} ({run_id})"
-    return Message(event, _one_line(subject), (*summary, "", *_link_lines(links)))
+    return Message((event,), _one_line(subject), (*summary, "", *_link_lines(links)))
 
 
 def approval_message(*, model_name: str, run_id: str, stage: str, subject: str, body: str,
                      links: Mapping[str, str]) -> Message:
     """The message of a step waiting for a person (``approve_training``, ``approve_budget``, ``approve_deploy``):
-    the approval form's own subject and body, and where to answer."""
-    event = "budget_exceeded" if stage == "budget" else "waiting_for_approval"
+    the approval form's own subject and body, and where to answer. An over-budget run's wait is both a wait for
+    approval and a budget event."""
+    events = ("waiting_for_approval", "budget_exceeded") if stage == "budget" else ("waiting_for_approval",)
     heading = f"tuneloop {model_name}: {stage} waiting for approval ({run_id})"
-    return Message(event, _one_line(heading), (subject, "", *body.splitlines(), "", *_link_lines(links)))
+    return Message(events, _one_line(heading), (subject, "", *body.splitlines(), "", *_link_lines(links)))
 
 
-def channels_for(channels: Sequence[Any], event: str) -> list[Any]:
-    """The configured channels that take ``event``."""
-    return [channel for channel in channels if event in channel.events]
+def channels_for(channels: Sequence[Any], events: Sequence[str]) -> list[Any]:
+    """The configured channels that take any of ``events``, each once."""
+    return [channel for channel in channels if set(events) & set(channel.events)]
 
 
 def _link_lines(links: Mapping[str, str]) -> list[str]:

@@ -25,20 +25,21 @@ def test_every_status_is_announced_as_a_configurable_event_or_deliberately_not(s
     if status in ("skipped", "not_approved"):  # nothing new to anyone: conditions unmet, or a person said no
         assert message is None
         return
-    assert message.event == STATUS_EVENTS[status] and message.event in NOTIFICATION_EVENTS
+    assert message.events == (STATUS_EVENTS[status],) and STATUS_EVENTS[status] in NOTIFICATION_EVENTS
     assert message.subject == f"tuneloop asr: {status.replace('_', ' ')} (manual__1)"
     assert message.lines == ("Run manual__1: ...", "", "Airflow run: http://af/dags/x/runs/manual__1")
 
 
-def test_an_over_budget_approval_is_a_budget_event_and_others_wait_for_approval():
+def test_an_over_budget_approval_is_also_a_budget_event_and_others_only_wait_for_approval():
     links = {"Answer it": "http://af/dags/x/runs/r/tasks/approve_budget/required_actions?map_index=-1"}
     budget = approval_message(model_name="asr", run_id="r", stage="budget", subject="Train over budget? (r)",
                               body="estimate $12 > max_run_usd $10", links=links)
-    assert budget.event == "budget_exceeded" and budget.subject == "tuneloop asr: budget waiting for approval (r)"
+    assert budget.events == ("waiting_for_approval", "budget_exceeded")
+    assert budget.subject == "tuneloop asr: budget waiting for approval (r)"
     assert budget.lines == ("Train over budget? (r)", "", "estimate $12 > max_run_usd $10", "",
                             f"Answer it: {links['Answer it']}")
     deploy = approval_message(model_name="asr", run_id="r", stage="deployment", subject="Deploy?", body="", links={})
-    assert deploy.event == "waiting_for_approval"
+    assert deploy.events == ("waiting_for_approval",)
 
 
 @given(st.lists(st.text(), max_size=6), st.text())
@@ -58,8 +59,11 @@ def test_links_are_clickable_and_a_missing_link_is_left_out():
     assert '<a href="http://af/dags/d/runs/r?x=1&amp;y=2">http://af/dags/d/runs/r?x=1&amp;y=2</a>' in message.html()
 
 
-def test_a_channel_hears_only_the_events_it_lists():
+def test_a_channel_hears_only_the_events_it_lists_and_each_message_once():
     everything = SimpleNamespace(events=list(NOTIFICATION_EVENTS))
     failures_only = SimpleNamespace(events=["failed", "rolled_back"])
-    assert channels_for([everything, failures_only], "rolled_back") == [everything, failures_only]
-    assert channels_for([everything, failures_only], "deployed") == [everything]
+    approvers = SimpleNamespace(events=["waiting_for_approval"])
+    channels = [everything, failures_only, approvers]
+    assert channels_for(channels, ["rolled_back"]) == [everything, failures_only]
+    assert channels_for(channels, ["deployed"]) == [everything]
+    assert channels_for(channels, ["waiting_for_approval", "budget_exceeded"]) == [everything, approvers]

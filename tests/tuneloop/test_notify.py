@@ -4,6 +4,7 @@ loopback (aiosmtpd); one message per event to the channels that take it; a faili
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 from airflow.sdk import DAG
@@ -47,11 +48,14 @@ def test_one_message_per_event_to_each_channel_that_takes_it(mailbox, tmp_path):
 
 
 def test_a_server_that_is_down_never_fails_the_run(tmp_path, airflow_env, monkeypatch, caplog):
-    with Mailbox() as box:
+    box = Mailbox()  # never started; its port held by a socket that does not listen: connection refused
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        box.port = held.getsockname()[1]
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_TUNELOOP_TEST", box.connection())
-    config = config_with(tmp_path, '[{"conn_id": "smtp_tuneloop_test", "to": ["ml-team@example.test"]}]')
-    with caplog.at_level(logging.WARNING):
-        failures = notify_run(config, CONTEXT, RECORD, None)  # the server stopped: connection refused
+        config = config_with(tmp_path, '[{"conn_id": "smtp_tuneloop_test", "to": ["ml-team@example.test"]}]')
+        with caplog.at_level(logging.WARNING):
+            failures = notify_run(config, CONTEXT, RECORD, None)
     assert len(failures) == 1 and "ml-team@example.test" in failures[0]
     assert "notification 'tuneloop speech-to-text: rolled back" in caplog.text
 

@@ -25,14 +25,14 @@ def send(config: TuneloopConfig, message: Message, context: Context) -> list[str
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
     failures = []
-    for channel in channels_for(config.notifications.channels, message.event):
+    for channel in channels_for(config.notifications.channels, message.events):
         where = f"{channel.kind} {', '.join(channel.to)} (connection {channel.conn_id})"
         notifier = SmtpNotifier(to=list(channel.to), from_email=channel.from_email, subject=message.subject,
                                 html_content=message.html(), smtp_conn_id=channel.conn_id)
         try:
             notifier.notify(context)  # not notifier(context): the message quotes reasons, never a template
         except Exception as error:  # noqa: BLE001 - a notification never fails the run
-            log.warning("notification %r to %s failed: %s: %s", message.subject, where, type(error).__name__, error)
+            log.error("notification %r to %s failed: %s: %s", message.subject, where, type(error).__name__, error)
             failures.append(f"{where}: {type(error).__name__}: {error}")
         else:
             log.info("notification %r sent to %s", message.subject, where)
@@ -76,7 +76,9 @@ class ApprovalNotifier(BaseNotifier):
         try:
             task = context["task"]
             config = load_model_config(task.dag_id)
-            links = {"Answer it": task.generate_link_to_ui_from_context(context=context, base_url=airflow_url(config)),
+            ti = context["ti"]
+            links = {"Answer it": f"{run_url(config, context)}/tasks/{quote(ti.task_id)}/required_actions"
+                                  f"?map_index={ti.map_index}",
                      "Airflow run": run_url(config, context)}
             message = approval_message(model_name=config.mlflow.model_name, run_id=context["run_id"],
                                        stage=self.stage, subject=str(task.subject), body=str(task.body or ""),
