@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def send(config: TuneloopConfig, message: Message, context: Context) -> list[str]:
-    """Send ``message`` to every channel that takes its event; returns what failed, each with its reason."""
+    """Send ``message`` to every channel that takes one of its events; returns what failed, each with its reason."""
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
     failures = []
