@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import logging
 import socket
 import threading
 from email.message import EmailMessage
@@ -24,6 +25,8 @@ class Mailbox:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        # aiosmtpd logs each connection at INFO from its own thread, which may outlive the test's log capture
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
