@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 Action = Literal["wait", "promote", "rollback", "keep_production"]
@@ -157,6 +158,15 @@ def decide(current: Look, *, alpha: float, min_samples: int, deadline_passed: bo
                                            "production stays", current)
     waiting = f"{min_samples} judged requests per arm" if not enough else f"always-valid p <= {alpha:g}"
     return Decision("wait", f"waiting for {waiting} ({rates}; always-valid p = {p:.4f})", current)
+
+
+def look_at(store: Any, production_version: str, canary_version: str, *, since: datetime, mixing_sd: float,
+            previous_p: float = 1.0) -> Look:
+    """A look at the arms as the store counts them: each version's judged requests since ``since`` (the canary's
+    start). ``store`` is a :class:`tuneloop.store.ServedRecords`."""
+    production = Arm(*store.judged_counts(production_version, since=since))
+    canary = Arm(*store.judged_counts(canary_version, since=since))
+    return look(production, canary, previous_p=previous_p, mixing_sd=mixing_sd)
 
 
 def ended_by_person(current: Look, action: Action, *, by: str, why: str) -> Decision:

@@ -11,9 +11,9 @@ no weights ever leave the provider.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from tuneloop import storage

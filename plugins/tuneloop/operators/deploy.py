@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator, Context
 from tuneloop.config import load_model_config
 from tuneloop.history import RunActor
 from tuneloop.operators.base import PipelineStepOperator
+from tuneloop.strategies import Placement
 
 
 class DeployOperator(PipelineStepOperator):
@@ -40,8 +41,6 @@ class RollbackOperator(PipelineStepOperator):
     def execute(self, context: Context) -> dict[str, Any] | None:
         run = self.pipeline(context)
         deployed = context["ti"].xcom_pull(task_ids="deploy")
-        from tuneloop.strategies import Placement
-
         # a green version or a canary is always taken out: production never moved, nothing is rolled back
         staged = bool(deployed) and Placement.of(deployed).staged
         if not run.config.deployment.enable_auto_rollback and not staged:

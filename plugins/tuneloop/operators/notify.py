@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from airflow.sdk import BaseNotifier, Context
 
-from tuneloop.config import TuneloopConfig
+from tuneloop.config import TuneloopConfig, load_model_config
 from tuneloop.notifications import Message, approval_message, channels_for, run_message
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,6 @@ class ApprovalNotifier(BaseNotifier):
         self.stage = stage
 
     def notify(self, context: Context) -> None:
-        from tuneloop.config import load_model_config
-
         try:
             task = context["task"]
             config = load_model_config(task.dag_id)

@@ -105,7 +105,7 @@ class OnlineTestOperator(PipelineStepOperator):
     def _ended_by_person(self, context: Context, event: dict[str, Any]) -> tuple[dict[str, Any], datetime | None]:
         """The person's call with the counts of this moment (the sequential test's earlier looks are not kept:
         the always-valid p-value shown is this look's)."""
-        from tuneloop.online_test import Arm, ended_by_person, look
+        from tuneloop.online_test import ended_by_person, look_at
         from tuneloop.rollout import running_canary
         from tuneloop.strategies import Placement
 
@@ -117,11 +117,9 @@ class OnlineTestOperator(PipelineStepOperator):
             return {"action": "ended_elsewhere", "look": None, "decided_by": by,
                     "reason": f"{by} chose {action}, but canary {version} was already ended outside the online "
                               "test (tuneloop rollback, the rollback DAG)"}, None
-        since, production = canary.started_at, str(run.registry.production_version())
-        current = look(Arm(*run.store.judged_counts(production, since=since)),
-                       Arm(*run.store.judged_counts(canary.version, since=since)),
-                       mixing_sd=run.config.deployment.canary.mixing_sd)
-        return ended_by_person(current, action, by=by, why=why).to_dict(), since  # type: ignore[arg-type]
+        current = look_at(run.store, str(run.registry.production_version()), canary.version,
+                          since=canary.started_at, mixing_sd=run.config.deployment.canary.mixing_sd)
+        return ended_by_person(current, action, by=by, why=why).to_dict(), canary.started_at  # type: ignore[arg-type]
 
 
 class ConcludeRolloutOperator(PipelineStepOperator):

@@ -6,6 +6,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException
 
 from tuneloop.operators.base import PipelineStepOperator
+from tuneloop.strategies import Placement
 
 
 class PostDeployCheckOperator(PipelineStepOperator):
@@ -17,8 +18,6 @@ class PostDeployCheckOperator(PipelineStepOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         dataset = self.upstream(context, "export_dataset")
-        from tuneloop.strategies import Placement
-
         placement = Placement.of(self.upstream(context, "deploy"))
         result = self.pipeline(context).post_deploy_check(dataset["dataset_id"], placement.version, placement.alias)
         for reason in result["reasons"]:

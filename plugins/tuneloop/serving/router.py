@@ -113,17 +113,17 @@ class Served:
 
 class Router:
     """Serve one registered model by its traffic split. ``load`` loads a version (default: the registry's pyfunc
-    loader, with ``model_config``); ``params``: passed with every prediction (the serving's ``request_params``);
-    ``monotonic`` is the clock of ``refresh_seconds`` (injectable for tests)."""
+    loader; :func:`registry_loader` for managed versions); ``params``: passed with every prediction (the serving's
+    ``request_params``); ``monotonic`` is the clock of ``refresh_seconds`` (injectable for tests)."""
 
     def __init__(self, registry: Any, store: ServedRecords, *, refresh_seconds: float = 10.0,
-                 model_config: dict[str, Any] | None = None, load: Callable[[str], Any] | None = None,
-                 params: dict[str, Any] | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 load: Callable[[str], Any] | None = None, params: dict[str, Any] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if refresh_seconds < 0:
             raise ValueError(f"refresh_seconds: must be >= 0, got {refresh_seconds!r}")
         self._registry, self._store = registry, store
         self._refresh_seconds, self._monotonic, self._params = refresh_seconds, monotonic, params
-        self._load = load or (lambda version: registry.load_pyfunc(version, model_config=model_config))
+        self._load = load or registry.load_pyfunc
         self._lock = threading.Lock()
         self._loading = threading.Lock()  # one load at a time, see model()
         self._split: TrafficSplit | None = None

@@ -83,7 +83,7 @@ class OnlineTestTrigger(BaseTrigger):
 
     def _look(self, settings: Any, store: Any) -> dict[str, Any]:
         from tuneloop.deployment import HISTORY_LIMIT
-        from tuneloop.online_test import Arm, decide, look
+        from tuneloop.online_test import decide, look_at
         from tuneloop.rollout import canary_from_history
 
         running = canary_from_history(store.deployment_history(self.model_name, limit=HISTORY_LIMIT))
@@ -92,10 +92,8 @@ class OnlineTestTrigger(BaseTrigger):
             return {"action": "ended_elsewhere", "look": None,
                     "reason": f"canary {self.canary_version} was ended outside the online test (tuneloop rollback, "
                               "the rollback DAG)"}
-        since = datetime.fromisoformat(self.since)
-        production = Arm(*store.judged_counts(self.production_version, since=since))
-        canary = Arm(*store.judged_counts(self.canary_version, since=since))
-        current = look(production, canary, previous_p=self.previous_p, mixing_sd=settings.mixing_sd)
+        current = look_at(store, self.production_version, self.canary_version, since=datetime.fromisoformat(self.since),
+                          previous_p=self.previous_p, mixing_sd=settings.mixing_sd)
         decision = decide(current, alpha=settings.alpha, min_samples=settings.min_samples,
                           deadline_passed=time.time() >= self.deadline)
         self.previous_p, self.looks = current.always_valid_p, self.looks + 1
