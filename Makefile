@@ -11,10 +11,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml scripts/airflow-wrapper.sh
-	@command -v espeak-ng >/dev/null || command -v apt-get >/dev/null || { echo "make setup: espeak-ng is missing and\
-	 there is no apt-get to install it: install espeak-ng, sox and libsndfile (macOS: brew install espeak-ng sox\
-	 libsndfile), then run make again" >&2; exit 1; }
-	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng sox libsndfile1; }
+	@# espeak-ng speaks the demo's audio; chromium and its driver run the status page's browser tests
+	@command -v espeak-ng >/dev/null && command -v chromedriver >/dev/null || command -v apt-get >/dev/null || {\
+	 echo "make setup: espeak-ng or chromedriver is missing and there is no apt-get to install them: install\
+	 espeak-ng, sox, libsndfile, chromium and chromedriver (macOS: brew install espeak-ng sox libsndfile; brew install\
+	 --cask chromium chromedriver), then run make again" >&2; exit 1; }
+	@command -v espeak-ng >/dev/null && command -v chromedriver >/dev/null || { $(SUDO) apt-get update -qq &&\
+	 $(SUDO) apt-get install -y -qq espeak-ng sox libsndfile1 chromium chromium-driver; }
 	@[ -x $(PY) ] || command -v $(PYTHON) >/dev/null || { echo "make setup: $(PYTHON) not found: install Python 3.11\
 	 (Debian/Ubuntu: apt-get install python3.11 python3.11-venv; macOS: brew install python@3.11), or name one:\
 	 make PYTHON=/path/to/python3.11 ..." >&2; exit 1; }

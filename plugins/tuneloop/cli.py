@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from tuneloop.config import ConfigError, TuneloopConfig, load_config
 from tuneloop.history import version_label
+from tuneloop.overview import collect_costs, collect_status, suite_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,62 +172,6 @@ def cmd_ingest(config: TuneloopConfig, args: argparse.Namespace) -> int:
     return 0 if not data["rejected"] else 1
 
 
-def collect_status(config: TuneloopConfig, *, registry: bool = False) -> dict[str, Any]:
-    """The seed's get_system_status: everything an operator wants to see at a glance.
-
-    The production and previous versions come from the store's deployment history, where every tuneloop move is
-    recorded with its reason: no MLflow import, so the command answers in well under a second. ``registry``
-    adds what MLflow itself says (aliases and the production version's tags) and flags any difference, e.g. an
-    alias moved by hand in the MLflow UI.
-    """
-    from tuneloop.deployment import aliases_from_history
-    from tuneloop.pipeline import evaluate_trigger, training_approval_reason
-    from tuneloop.rollout import canary_from_history
-    from tuneloop.store import ErrorCaseStore
-
-    store = ErrorCaseStore.from_config(config)
-    trigger = evaluate_trigger(config, now=datetime.now(timezone.utc), force=False, store=store)
-    move = store.production_move(config.mlflow.model_name)
-    aliases = aliases_from_history([move] if move else [])
-    model: dict[str, Any] = {"name": config.mlflow.model_name, "production_version": aliases["production"],
-                             "previous_version": aliases["previous"],
-                             "production_since": move.to_dict() if move else None,
-                             "canary": canary_from_history(store.deployment_history(config.mlflow.model_name))}
-    if registry:
-        model["registry"] = _registry_status(config, aliases)
-    return {
-        "cases": store.statistics().to_dict(),
-        "trigger": trigger.to_dict() | {
-            "approval_required": training_approval_reason(config, trigger.should_trigger, forced=False) is not None},
-        "model": model,
-        "last_runs": [r.to_dict() for r in store.training_runs(limit=5)],
-        "regression_suites": suite_status(config, store),
-        "costs": _month_costs(collect_costs(config, months=1, store=store)),
-        "tracking_uri": config.tracking_uri,
-    }
-
-
-def _month_costs(report: dict[str, Any]) -> dict[str, Any]:
-    """This month's training spend against the budget, and the latest ROI (status's share of ``costs``)."""
-    month = report["months"][-1] if report["months"] else {"training_usd": 0.0, "runs": 0, "unknown_runs": 0}
-    latest = next((run["roi"] for run in reversed(report["runs"]) if run.get("roi")), None)
-    return {"this_month_usd": month["training_usd"], "trained_runs": month["runs"],
-            "unknown_cost_runs": month["unknown_runs"], "monthly_budget_usd": report["monthly_budget_usd"],
-            "max_run_usd": report["max_run_usd"], "latest_roi": latest}
-
-
-def _registry_status(config: TuneloopConfig, history: dict[str, str | None]) -> dict[str, Any]:
-    """MLflow's aliases and production tags, and whether the aliases agree with tuneloop's history."""
-    from tuneloop.registry import ModelRegistry
-
-    registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
-    production = registry.production_version()
-    seen = {"production": production, "previous": registry.previous_version()}
-    return {"production_version": seen["production"], "previous_version": seen["previous"],
-            "production_tags": registry.get_version(production).tags if production else {},
-            "agrees_with_history": seen == history}
-
-
 def cmd_status(config: TuneloopConfig, args: argparse.Namespace) -> int:
     if config.several_models:
         statuses = {model.name: collect_status(model, registry=args.registry) for model in config.each_model()}
@@ -309,14 +254,6 @@ def _suite_number(result: dict[str, Any]) -> str:
     return f"{result['metric']} {result['score']:.3f}"
 
 
-def suite_status(config: TuneloopConfig, store: Any) -> list[dict[str, Any]]:
-    """Every suite (config and registered) with its recent results, newest first."""
-    from tuneloop.regression import merge_suites
-
-    suites = merge_suites(config.regression.suites, store.registered_suites())
-    return [{**spec.model_dump(mode="json"), "history": store.suite_history(spec.name, limit=10)} for spec in suites]
-
-
 # ``suite add`` flags of each kind of model's baseline and cap: (flag, SuiteSpec field).
 _SUITE_FLAGS = {
     "speech_to_text": (("--baseline-wer", "baseline_wer"), ("--baseline-cer", "baseline_cer"),
@@ -385,20 +322,6 @@ def cmd_history(config: TuneloopConfig, args: argparse.Namespace) -> int:
     if not events:
         print("no deployments yet")
     return 0
-
-
-def collect_costs(config: TuneloopConfig, months: int = 12, store: Any = None) -> dict[str, Any]:
-    """:func:`tuneloop.costs.cost_report` over the model's runs finished in the last ``months`` calendar months
-    (``store``: one already open, e.g. status's)."""
-    from tuneloop.costs import cost_report
-    from tuneloop.store import ErrorCaseStore
-
-    now = datetime.now(timezone.utc)
-    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    for _ in range(max(months, 1) - 1):
-        first = (first - timedelta(days=1)).replace(day=1)
-    runs = (store or ErrorCaseStore.from_config(config)).finished_runs_since(first)
-    return cost_report(runs, monthly_budget_usd=config.costs.monthly_budget_usd, max_run_usd=config.costs.max_run_usd)
 
 
 def cmd_costs(config: TuneloopConfig, args: argparse.Namespace) -> int:

@@ -303,6 +303,7 @@ def write_decision_record(run: PipelineRun, outcome: dict[str, Any]) -> dict[str
     # every run gets its record in MLflow, a skipped one too: "why did nothing happen on Sunday?" has an answer
     mlflow_run = run.mlflow_run_id()
     record["mlflow_run"] = {"id": mlflow_run, "url": tracking.run_url(run.config, mlflow_run, run.config.mlflow.ui_url)}
+    run.store.finish_training_run(run.run_id, status, summary={"mlflow_run": record["mlflow_run"]})
     storage.write_json(run.paths.root / "decision.json", record)
     storage.write_text(run.paths.root / "decision.md", to_markdown(record))
     tracking.log_artifact(run.config, mlflow_run, run.paths.root / "decision.json", "decision")
@@ -315,6 +316,19 @@ def write_decision_record(run: PipelineRun, outcome: dict[str, Any]) -> dict[str
             "mlflow_run_id": mlflow_run}
 
 
+def store_summary(run: PipelineRun, record: dict[str, Any]) -> dict[str, Any]:
+    """What the store keeps of the record: enough for the status page's decisions, trend and comparisons (the
+    summary lines, costs, the gate's scoreboard, the production version it was judged against, the trigger's
+    reason) without reading a file per run; ``record`` points at the whole of it."""
+    from tuneloop import storage
+
+    gate = record.get("gate") or {}
+    return {"lines": summary_lines(record), "costs": record.get("costs"),
+            "scoreboard": run.task.scoreboard(gate) if gate.get("verdict") else None,
+            "production_before": record.get("production_before"), "reason_started": record.get("reason_started"),
+            "record": storage.uri(run.paths.root / "decision.json")}
+
+
 def close_run(run: PipelineRun, record: dict[str, Any]) -> None:
     """The store's side of the report: the run's status, its suite results, and (after a verdict) its cases
     consumed. The trained case ids are read before anything is written, so a run is never left finished with
@@ -323,7 +337,7 @@ def close_run(run: PipelineRun, record: dict[str, Any]) -> None:
     dataset_id = (record.get("dataset") or {}).get("dataset_id")
     consumed = _trained_case_ids(run, dataset_id) if status in CONSUMING and dataset_id else []
     run.store.finish_training_run(run.run_id, status, dataset_id=dataset_id, candidate_version=version,
-                                  summary={"lines": summary_lines(record), "costs": record.get("costs")})
+                                  summary=store_summary(run, record))
     for suite in (record.get("regression") or {}).get("results", []):
         run.store.record_suite_result(run.run_id, {**suite, "model_version": version})
     if consumed:

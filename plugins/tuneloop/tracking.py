@@ -129,3 +129,23 @@ def log_dataset(config: TuneloopConfig, run_id: str, dataset_dir: StoragePath, d
 def run_url(config: TuneloopConfig, run_id: str, ui_base: str = "http://localhost:5000") -> str:
     """Link to the run in the MLflow UI (used in task logs and decision records)."""
     return f"{ui_base}/#/experiments/{experiment_id(config)}/runs/{run_id}"
+
+
+def logged_training(config: TuneloopConfig, airflow_run_id: str) -> tuple[int | None, list[Any]] | None:
+    """The training's total steps and the steps it logged so far (``train_loss``, every ``logging_steps``), read
+    from the DAG run's MLflow run (found by its tag, never created: a page looking must not create runs), for the
+    status page's progress bar. None when there is no such run yet."""
+    from tuneloop.overview import MetricPoint
+
+    client = _client(config)
+    found = client.get_experiment_by_name(config.mlflow.experiment_name)
+    if found is None:
+        return None
+    quoted = airflow_run_id.replace("'", "\\'")
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.{RUN_TAG} = '{quoted}'", max_results=1)
+    if not runs:
+        return None
+    total = runs[0].data.params.get("total_steps")
+    history = client.get_metric_history(runs[0].info.run_id, "train_loss")
+    return (int(total) if total and total.isdigit() else None,
+            [MetricPoint(step=m.step, timestamp=m.timestamp / 1000) for m in history])

@@ -69,15 +69,33 @@ class TriggerMetrics:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """One trigger condition as a row of a table: its value, its threshold and whether it holds.
+
+    ``met`` for the cooldown means "the cooldown is over"; ``value`` is None where there is nothing to measure (no run
+    finished yet, no inferences, the rate rule off); ``detail`` is the reason sentence, e.g. a rate measured on
+    fewer than ``min_inferences_for_rate`` inferences is shown but not used.
+    """
+
+    name: str
+    value: float | None
+    threshold: float
+    met: bool
+    detail: str
+
+
+@dataclass(frozen=True)
 class TriggerResult:
     """The decision, every reason behind it, and the numbers it was taken on (JSON-ready via ``to_dict``)."""
 
     should_trigger: bool
     reasons: list[str]
     metrics: dict[str, Any]
+    conditions: tuple[Condition, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"should_trigger": self.should_trigger, "reasons": list(self.reasons), "metrics": dict(self.metrics)}
+        return {"should_trigger": self.should_trigger, "reasons": list(self.reasons), "metrics": dict(self.metrics),
+                "conditions": [asdict(condition) for condition in self.conditions]}
 
 
 def check_trigger(
@@ -93,10 +111,21 @@ def check_trigger(
     reasons = [count_reason, corrected_reason, rate_reason, cooldown_reason]
     if metrics.training_in_progress:
         reasons.append(f"training run {metrics.running_training_run} is still in progress")
-    count_ok, rate_ok = count_ok and corrected_ok, rate_ok and corrected_ok
-    should, verdict = _verdict(metrics, force=force, cooling=cooling, count_ok=count_ok, rate_ok=rate_ok)
+    should, verdict = _verdict(metrics, force=force, cooling=cooling, count_ok=count_ok and corrected_ok,
+                               rate_ok=rate_ok and corrected_ok)
     numbers = {**metrics.to_dict(), "forced": force, "cooldown_hours": config.cooldown_hours, "now": now.isoformat()}
-    return TriggerResult(should_trigger=should, reasons=[verdict, *reasons], metrics=numbers)
+    conditions = (Condition("new error cases", metrics.new_cases, config.min_error_cases, count_ok, count_reason),
+                  Condition("new corrected cases", metrics.new_corrected_cases, config.min_corrected_cases,
+                            corrected_ok, corrected_reason),
+                  Condition("error rate", metrics.error_rate if config.trigger_on_error_rate else None,
+                            config.error_rate_threshold, rate_ok, rate_reason),
+                  Condition("hours since the last run", _hours_since(metrics.last_training_finished_at, now),
+                            config.cooldown_hours, not cooling, cooldown_reason))
+    return TriggerResult(should_trigger=should, reasons=[verdict, *reasons], metrics=numbers, conditions=conditions)
+
+
+def _hours_since(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else round((now - moment).total_seconds() / 3600, 2)
 
 
 def _verdict(metrics: TriggerMetrics, *, force: bool, cooling: bool, count_ok: bool, rate_ok: bool) -> tuple[bool, str]:

@@ -24,7 +24,8 @@ CORE_MODULES = (
     "tuneloop.managed.vertex_jobs", "tuneloop.managed.vertex_training", "tuneloop.managed.gemini_api",
     "tuneloop.vertex_dataset", "tuneloop.costs", "tuneloop.spent", "tuneloop.managed.run_files",
     "tuneloop.online_test", "tuneloop.serving.routing", "tuneloop.rollout", "tuneloop.store.served",
-    "tuneloop.serving.router", "tuneloop.serving.server", "tuneloop.notifications",
+    "tuneloop.serving.router", "tuneloop.serving.server", "tuneloop.notifications", "tuneloop.overview",
+    "tuneloop.dashboard",
 )
 FORBIDDEN = ("airflow", "torch", "transformers", "mlflow")
 

@@ -183,6 +183,24 @@ class RunRecords(StoreBase):
         with self._engine.connect() as conn:
             return [_run_from_row(row) for row in conn.execute(query)]
 
+    def decided_runs(self, limit: int = 10) -> list[TrainingRun]:
+        """The most recent finished runs that did something (all but ``skipped``: a skipped run is a trigger check
+        that found nothing to do), newest first: the status page's "last decisions"."""
+        t = runs_table
+        query = (sa.select(t).where(t.c.model == self._model, t.c.status != "running", t.c.status != "skipped")
+                 .order_by(t.c.finished_at.desc(), t.c.run_id.desc()).limit(limit))
+        with self._engine.connect() as conn:
+            return [_run_from_row(row) for row in conn.execute(query)]
+
+    def runs_with_candidates(self, limit: int = 100) -> list[TrainingRun]:
+        """The most recent runs that registered a candidate version, newest first: one per version, what the
+        trend chart and version comparisons are drawn from."""
+        t = runs_table
+        query = (sa.select(t).where(t.c.model == self._model, t.c.candidate_version.is_not(None))
+                 .order_by(t.c.started_at.desc(), t.c.run_id.desc()).limit(limit))
+        with self._engine.connect() as conn:
+            return [_run_from_row(row) for row in conn.execute(query)]
+
     def finished_runs_since(self, since: datetime) -> list[TrainingRun]:
         """Runs that finished at or after ``since``, oldest first (what a month's costs are summed over)."""
         t = runs_table

@@ -168,6 +168,21 @@ class Task(Protocol):
         """decision.md's task-specific sections (Markdown lines)."""
         ...
 
+    def scoreboard(self, gate_result: dict[str, Any]) -> dict[str, Any]:
+        """The gate's result in the neutral shape the status page and the trend chart read (see
+        :func:`scoreboard`): kept with the run in the store, so a page of a hundred versions reads no files."""
+        ...
+
+
+def scoreboard(*, n: int, verdict: str, primary: str, metrics: list[dict[str, Any]], slices: list[dict[str, Any]],
+               churn: dict[str, int], reasons: list[str]) -> dict[str, Any]:
+    """A gate result in a shape every task shares. ``metrics``: ``{"name", "baseline", "candidate",
+    "lower_is_better", "ci_low", "ci_high", "p_value"}`` each, ``primary`` naming the one the gate decided on (the
+    trend chart's line); ``slices``: ``{"name", "n", "baseline", "candidate", "gated", "passed"}`` in the primary
+    metric; ``churn``: counts of examples by how they changed (the kinds are the task's)."""
+    return {"n": n, "verdict": verdict, "primary": primary, "metrics": metrics, "slices": slices, "churn": churn,
+            "reasons": reasons}
+
 
 def task_for(name: str) -> Task:
     """The task called ``name`` (``speech_to_text``, ``chat``); ValueError names the known ones."""

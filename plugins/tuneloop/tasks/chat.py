@@ -258,6 +258,11 @@ class ChatTask:
 
         return chat_evaluation.record_sections(record)
 
+    def scoreboard(self, gate_result: dict[str, Any]) -> dict[str, Any]:
+        from tuneloop.tasks import chat_evaluation
+
+        return chat_evaluation.scoreboard(gate_result)
+
 def _aliased(row: Mapping[str, Any], name: str) -> tuple[str, Any]:
     """(key used, value) of a field with several accepted names; two given that differ are refused."""
     present = [(key, row[key]) for key in _ALIASES[name] if row.get(key) is not None]

@@ -228,6 +228,35 @@ def flat_metrics(gate_result: dict[str, Any]) -> dict[str, float]:
     return numbers(flat)
 
 
+LOWER_IS_BETTER = frozenset({"generated_tokens", "latency_s"})  # secondary numbers that are costs, not scores
+
+
+def scoreboard(gate_result: dict[str, Any]) -> dict[str, Any]:
+    """The primary metric (higher is better: every chat metric here is a score) with its interval and the gating
+    test's p-value, the secondary scores' means, the slices and the churn (fixed / newly broken / better / worse)."""
+    from tuneloop.tasks import scoreboard
+
+    name = gate_result.get("metric", "score")
+    boot = gate_result.get("bootstrap") or {}
+    metrics = [{"name": name, "baseline": gate_result.get("baseline_mean"),
+                "candidate": gate_result.get("candidate_mean"), "lower_is_better": False,
+                "ci_low": boot.get("ci_low"), "ci_high": boot.get("ci_high"), "p_value": gate_result.get("p_value")}]
+    for other, means in sorted((gate_result.get("secondary") or {}).items()):
+        if other != name and {"baseline", "candidate"} <= set(means):
+            metrics.append({"name": other, "baseline": means["baseline"], "candidate": means["candidate"],
+                            "lower_is_better": other in LOWER_IS_BETTER, "ci_low": None, "ci_high": None,
+                            "p_value": None})
+    slices = [{"name": f"{s['field']}={s['value']}", "n": s["n"], "baseline": s["baseline_mean"],
+               "candidate": s["candidate_mean"], "gated": s["gated"], "passed": s["passed"]}
+              for s in gate_result.get("slices") or []]
+    churn = {"fixed": gate_result.get("newly_fixed"), "newly_broken": gate_result.get("newly_broken"),
+             "better": gate_result.get("improved_count"), "worse": gate_result.get("degraded_count"),
+             "n": gate_result.get("n")}
+    return scoreboard(n=gate_result.get("n", 0), verdict=gate_result.get("verdict", ""), primary=name,
+                      metrics=metrics, slices=slices, churn={k: v for k, v in churn.items() if v is not None},
+                      reasons=list(gate_result.get("reasons") or []))
+
+
 def record_sections(record: dict[str, Any]) -> list[str]:
     """decision.md for a chat model: the primary metric with its test, the secondary scores per model, churn and
     the regression suites."""

@@ -252,6 +252,27 @@ class SpeechToText:
                 flat[f"{metric}_{key}"] = (comparison.get("bootstrap") or {}).get(key)
         return numbers(flat)
 
+    def scoreboard(self, gate_result: dict[str, Any]) -> dict[str, Any]:
+        """WER (the gate's metric) and CER with their intervals, the slices' WERs and the churn's five kinds."""
+        from tuneloop.tasks import scoreboard
+
+        metrics = []
+        for name in ("wer", "cer"):
+            comparison = gate_result.get(name) or {}
+            boot = comparison.get("bootstrap") or {}
+            metrics.append({"name": name, "baseline": comparison.get("baseline"),
+                            "candidate": comparison.get("candidate"), "lower_is_better": True,
+                            "ci_low": boot.get("ci_low"), "ci_high": boot.get("ci_high"),
+                            "p_value": boot.get("p_value")})
+        slices = [{"name": f"{s['field']}={s['value']}", "n": s["n"], "baseline": s["baseline_wer"],
+                   "candidate": s["candidate_wer"], "gated": s["gated"], "passed": s["passed"]}
+                  for s in gate_result.get("slices") or []]
+        churn = gate_result.get("churn") or {}
+        counts = {kind: churn[kind] for kind in ("fixed", "newly_broken", "improved", "worsened", "unchanged", "n")
+                  if kind in churn}
+        return scoreboard(n=gate_result.get("n", 0), verdict=gate_result.get("verdict", ""), primary="wer",
+                          metrics=metrics, slices=slices, churn=counts, reasons=list(gate_result.get("reasons") or []))
+
     def record_sections(self, record: dict[str, Any]) -> list[str]:
         """decision.md's tables for speech: metrics, statistics, slices, churn, suites."""
         from tuneloop import report

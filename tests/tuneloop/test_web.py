@@ -1,0 +1,208 @@
+"""The status page's app in-process, behind Airflow's real auth manager (its users, JWTs and login URL), with a
+stand-in that gives some users access to some DAGs only, as the FAB and Keycloak auth managers do.
+
+Two models are configured: ``asr`` (speech, a history of judged versions and a real MLflow registry) and
+``support`` (chat, nothing run yet). The browser tests against a running ``airflow api-server`` are in
+tests/e2e/test_status_page.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.tuneloop.page_history import write_history
+from tests.tuneloop.registry_testing import MlflowEnv, template_db
+
+TWO_MODELS = """
+models:
+  - {name: asr, task: speech_to_text, model_name: speech-to-text}
+  - {name: support, task: chat, model_name: support-assistant}
+"""
+SECRET = "s3cr3t-pa55"
+
+
+@pytest.fixture(scope="module")
+def airflow_db(airflow_env) -> None:
+    """The session's SQLite metadata DB with its tables: token checks read revoked tokens there. Airflow may have
+    been imported before ``airflow_env`` set its home, so the ORM is configured again first."""
+    from airflow import settings
+    from airflow.utils import db
+
+    settings.configure_vars()
+    settings.reconfigure_orm()
+    db.initdb()
+
+
+@pytest.fixture
+def auth(airflow_db, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Any:
+    """Airflow's auth manager, initialised as the API server does: admin, a viewer, and ``helpdesk`` (a viewer
+    who may see the support model's DAG only)."""
+    from airflow.api_fastapi.app import _AuthManagerState, init_auth_manager
+
+    passwords = tmp_path / "passwords.json"
+    passwords.write_text(json.dumps({"admin": "a", "viewer": "v", "helpdesk": "h", "operator": "o"}))
+    monkeypatch.setenv("AIRFLOW__CORE__AUTH_MANAGER", "tests.standins.dag_scoped_auth.DagScopedAuthManager")
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
+                       "admin:admin,viewer:viewer,helpdesk:viewer,operator:user")
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "test-jwt-secret-" + "0123456789abcdef" * 4)
+    monkeypatch.setenv("TUNELOOP_TEST_DAG_ACCESS", "helpdesk=finetune_weekly_support")
+    monkeypatch.setattr(_AuthManagerState, "instance", None)
+    return init_auth_manager()
+
+
+@pytest.fixture
+def installation(tmp_path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> dict[str, Any]:
+    """Two models; ``asr`` with 40 runs and 8 versions in its store and v1..v3 in a real MLflow registry."""
+    from tuneloop import web
+    from tuneloop.config import load_config
+    from tuneloop.deployment import bootstrap_production, deploy
+    from tuneloop.store import ErrorCaseStore
+
+    config_file = tmp_path / "tuneloop.yaml"
+    config_file.write_text(TWO_MODELS)
+    monkeypatch.setenv("TUNELOOP_CONFIG", str(config_file))
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    web.loaded_config.cache_clear()
+    web._store.cache_clear()
+    asr = load_config().for_model("asr")
+    asr.home.mkdir(parents=True)
+    history = write_history(ErrorCaseStore.from_config(asr), runs=40, versions=8, model_name="speech-to-text")
+    env = MlflowEnv.create(asr.home, template_db(tmp_path_factory.getbasetemp()))
+    registry = env.registry(asr.mlflow.model_name)
+    store = ErrorCaseStore.from_config(asr)
+    v1, v2 = (env.quick_version(registry, f"run-{i}") for i in (1, 2))
+    bootstrap_production(registry, store, version=v1)
+    registry.set_alias("candidate", v2)
+    deploy(registry, store, v2, reason="gate passed: <b>WER</b> 0.31 -> 0.22")
+    yield {"config": asr, "history": history, "registry": registry}
+    web.loaded_config.cache_clear()
+    web._store.cache_clear()
+
+
+@pytest.fixture
+def client(auth, installation) -> Iterator[TestClient]:
+    """The app mounted under its prefix, as the API server mounts plugin apps."""
+    from fastapi import FastAPI
+
+    from tuneloop.web import URL_PREFIX, app
+
+    server = FastAPI()
+    server.mount(URL_PREFIX, app)
+    with TestClient(server, base_url="http://testserver/tuneloop", follow_redirects=False) as client:
+        yield client
+
+
+def as_user(auth: Any, name: str, role: str) -> dict[str, str]:
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return {"Authorization": f"Bearer {auth.generate_jwt(SimpleAuthManagerUser(username=name, role=role))}"}
+
+
+def test_without_a_session_the_page_sends_to_login_and_the_json_is_refused(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 303
+    assert "/auth/login" in page.headers["location"] and "next=" in page.headers["location"]
+    for path in ("/api/status", "/api/compare?model=asr&a=1&b=2", "/api/decision?model=asr&run_id=x"):
+        assert client.get(path).status_code == 401, path
+    assert client.get("/api/status", headers={"Authorization": "Bearer forged.token.here"}).status_code == 403
+    assert client.post("/api/rollback", json={"model": "asr", "reason": "bad"}).status_code == 401
+
+
+def test_the_page_reads_the_session_cookie_like_the_airflow_ui(client: TestClient, auth: Any) -> None:
+    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    client.cookies.set(COOKIE_NAME_JWT_TOKEN, auth.generate_jwt(SimpleAuthManagerUser(username="viewer",
+                                                                                      role="viewer")))
+    assert client.get("/").status_code == 200
+
+
+def test_json_is_tuneloop_status_json(client: TestClient, auth: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The page and `tuneloop status --json` read one function: the same sections, the same values."""
+    from tuneloop.cli import main
+
+    served = client.get("/api/status", headers=as_user(auth, "viewer", "viewer")).json()["models"]
+    assert main(["status", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)["models"]
+    assert set(served) == set(printed) == {"asr", "support"}
+    for name in served:
+        assert served[name].keys() == printed[name].keys()
+        for key in ("model", "decisions", "trend", "regression_suites", "costs", "cases", "last_runs"):
+            assert served[name][key] == printed[name][key], (name, key)
+    asr = served["asr"]
+    assert asr["model"]["production_version"] == "2" and asr["model"]["previous_version"] == "1"
+    assert len(asr["trend"]["points"]) == 7  # versions 2..8 of the history, each judged by the gate
+    assert [c["name"] for c in asr["trigger"]["conditions"]] == [
+        "new error cases", "new corrected cases", "error rate", "hours since the last run"]
+
+
+def test_the_page_shows_versions_trigger_trend_decisions_and_a_comparison(client: TestClient, auth: Any) -> None:
+    html = client.get("/", headers=as_user(auth, "viewer", "viewer")).text
+    asr = html[html.index('id="model-asr"'):html.index('id="model-support"')]
+    production = re.search(r'<tr class="version-production">.*?</tr>', asr).group(0)
+    assert "<b>v2</b>" in production and "gate passed: &lt;b&gt;WER&lt;/b&gt; 0.31 -&gt; 0.22" in production
+    assert '<svg class="trend-chart"' in asr and asr.count('class="point ') == 7
+    assert asr.count("<details class=decision") == 10 and "min_corrected_cases" in asr
+    assert "Roll back production" not in asr  # a viewer may not start runs: no rollback form
+    compare = client.get("/compare?model=asr&a=4&b=5", headers=as_user(auth, "viewer", "viewer"))
+    assert compare.status_code == 200 and '<svg class="metrics-chart"' in compare.text
+    assert "v4" in compare.text and "v5" in compare.text
+
+
+def test_a_user_without_access_to_a_models_dag_sees_nothing_of_it(client: TestClient, auth: Any) -> None:
+    helpdesk = as_user(auth, "helpdesk", "viewer")
+    html = client.get("/", headers=helpdesk).text
+    assert 'id="model-support"' in html and 'id="model-asr"' not in html and "speech-to-text" not in html
+    assert "1 model(s) not shown" in html
+    assert set(client.get("/api/status", headers=helpdesk).json()["models"]) == {"support"}
+    for path in ("/api/compare?model=asr&a=1&b=2", "/compare?model=asr&a=1&b=2",
+                 "/api/decision?model=asr&run_id=x", "/decision?model=asr&run_id=x"):
+        assert client.get(path, headers=helpdesk).status_code == 404, path
+    answer = client.post("/api/rollback", headers=helpdesk, json={"model": "asr", "reason": "not mine"})
+    assert answer.status_code == 404
+
+
+def test_rollback_needs_the_right_to_start_runs_and_json(client: TestClient, auth: Any,
+                                                         installation: dict[str, Any]) -> None:
+    registry = installation["registry"]
+    viewer, operator = as_user(auth, "viewer", "viewer"), as_user(auth, "operator", "user")
+    assert client.post("/api/rollback", headers=viewer, json={"model": "asr", "reason": "worse"}).status_code == 403
+    form = client.post("/api/rollback", headers=operator, data={"model": "asr", "reason": "worse"})
+    assert form.status_code in (415, 422)  # a form (what another site could post) is not a rollback
+    assert registry.production_version() == "2"
+    assert "Roll back production v2 to v1" in client.get("/", headers=operator).text
+    done = client.post("/api/rollback", headers=operator, json={"model": "asr", "reason": "users complain"})
+    assert done.status_code == 200 and done.json()["message"] == "production v2 → v1"
+    assert registry.production_version() == "1"
+    status = client.get("/api/status", headers=operator).json()["models"]["asr"]["model"]
+    assert status["production_since"]["actor"] == "ui:operator"
+    assert status["production_since"]["reason"] == "users complain"
+    again = client.post("/api/rollback", headers=operator, json={"model": "asr", "reason": "again"})
+    assert again.status_code == 409 and "detail" in again.json()
+
+
+def test_no_secret_is_rendered(client: TestClient, auth: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneloop import web
+
+    monkeypatch.setenv("TUNELOOP__MLFLOW__TRACKING_URI", f"postgresql://tuneloop:{SECRET}@db.internal:5432/mlflow")
+    web.loaded_config.cache_clear()
+    admin = as_user(auth, "admin", "admin")
+    served = client.get("/api/status", headers=admin).text
+    assert SECRET not in served and "postgresql://***@db.internal:5432/mlflow" in served
+    assert SECRET not in client.get("/", headers=admin).text
+
+
+def test_unknown_versions_and_runs_are_answered_not_crashed(client: TestClient, auth: Any) -> None:
+    admin = as_user(auth, "admin", "admin")
+    unknown = client.get("/api/compare?model=asr&a=77&b=78", headers=admin).json()
+    assert unknown["known"] == [] and unknown["churn"] is None
+    assert client.get("/api/decision?model=asr&run_id=nope", headers=admin).status_code == 404
+    assert client.get("/api/compare?model=asr&a=" + "9" * 101 + "&b=1", headers=admin).status_code == 422
