@@ -44,6 +44,13 @@ def number(value: Any, digits: int = 3) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}"
 
 
+def shortened(text: str, limit: int = 200) -> str:
+    """A long text's start, the whole of it on hover (a gate's reason lists every check)."""
+    if len(text) <= limit:
+        return e(text)
+    return f'<span title="{e(text)}">{e(text[:limit - 1])}…</span>'
+
+
 def page(title: str, body: str) -> str:
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(title)}</title>"
             f"<style>{STYLE}</style></head><body>{body}</body></html>")
@@ -88,7 +95,7 @@ def versions_table(model: Mapping[str, Any]) -> str:
         metrics = ", ".join(f"{e(k)} {number(v)}" for k, v in version["metrics"].items()) or "–"
         moved = version["moved"]
         when = (f'{e(moved["action"])} {e(moved["at"][:19].replace("T", " "))} UTC by {e(moved["actor"])}: '
-                f'{e(moved["reason"])}') if moved else "–"
+                f'{shortened(moved["reason"])}') if moved else "–"
         rows.append(f'<tr class="version-{e(version["role"])}"><td>{e(version["role"])}</td>'
                     f'<td><b>{e(version["label"])}</b></td><td>{metrics}</td><td>{e(version["status"])}</td>'
                     f"<td>{when}</td></tr>")
@@ -121,7 +128,8 @@ def trigger_section(status: Mapping[str, Any]) -> str:
     verdict = ("<b class=ok>a run would start now</b>" + (" (then waits for approval)" if
                                                           trigger["approval_required"] else "")
                if trigger["should_trigger"] else "<b>waiting</b>")
-    rows = "".join(f'<tr><td>{e(c["name"])}</td><td>{number(c["value"])}</td><td>{number(c["threshold"])}</td>'
+    rows = "".join(f'<tr><td>{e(c["name"])}</td><td>{number(c["value"], _digits(c))}</td>'
+                   f'<td>{number(c["threshold"], _digits(c))}</td>'
                    f'<td class={"ok" if c["met"] else "no"}>{"yes" if c["met"] else "no"}</td>'
                    f'<td class=muted>{e(c["detail"])}</td></tr>' for c in trigger.get("conditions", []))
     upcoming = trigger.get("next_scheduled_run")
@@ -132,6 +140,10 @@ def trigger_section(status: Mapping[str, Any]) -> str:
             f'run: {e(upcoming or "none scheduled")}</p><table class=trigger><tr><th>condition</th><th>value</th>'
             f"<th>threshold</th><th>met</th><th>detail</th></tr>{rows}</table>"
             + "".join(f"<div class=muted>{e(r)}</div>" for r in trigger["reasons"][:1]))
+
+
+def _digits(condition: Mapping[str, Any]) -> int:
+    return 1 if condition["name"].startswith("hours") else 3
 
 
 def in_progress_section(dag_id: str, runs: Sequence[Mapping[str, Any]]) -> str:

@@ -18,4 +18,4 @@ class TuneloopPlugin(AirflowPlugin):
     operator_extra_links = [MlflowRunLink()]
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "tuneloop status page"}]
     external_views = [{"name": "tuneloop", "href": URL_PREFIX.lstrip("/") + "/", "destination": "nav",
-                       "url_route": "tuneloop", "category": "browse"}]
+                       "url_route": "tuneloop", "nav_top_level": True}]
