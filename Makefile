@@ -85,6 +85,7 @@ bench: setup
 	$(PY) benchmarks/bench_sft.py
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_store.py
+	$(PY) benchmarks/bench_page.py
 
 # Re-resolve the pinned set from requirements.in on PyPI alone, whatever this machine's pip or uv configuration
 # (needs uv). torch's CUDA stack (nvidia-*, cuda-*, triton: PyPI's Linux build only) is left out: setup installs
