@@ -554,16 +554,36 @@ NOTIFICATION_EVENTS: tuple[str, ...] = ("deployed", "rejected", "rolled_back", "
                                         "budget_exceeded")
 
 
-class NotificationChannel(_Section):
-    """Where a model's events are sent: e-mail through an Airflow SMTP connection (the SMTP provider's
-    ``SmtpNotifier``)."""
+NOTIFIER_CONNECTIONS = {"smtp": "smtp_default", "apprise": "apprise_default"}
 
-    kind: Literal["smtp"] = Field("smtp", description="smtp: e-mail through the Airflow connection conn_id")
-    conn_id: str = Field("smtp_default", min_length=1, description="Airflow connection (type smtp)")
-    to: list[str] = Field(min_length=1, description="recipients")
-    from_email: str | None = Field(None, description="sender; None: the connection's from_email")
+
+class NotificationChannel(_Section):
+    """Where a model's events are sent: e-mail through an Airflow SMTP connection (the SMTP provider), or any of
+    Apprise's services (Slack, Teams, Discord, a JSON webhook...) through an Airflow Apprise connection whose
+    ``config`` names their URLs (the Apprise provider)."""
+
+    kind: Literal["smtp", "apprise"] = Field("smtp", description="smtp: e-mail; apprise: the services of the "
+                                             "Apprise connection conn_id")
+    conn_id: str | None = Field(None, min_length=1, description="Airflow connection; None: smtp_default / "
+                                "apprise_default")
+    to: list[str] = Field(default_factory=list, description="recipients (smtp: at least one)")
+    from_email: str | None = Field(None, description="sender (smtp); None: the connection's from_email")
+    tag: str = Field("all", min_length=1, description="apprise: only the connection's services with this tag")
     events: list[NotificationEvent] = Field(default_factory=lambda: list(NOTIFICATION_EVENTS),
                                             description="the events sent here (default: all)")
+
+    @model_validator(mode="after")
+    def _recipients(self) -> "NotificationChannel":
+        if self.kind == "smtp" and not self.to:
+            raise ValueError("to: an smtp channel needs at least one recipient")
+        if self.kind != "smtp" and (self.to or self.from_email):
+            raise ValueError(f"to / from_email: a {self.kind} channel sends to its connection's services; name "
+                             "recipients there")
+        return self
+
+    @property
+    def connection(self) -> str:
+        return self.conn_id or NOTIFIER_CONNECTIONS[self.kind]
 
 
 class NotificationsConfig(_Section):

@@ -1,5 +1,6 @@
-"""Notifications sent for real: the SMTP provider's notifier, through an Airflow connection, to an SMTP server on
-loopback (aiosmtpd); one message per event to the channels that take it; a failing server never fails the run."""
+"""Notifications sent for real through Airflow connections: the SMTP provider's notifier to an SMTP server on
+loopback (aiosmtpd), the Apprise provider to a JSON webhook on loopback; one message per event to the channels that
+take it; a failing server never fails the run."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from airflow.sdk import DAG
 
 from tests.standins.mailbox import Mailbox
+from tests.standins.webhook import Webhook
 from tuneloop.config import load_config
 from tuneloop.operators.notify import notify_run
 
@@ -64,3 +66,43 @@ def test_a_run_that_was_skipped_sends_nothing(mailbox, tmp_path):
     config = config_with(tmp_path, '[{"conn_id": "smtp_tuneloop_test", "to": ["ml-team@example.test"]}]')
     assert notify_run(config, CONTEXT, {"status": "skipped", "summary": ["conditions unmet"]}, None) == []
     assert mailbox.messages == []
+
+
+@pytest.fixture
+def webhook(airflow_env, monkeypatch):
+    with Webhook() as hook:
+        monkeypatch.setenv("AIRFLOW_CONN_APPRISE_TUNELOOP_TEST", hook.apprise_connection())
+        yield hook
+
+
+def test_apprise_channels_post_one_message_per_event_to_their_services(webhook, mailbox, tmp_path):
+    """An Apprise channel (Slack, Teams... here Apprise's json:// service, a webhook on loopback) beside an
+    e-mail one: each gets the run's end once, with its summary and links."""
+    config = config_with(tmp_path, '[{"kind": "apprise", "conn_id": "apprise_tuneloop_test", "tag": "alerts"}, '
+                                   '{"kind": "apprise", "conn_id": "apprise_tuneloop_test", "events": ["deployed"]}, '
+                                   '{"conn_id": "smtp_tuneloop_test", "to": ["ml-team@example.test"]}]')
+    assert notify_run(config, CONTEXT, RECORD, "http://mlflow.example.test/#/experiments/1/runs/abc") == []
+    [(path, posted)] = webhook.received
+    assert path == "/tuneloop" and posted["type"] == "warning"
+    assert posted["title"] == "tuneloop speech-to-text: rolled back (manual__2026-12-07T10:00:00+00:00)"
+    assert "post-deploy check: WER 0.31 > 0.20 <script>alert(1)</script>" in posted["message"]  # JSON, not HTML
+    assert "http://mlflow.example.test/#/experiments/1/runs/abc" in posted["message"]
+    assert len(mailbox.messages) == 1
+
+
+def test_a_service_that_refuses_the_message_is_logged_not_raised(webhook, tmp_path, caplog):
+    webhook.status = 500
+    config = config_with(tmp_path, '[{"kind": "apprise", "conn_id": "apprise_tuneloop_test"}]')
+    with caplog.at_level(logging.WARNING):
+        failures = notify_run(config, CONTEXT, RECORD, None)
+    assert len(failures) == 1 and "no service of connection apprise_tuneloop_test" in failures[0]
+    assert len(webhook.received) == 1  # it was tried
+
+
+@pytest.mark.parametrize("channel, field", [('{"kind": "smtp"}', "to"), ('{"kind": "apprise", "to": ["a@b.c"]}', "to"),
+                                            ('{"kind": "slack"}', "kind")])
+def test_a_channel_that_cannot_send_is_refused_at_load_naming_the_field(tmp_path, channel, field):
+    from tuneloop.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"notifications\.channels\.0.*{field}"):
+        config_with(tmp_path, f"[{channel}]")

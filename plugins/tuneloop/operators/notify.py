@@ -1,5 +1,6 @@
-"""Sending tuneloop's notifications (:mod:`tuneloop.notifications`) through Airflow's notifiers: the SMTP
-provider's ``SmtpNotifier`` for each configured channel, with the Airflow connection it names.
+"""Sending tuneloop's notifications (:mod:`tuneloop.notifications`) through Airflow's providers, with the Airflow
+connection each configured channel names: e-mail by the SMTP provider's ``SmtpNotifier``; Slack, Teams, webhooks
+and the rest of Apprise's services by the Apprise provider's hook (its connection lists the services' URLs).
 
 ``report`` announces how the run ended; the approval steps announce that they wait (:class:`ApprovalNotifier`,
 given to them as Airflow ``notifiers``). A notifier that fails -- an SMTP server down, a missing connection -- is
@@ -22,21 +23,46 @@ log = logging.getLogger(__name__)
 
 def send(config: TuneloopConfig, message: Message, context: Context) -> list[str]:
     """Send ``message`` to every channel that takes one of its events; returns what failed, each with its reason."""
-    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
     failures = []
     for channel in channels_for(config.notifications.channels, message.events):
-        where = f"{channel.kind} {', '.join(channel.to)} (connection {channel.conn_id})"
-        notifier = SmtpNotifier(to=list(channel.to), from_email=channel.from_email, subject=message.subject,
-                                html_content=message.html(), smtp_conn_id=channel.conn_id)
+        where = f"{channel.kind} {', '.join(channel.to) or channel.tag} (connection {channel.connection})"
         try:
-            notifier.notify(context)  # not notifier(context): the message quotes reasons, never a template
+            SENDERS[channel.kind](channel, message, context)
         except Exception as error:  # noqa: BLE001 - a notification never fails the run
             log.error("notification %r to %s failed: %s: %s", message.subject, where, type(error).__name__, error)
             failures.append(f"{where}: {type(error).__name__}: {error}")
         else:
             log.info("notification %r sent to %s", message.subject, where)
     return failures
+
+
+def send_email(channel: Any, message: Message, context: Context) -> None:
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    notifier = SmtpNotifier(to=list(channel.to), from_email=channel.from_email, subject=message.subject,
+                            html_content=message.html(), smtp_conn_id=channel.connection)
+    notifier.notify(context)  # not notifier(context): the message quotes reasons, never a template
+
+
+def send_apprise(channel: Any, message: Message, context: Context) -> None:
+    """Through the services the Apprise connection names. Apprise answers whether they took the message (the
+    provider's notifier drops that answer), so a service that refused it is a failure here, logged like the rest."""
+    import apprise
+    from airflow.providers.apprise.hooks.apprise import AppriseHook
+
+    hook = AppriseHook(apprise_conn_id=channel.connection)
+    services = apprise.Apprise()
+    hook.set_config_from_conn(conn=hook.get_connection(channel.connection), apprise_obj=services)
+    if not services.notify(body=message.text(), title=message.subject, notify_type=APPRISE_TYPES[message.events[0]],
+                           tag=channel.tag):
+        raise RuntimeError(f"Apprise: no service of connection {channel.connection} tagged {channel.tag!r} took "
+                           "the message (its log says why)")
+
+
+SENDERS = {"smtp": send_email, "apprise": send_apprise}
+# how each event shows in chat tools (Apprise's notify types: its colour and icon)
+APPRISE_TYPES = {"deployed": "success", "rejected": "warning", "rolled_back": "warning", "failed": "failure",
+                 "waiting_for_approval": "info", "budget_exceeded": "warning"}
 
 
 def notify_run(config: TuneloopConfig, context: Context, record: dict[str, Any], mlflow_url: str | None) -> list[str]:
