@@ -240,7 +240,7 @@ def scoreboard(gate_result: dict[str, Any]) -> dict[str, Any]:
     boot = gate_result.get("bootstrap") or {}
     metrics = [{"name": name, "baseline": gate_result.get("baseline_mean"),
                 "candidate": gate_result.get("candidate_mean"), "lower_is_better": False,
-                "ci_low": boot.get("ci_low"), "ci_high": boot.get("ci_high"), "p_value": gate_result.get("p_value")}]
+                "ci_low": boot.get("ci_low"), "ci_high": boot.get("ci_high"), "p_value": _gating_p(gate_result)}]
     for other, means in sorted((gate_result.get("secondary") or {}).items()):
         if other != name and {"baseline", "candidate"} <= set(means):
             metrics.append({"name": other, "baseline": means["baseline"], "candidate": means["candidate"],
@@ -255,6 +255,14 @@ def scoreboard(gate_result: dict[str, Any]) -> dict[str, Any]:
     return scoreboard(n=gate_result.get("n", 0), verdict=gate_result.get("verdict", ""), primary=name,
                       metrics=metrics, slices=slices, churn={k: v for k, v in churn.items() if v is not None},
                       reasons=list(gate_result.get("reasons") or []))
+
+
+def _gating_p(gate_result: dict[str, Any]) -> float | None:
+    """The gating test's p-value: as the validate step stored it, else read from that test's own result."""
+    if gate_result.get("p_value") is not None:
+        return gate_result["p_value"]
+    test = gate_result.get(gate_result.get("significance_test") or "") or {}
+    return test.get("p_value") if isinstance(test, dict) else None
 
 
 def record_sections(record: dict[str, Any]) -> list[str]:
