@@ -56,6 +56,18 @@ def run_message(*, model_name: str, run_id: str, status: str, summary: Sequence[
     return Message((event,), _one_line(subject), (*summary, "", *_link_lines(links)))
 
 
+def unreported_message(*, model_name: str, run_id: str, error: str, stored_status: str | None,
+                       links: Mapping[str, str]) -> Message:
+    """The message of a run whose report step failed for good (MLflow down, the run's folder unreadable): its
+    decision record may be missing, so it is announced as ``failed`` with the error and what the store holds."""
+    stored = (f"the store records the run as {stored_status}" if stored_status
+              else "the store could not be read either")
+    subject = f"tuneloop {model_name}: failed: its report did not finish ({run_id})"
+    return Message(("failed",), _one_line(subject), (f"Run {run_id}: the report step failed: {error}",
+                                                    f"{stored}; the task log has the rest.", "",
+                                                    *_link_lines(links)))
+
+
 def approval_message(*, model_name: str, run_id: str, stage: str, subject: str, body: str,
                      links: Mapping[str, str]) -> Message:
     """The message of a step waiting for a person (``approve_training``, ``approve_budget``, ``approve_deploy``):

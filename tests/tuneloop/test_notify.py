@@ -106,3 +106,28 @@ def test_a_channel_that_cannot_send_is_refused_at_load_naming_the_field(tmp_path
 
     with pytest.raises(ConfigError, match=rf"notifications\.channels\.0.*{field}"):
         config_with(tmp_path, f"[{channel}]")
+
+
+def test_a_run_whose_report_failed_for_good_is_announced_as_failed(mailbox, tmp_path):
+    """MLflow down while the report writes the record: the last attempt tells the `failed` channels, with the
+    error and what the store holds (report closes the run there first)."""
+    from tuneloop.operators.notify import notify_unreported
+    from tuneloop.operators.report import last_attempt
+
+    config = config_with(tmp_path, '[{"conn_id": "smtp_tuneloop_test", "to": ["ml-team@example.test"], '
+                                   '"events": ["failed"]}]')
+    error = ConnectionError("MLflow at http://mlflow:5000 refused the connection")
+    assert notify_unreported(config, CONTEXT, error, "deployed") == []
+    [message] = mailbox.messages
+    assert message["Subject"] == ("tuneloop speech-to-text: failed: its report did not finish "
+                                  "(manual__2026-12-07T10:00:00+00:00)")
+    [body] = mailbox.bodies()
+    assert "the report step failed: ConnectionError: MLflow at" in body and "refused the connection" in body
+    assert "the store records the run as deployed" in body
+
+    class Attempt:
+        def __init__(self, try_number: int, max_tries: int) -> None:
+            self.try_number, self.max_tries = try_number, max_tries
+
+    assert [last_attempt(Attempt(t, 1)) for t in (1, 2)] == [False, True]  # report retries once
+    assert last_attempt(Attempt(1, 0))

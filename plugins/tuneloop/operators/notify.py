@@ -16,7 +16,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseNotifier, Context
 
 from tuneloop.config import TuneloopConfig, load_model_config
-from tuneloop.notifications import Message, approval_message, channels_for, run_message
+from tuneloop.notifications import Message, approval_message, channels_for, run_message, unreported_message
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,19 @@ def notify_run(config: TuneloopConfig, context: Context, record: dict[str, Any],
     except Exception as error:  # noqa: BLE001 - a notification never fails the run
         log.warning("notifying the run's end failed: %s: %s", type(error).__name__, error)
         return [f"{type(error).__name__}: {error}"]
+
+
+def notify_unreported(config: TuneloopConfig, context: Context, error: BaseException,
+                      stored_status: str | None) -> list[str]:
+    """Announce a run whose report failed on its last attempt (a run that fails is news); never raises."""
+    try:
+        message = unreported_message(model_name=config.mlflow.model_name, run_id=context["run_id"],
+                                     error=f"{type(error).__name__}: {error}", stored_status=stored_status,
+                                     links={"Airflow run": run_url(config, context)})
+        return send(config, message, context)
+    except Exception as failure:  # noqa: BLE001 - a notification never fails the run
+        log.warning("notifying the failed report failed: %s: %s", type(failure).__name__, failure)
+        return [f"{type(failure).__name__}: {failure}"]
 
 
 def airflow_url(config: TuneloopConfig) -> str:

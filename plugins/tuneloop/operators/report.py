@@ -7,7 +7,7 @@ from airflow.sdk import Context
 from tuneloop.operators.links import MlflowRunLink
 from tuneloop.operators.approve import XCOM_KEY as APPROVAL_KEY
 from tuneloop.operators.base import PipelineStepOperator
-from tuneloop.operators.notify import notify_run
+from tuneloop.operators.notify import notify_run, notify_unreported
 
 STEPS = ("check_trigger", "approve_training", "export_dataset", "check_budget", "approve_budget", "train", "evaluate",
          "validate", "regression_suite", "register", "decide", "approve_deploy", "deploy", "reject",
@@ -32,13 +32,32 @@ class ReportOperator(PipelineStepOperator):
         outcome |= {step: ti.xcom_pull(task_ids=step, key=APPROVAL_KEY) for step in APPROVALS}
         outcome["states"] = states | {group: group_state(states, group) for group in GROUPS}
         run = self.pipeline(context)
-        record = run.report(outcome)
+        try:
+            record = run.report(outcome)
+        except Exception as error:
+            if last_attempt(ti):  # a retry may still write the record and announce the outcome itself
+                notify_unreported(run.config, context, error, stored_status(run))
+            raise
         for line in record["summary"]:
             self.log.info("%s", line)
         self.log.info("decision record: %s", record["record"])
         mlflow_url = self.link_mlflow_run(context, run)
         notify_run(run.config, context, record, mlflow_url)
         return record
+
+
+def last_attempt(ti: Any) -> bool:
+    """Whether this try of the task has no retry left after it."""
+    return ti.try_number > ti.max_tries
+
+
+def stored_status(run: Any) -> str | None:
+    """The run's status in the store (``report`` closes the run there before it writes to MLflow), None when the
+    store cannot say."""
+    try:
+        return run.store.training_run(run.run_id).status
+    except Exception:  # noqa: BLE001 - the message says the store could not be read
+        return None
 
 
 def group_state(states: dict[str, str], group: str) -> str:
