@@ -220,7 +220,7 @@ def print_results(install: Installation, record: dict[str, Any]) -> None:
     print("\nlook around:")
     print(f"  AIRFLOW_HOME={install.env['AIRFLOW_HOME']} TUNELOOP_HOME={install.env['TUNELOOP_HOME']} "
           f"TUNELOOP_CONFIG={install.config_file} .venv/bin/airflow standalone     # Airflow UI, "
-          "http://localhost:8080")
+          "http://localhost:8080 (the tuneloop page: http://localhost:8080/plugin/tuneloop)")
     print(f"  .venv/bin/mlflow ui --backend-store-uri {config.tracking_uri}     # MLflow UI, http://localhost:5000")
     print(f"  TUNELOOP_HOME={install.env['TUNELOOP_HOME']} TUNELOOP_CONFIG={install.config_file} "
           ".venv/bin/tuneloop status")

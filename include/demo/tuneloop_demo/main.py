@@ -255,7 +255,8 @@ def print_results(install: Installation, record: dict[str, Any], world: World) -
     config = install.config()
     print("\nlook around:")
     print(f"  AIRFLOW_HOME={install.env['AIRFLOW_HOME']} TUNELOOP_HOME={install.env['TUNELOOP_HOME']} "
-          f"TUNELOOP_CONFIG={DEMO_CONFIG} .venv/bin/airflow standalone     # Airflow UI, http://localhost:8080")
+          f"TUNELOOP_CONFIG={DEMO_CONFIG} .venv/bin/airflow standalone     # Airflow UI, http://localhost:8080"
+          " (the tuneloop page: http://localhost:8080/plugin/tuneloop)")
     print(f"  .venv/bin/mlflow ui --backend-store-uri {config.tracking_uri}     # MLflow UI, http://localhost:5000")
     print(f"  TUNELOOP_HOME={install.env['TUNELOOP_HOME']} TUNELOOP_CONFIG={DEMO_CONFIG} .venv/bin/tuneloop status")
 
