@@ -19,7 +19,8 @@ from urllib.parse import quote, urlencode
 from tuneloop.history import version_label
 
 STATUS_COLOURS = {"deployed": "#2e7d32", "rejected": "#c62828", "rolled_back": "#ef6c00", "declined": "#6a1b9a",
-                  "insufficient_evidence": "#757575", "failed": "#37474f", "over_budget": "#ad1457"}
+                  "insufficient_evidence": "#757575", "failed": "#37474f", "over_budget": "#ad1457",
+                  "baseline": "#bdbdbd"}  # baseline: the first production, measured as the first run's baseline
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.2rem;color:#1a1a1a;max-width:75rem}
 h1{font-size:1.4rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ccc}h3{font-size:1rem}
@@ -65,22 +66,22 @@ def run_path(dag_id: str, run_id: str) -> str:
     return f"dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
 
 
-def status_page(models: Mapping[str, Mapping[str, Any]], *, can_roll_back: Mapping[str, bool],
-                hidden: int = 0) -> str:
-    """The whole page: one section per model the user may see (``hidden``: how many are not shown)."""
-    sections = [model_section(name, status, can_roll_back=can_roll_back.get(name, False))
-                for name, status in models.items()]
+def status_page(models: Mapping[str, Mapping[str, Any]], *, can_roll_back: Mapping[str, bool]) -> str:
+    """The whole page: one section per model the user may see (a model whose status failed shows its error)."""
+    sections = [model_section(name, status, can_roll_back=can_roll_back.get(name, False)) if "error" not in status
+                else f'<section id="model-{e(name)}"><h2>{e(name)}</h2><p class=no>Its status could not be read: '
+                     f'{e(status["error"])}</p></section>' for name, status in models.items()]
     if not sections:
         sections = ["<p>No model of tuneloop's is visible to you: ask an administrator for access to its DAG.</p>"]
-    note = f'<p class=muted>{hidden} model(s) not shown: no access to their DAGs.</p>' if hidden else ""
-    return page("tuneloop", "<h1>tuneloop: continuous fine-tuning</h1>" + note + "".join(sections) + ROLLBACK_SCRIPT)
+    return page("tuneloop", "<h1>tuneloop: continuous fine-tuning</h1>" + "".join(sections) + ROLLBACK_SCRIPT)
 
 
 def model_section(name: str, status: Mapping[str, Any], *, can_roll_back: bool) -> str:
     model = status["model"]
     dag = model["dag_id"]
     parts = [f'<section id="model-{e(name)}"><h2>{e(name)} <span class=muted>({e(model["task"])}, DAG '
-             f'{airflow_link("dags/" + quote(dag, safe=""), dag)})</span></h2>',
+             f'{airflow_link("dags/" + quote(dag, safe=""), dag)}, MLflow {e(status.get("tracking_uri"))})'
+             "</span></h2>",
              versions_table(model), actions(name, model, can_roll_back=can_roll_back),
              trigger_section(status), in_progress_section(dag, status["in_progress"]),
              trend_section(name, status["trend"]), compare_form(name, status),
@@ -114,11 +115,15 @@ def actions(name: str, model: Mapping[str, Any], *, can_roll_back: bool) -> str:
     dag = quote(model["dag_id"], safe="")
     links = [airflow_link("required_actions", "Pending approvals (Required actions)"),
              airflow_link(f"dags/{dag}", "Trigger a run (the DAG's Trigger button opens the form)")]
-    form = ""
-    if can_roll_back and model.get("previous_version"):
-        form = (f'<form class=rollback data-model="{e(name)}"><label>Roll back production '
-                f'{e(version_label(model["production_version"]))} to {e(version_label(model["previous_version"]))}'
-                ', because: <input name=reason required minlength=3 size=40></label> <button>Roll back</button>'
+    form, canary = "", model.get("canary")
+    if can_roll_back and (canary or model.get("previous_version")):
+        what = (f'End the canary {e(version_label(canary["version"]))} (all traffic back to production '
+                f'{e(version_label(model["production_version"]))})' if canary else
+                f'Roll back production {e(version_label(model["production_version"]))} to '
+                f'{e(version_label(model["previous_version"]))}')
+        form = (f'<form class=rollback data-model="{e(name)}" data-production="{e(model["production_version"])}"'
+                f' data-canary="{e(canary["version"]) if canary else ""}"><label>{what}, because: '
+                "<input name=reason required minlength=3 size=40></label> <button>Roll back</button>"
                 "<span class=answer></span></form>")
     return f'<div class=actions><h3>Actions</h3>{" ".join(links)}{form}</div>'
 
@@ -162,6 +167,8 @@ def in_progress_section(dag_id: str, runs: Sequence[Mapping[str, Any]]) -> str:
 
 def progress_bar(progress: Mapping[str, Any] | None) -> str:
     """Training's step / total with an ETA (from the trainer's logged steps), or nothing before its first step."""
+    if progress and "error" in progress:
+        return f'<div class=training>training progress unknown: {e(progress["error"])}</div>'
     if not progress or "step" not in progress:
         return ""
     eta = progress.get("eta_seconds")
@@ -282,7 +289,7 @@ def decision_details(name: str, dag_id: str, decision: Mapping[str, Any]) -> str
             + f' <span class=muted>{e((decision["finished_at"] or "")[:19].replace("T", " "))}</span></summary>')
     mlflow = decision.get("mlflow_run") or {}
     links = [airflow_link(run_path(dag_id, decision["run_id"]), "Airflow run")]
-    if mlflow.get("url"):
+    if str(mlflow.get("url", "")).startswith(("http://", "https://")):  # no javascript: or data: links
         links.append(f'<a href="{e(mlflow["url"])}" target="_blank" rel="noopener">MLflow run</a>')
     if decision.get("record"):
         links.append(f'<a href="decision?{urlencode({"model": name, "run_id": decision["run_id"]})}">whole '
@@ -402,12 +409,14 @@ ROLLBACK_SCRIPT = """<script>
 for (const form of document.querySelectorAll("form.rollback")) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const answer = form.querySelector(".answer");
+    const answer = form.querySelector(".answer"), button = form.querySelector("button");
+    button.disabled = true;  // one click, one rollback (the server also refuses a second: production moved)
     const reply = await fetch("api/rollback", {method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({model: form.dataset.model, reason: form.reason.value})});
+      body: JSON.stringify({model: form.dataset.model, reason: form.reason.value,
+                            production: form.dataset.production || null, canary: form.dataset.canary || null})});
     const data = await reply.json();
-    answer.textContent = reply.ok ? " " + data.message : " refused: " + (data.detail || reply.status);
-    if (reply.ok) setTimeout(() => location.reload(), 1500);
+    answer.textContent = reply.ok ? " " + data.message : " refused: " + JSON.stringify(data.detail || reply.status);
+    setTimeout(() => location.reload(), reply.ok ? 1500 : 5000);
   });
 }
 </script>"""

@@ -154,12 +154,14 @@ def registry_status(config: TuneloopConfig, history: dict[str, str | None]) -> d
 
 def versions(aliases: dict[str, str | None], canary: dict[str, Any] | None, judged: Sequence[TrainingRun],
              history: Sequence[DeploymentEvent]) -> list[dict[str, Any]]:
-    """Production, previous, candidate (the latest version judged that is neither) and canary: each with the
-    gate's numbers from the run that registered it and its latest move (when, what, by whom, why)."""
+    """Production, previous, candidate (the newest run's version, when it is none of the others: rejected,
+    declined, waiting) and canary: each with the gate's numbers from the run that registered it and its latest move
+    (when, what, by whom, why)."""
     roles = {"production": aliases["production"], "previous": aliases["previous"],
              "canary": canary["version"] if canary else None}
     placed = {str(v) for v in roles.values() if v is not None}
-    roles["candidate"] = next((run.candidate_version for run in judged if run.candidate_version not in placed), None)
+    newest = judged[0].candidate_version if judged else None  # the latest run's version, unless it was placed
+    roles["candidate"] = newest if newest not in placed else None
     by_version = {run.candidate_version: run for run in reversed(judged)}  # the latest run of a version wins
     shown = []
     for role in ("production", "previous", "candidate", "canary"):
@@ -175,10 +177,17 @@ def versions(aliases: dict[str, str | None], canary: dict[str, Any] | None, judg
     return shown
 
 
+PRODUCTION_MOVES = frozenset({"bootstrap", "deploy", "rollback"})  # events whose from/to are the version moved
+
+
 def _last_move(version: str, history: Sequence[DeploymentEvent]) -> dict[str, Any] | None:
-    """The newest event that moved ``version`` (to or from production, a canary of it), as a dict."""
+    """The newest event that moved ``version``: into or out of production, or (register, reject, green, canary)
+    the version its details name. The other events' from/to are the production of the moment, not the subject."""
     for event in history:
-        named = {str(event.to_version), str(event.from_version), str(event.details.get("version"))}
+        if event.action in PRODUCTION_MOVES:
+            named = {str(event.to_version), str(event.from_version)}
+        else:
+            named = {str(event.details.get("version"))}
         if version in named:
             return {"action": event.action, "at": event.at.isoformat(), "actor": event.actor, "reason": event.reason,
                     "run_id": event.run_id, "from_version": event.from_version, "to_version": event.to_version}
@@ -198,8 +207,11 @@ def decision(run: TrainingRun) -> dict[str, Any]:
 
 def trend(judged: Sequence[TrainingRun], history: Sequence[DeploymentEvent]) -> dict[str, Any]:
     """The gate's metric per version, oldest first, each point marked with what became of the version (deployed,
-    rejected, rolled back...), and the rollbacks made by hand (a version sent back after its run ended)."""
-    sent_back = {str(e.from_version) for e in history if e.action == "rollback"}
+    rejected, rolled back...; the first production, which no run judged, as ``baseline``), and the rollbacks."""
+    rollbacks_of = {}  # version -> the runs that rolled it back (a run's own post-deploy rollback is not by hand)
+    for event in history:
+        if event.action == "rollback":
+            rollbacks_of.setdefault(str(event.from_version), set()).add(event.run_id)
     points = []
     for run in sorted(judged, key=_version_order):
         board = run.summary.get("scoreboard")
@@ -212,10 +224,24 @@ def trend(judged: Sequence[TrainingRun], history: Sequence[DeploymentEvent]) -> 
                        "lower_is_better": primary.get("lower_is_better", True),
                        "candidate": {n: m["candidate"] for n, m in metrics.items()},
                        "baseline": {n: m["baseline"] for n, m in metrics.items()},
-                       "rolled_back_by_hand": run.candidate_version in sent_back})
+                       "rolled_back_by_hand": bool(rollbacks_of.get(run.candidate_version, set()) - {run.run_id})})
+    origin = _origin(points[0], judged) if points else None
+    if origin:
+        points.insert(0, origin)
     rollbacks = [{"from_version": e.from_version, "to_version": e.to_version, "at": e.at.isoformat(),
                   "actor": e.actor, "reason": e.reason} for e in history if e.action == "rollback"]
     return {"metric": points[-1]["metric"] if points else None, "points": points, "rollbacks": rollbacks}
+
+
+def _origin(first: dict[str, Any], judged: Sequence[TrainingRun]) -> dict[str, Any] | None:
+    """The production the first judged version was compared with, when no run judged it (the bootstrapped
+    version): its numbers are that run's baseline, so the chart starts where the loop started."""
+    run = next(r for r in judged if r.run_id == first["run_id"])
+    before = run.summary.get("production_before")
+    if before is None or any(r.candidate_version == str(before) for r in judged):
+        return None
+    return {**first, "version": str(before), "run_id": None, "status": "baseline", "at": run.started_at.isoformat(),
+            "candidate": dict(first["baseline"]), "baseline": {}, "rolled_back_by_hand": False}
 
 
 def _version_order(run: TrainingRun) -> tuple[int, str]:
@@ -226,29 +252,35 @@ def _version_order(run: TrainingRun) -> tuple[int, str]:
 def in_progress(run: TrainingRun, dag_id: str, lookups: Lookups, now: datetime) -> dict[str, Any]:
     """A running run: since when, the Airflow steps it is on, and the training's progress where it is logged."""
     logged = _ask(lookups.training, run.run_id)
-    progress = training_progress(*logged, now=now) if isinstance(logged, tuple) else None
-    return {"run_id": run.run_id, "started_at": run.started_at.isoformat(), "steps": _ask(lookups.steps, dag_id,
-                                                                                         run.run_id),
-            "progress": progress}
+    progress = training_progress(*logged, now=now) if isinstance(logged, tuple) else logged  # None or the error
+    steps = _ask(lookups.steps, dag_id, run.run_id)
+    return {"run_id": run.run_id, "started_at": run.started_at.isoformat(), "steps": steps, "progress": progress}
 
 
 def training_progress(total_steps: int | None, points: Sequence[MetricPoint], *,
                       now: datetime) -> dict[str, Any] | None:
     """Step / total and an ETA from the steps the trainer logged (``train_loss`` every ``logging_steps``).
 
-    The rate is measured between the first and the last logged step, so model loading before the first step does
-    not slow the estimate; with a single point there is no rate yet (no ETA). None before the first step is logged
-    or without a total.
+    Only the current attempt counts: a retried training resumes from its last checkpoint and logs those steps again
+    into the same MLflow run, so the points since the step last went down are its own. The rate is measured between
+    its first and last logged step (model loading before the first step does not slow the estimate; one point gives
+    no rate, no ETA), and the ETA counts from now: the time since the last point is already spent (a stalled run's
+    ETA reaches 0, and ``seconds_since_logged`` says how long it has been silent). None before the first step is
+    logged or without a total.
     """
     if not total_steps or not points:
         return None
-    first, last = min(points, key=lambda p: p.step), max(points, key=lambda p: p.step)
+    ordered = sorted(points, key=lambda p: p.timestamp)
+    restarts = [i for i in range(1, len(ordered)) if ordered[i].step <= ordered[i - 1].step]
+    attempt = ordered[restarts[-1]:] if restarts else ordered
+    first, last = attempt[0], attempt[-1]
     rate = ((last.timestamp - first.timestamp) / (last.step - first.step)) if last.step > first.step else None
+    silent = max(0.0, now.timestamp() - last.timestamp)
     remaining = max(0, total_steps - last.step)
     return {"step": last.step, "total": total_steps, "fraction": min(1.0, last.step / total_steps),
-            "seconds_per_step": rate, "eta_seconds": remaining * rate if rate is not None else None,
+            "seconds_per_step": rate, "eta_seconds": max(0.0, remaining * rate - silent) if rate is not None else None,
             "logged_at": datetime.fromtimestamp(last.timestamp, timezone.utc).isoformat(),
-            "seconds_since_logged": max(0.0, now.timestamp() - last.timestamp)}
+            "seconds_since_logged": silent}
 
 
 def _ask(lookup: Callable[..., Any] | None, *args: Any) -> Any:

@@ -9,6 +9,7 @@ a failed run leaves them available for the next one.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,8 @@ from tuneloop.history import version_label
 
 if TYPE_CHECKING:
     from tuneloop.pipeline import PipelineRun
+
+log = logging.getLogger(__name__)
 
 CONSUMING = {"deployed", "rejected", "declined", "rolled_back"}
 
@@ -323,8 +326,12 @@ def store_summary(run: PipelineRun, record: dict[str, Any]) -> dict[str, Any]:
     from tuneloop import storage
 
     gate = record.get("gate") or {}
-    return {"lines": summary_lines(record), "costs": record.get("costs"),
-            "scoreboard": run.task.scoreboard(gate) if gate.get("verdict") else None,
+    try:
+        board = run.task.scoreboard(gate) if gate.get("verdict") else None
+    except Exception as error:  # noqa: BLE001 - the page's numbers must never keep a run from closing
+        log.warning("run %s: no scoreboard for the status page: %s: %s", run.run_id, type(error).__name__, error)
+        board = None
+    return {"lines": summary_lines(record), "costs": record.get("costs"), "scoreboard": board,
             "production_before": record.get("production_before"), "reason_started": record.get("reason_started"),
             "record": storage.uri(run.paths.root / "decision.json")}
 

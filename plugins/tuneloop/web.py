@@ -11,7 +11,8 @@ steps a run is on, the next scheduled run) is looked up in Airflow's database, a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +27,8 @@ from tuneloop import dashboard
 from tuneloop.config import TuneloopConfig, load_config
 from tuneloop.overview import Lookups, collect_status, compare_versions
 from tuneloop.runs import WEEKLY_DAG_ID
+
+ROLLBACK_DAG_ID = "finetune_rollback"  # dags/finetune_rollback.py: who may run it may roll back here
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +46,23 @@ def loaded_config() -> TuneloopConfig:
     return load_config()
 
 
-@lru_cache(maxsize=16)
-def _store(name: str) -> Any:
+_STORE_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _database() -> Any:
+    """One store (one connection pool, its schema checked once) for the API server's requests."""
     from tuneloop.store import ErrorCaseStore
 
-    return ErrorCaseStore.from_config(loaded_config().for_model(name))
+    return ErrorCaseStore.from_config(loaded_config())
+
+
+def _store(name: str) -> Any:
+    """Model ``name``'s view of the store, over the shared connections."""
+    with _STORE_LOCK:  # concurrent first requests open the database once
+        database = _database()
+    model = loaded_config().for_model(name)
+    return database.for_model(model.model_key, model.task)
 
 
 BEARER = HTTPBearer(auto_error=False)
@@ -66,7 +81,7 @@ async def page_user(request: Request, bearer: HTTPAuthorizationCredentials | Non
     try:
         return await current_user(request, bearer)
     except HTTPException as error:
-        if error.status_code != 401:
+        if error.status_code not in (401, 403):  # 403: a token that no longer verifies (expired key): log in again
             raise
         from airflow.api_fastapi.app import get_auth_manager
 
@@ -74,6 +89,8 @@ async def page_user(request: Request, bearer: HTTPAuthorizationCredentials | Non
 
 
 class _Redirect(Exception):
+    """Raised from a dependency to answer with a redirect (a dependency cannot return a response)."""
+
     def __init__(self, url: str) -> None:
         self.url = url
 
@@ -84,7 +101,8 @@ async def _redirect(request: Request, error: _Redirect) -> RedirectResponse:
 
 
 def may(user: Any, dag_id: str, *, start_runs: bool = False) -> bool:
-    """Whether ``user`` may read ``dag_id`` (or, ``start_runs``, create its runs) by the auth manager's rules."""
+    """Whether ``user`` may read ``dag_id`` (or, ``start_runs``, create its runs) by the auth manager's rules: a
+    model is seen by whoever may read its weekly DAG, rolled back by whoever may run its rollback DAG."""
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 
@@ -94,37 +112,39 @@ def may(user: Any, dag_id: str, *, start_runs: bool = False) -> bool:
     return get_auth_manager().is_authorized_dag(method="GET", details=DagDetails(id=dag_id), user=user)
 
 
-def visible_models(user: Any) -> tuple[dict[str, TuneloopConfig], int]:
-    """The models whose DAGs ``user`` may read, and how many others there are."""
+def visible_models(user: Any) -> dict[str, TuneloopConfig]:
+    """The models whose weekly DAGs ``user`` may read (of the others, not even their number is told)."""
     models = {model.name: model for model in loaded_config().each_model()}
-    shown = {name: model for name, model in models.items() if may(user, model.dag_id(WEEKLY_DAG_ID))}
-    return shown, len(models) - len(shown)
+    return {name: model for name, model in models.items() if may(user, model.dag_id(WEEKLY_DAG_ID))}
 
 
 def model_for(user: Any, name: str) -> TuneloopConfig:
     """The model ``name`` if ``user`` may read it; 404 otherwise (whether it exists is not told either)."""
-    shown, _ = visible_models(user)
+    shown = visible_models(user)
     if name not in shown:
         raise HTTPException(status_code=404, detail=f"no model {name!r} visible to you")
     return shown[name]
 
 
 def airflow_lookups(config: TuneloopConfig) -> Lookups:
+    """What the page asks Airflow's database (a run's steps, the next scheduled run) and MLflow (training steps)."""
     return Lookups(steps=waiting_tasks, next_run=next_run,
                    training=lambda run_id: _logged_training(config, run_id))
 
 
 def waiting_tasks(dag_id: str, run_id: str) -> list[str]:
-    """The DAG run's tasks now queued, running or waiting (deferred, rescheduled, up for retry)."""
+    """The DAG run's tasks now queued, running or waiting (deferred, rescheduled, up for retry); a mapped task
+    once, with how many of its instances are in that state."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     with create_session() as session:
-        rows = session.execute(select(TaskInstance.task_id, TaskInstance.state).where(
+        rows = session.execute(select(TaskInstance.task_id, TaskInstance.state, func.count()).where(
             TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id,
-            TaskInstance.state.in_(WAITING_STATES)).order_by(TaskInstance.task_id)).all()
-    return [f"{task} ({state})" for task, state in rows]
+            TaskInstance.state.in_(WAITING_STATES)).group_by(TaskInstance.task_id, TaskInstance.state)
+            .order_by(TaskInstance.task_id)).all()
+    return [f"{task} ({state}{f' x{n}' if n > 1 else ''})" for task, state, n in rows]
 
 
 def next_run(dag_id: str) -> datetime | None:
@@ -139,30 +159,42 @@ def next_run(dag_id: str) -> datetime | None:
     return None if row is None or row.is_paused else row.next_dagrun_create_after
 
 
+MLFLOW_LOOKUP_S = 5.0  # an MLflow that does not answer costs the page its progress bar, not the page
+_MLFLOW = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tuneloop-mlflow")
+
+
 def _logged_training(config: TuneloopConfig, run_id: str) -> Any:
     from tuneloop.tracking import logged_training
 
-    return logged_training(config, run_id)
+    return _MLFLOW.submit(logged_training, config, run_id).result(timeout=MLFLOW_LOOKUP_S)
 
 
-def statuses(user: Any, lookups: Callable[[TuneloopConfig], Lookups] = airflow_lookups) -> tuple[dict, int]:
-    shown, hidden = visible_models(user)
-    return {name: collect_status(model, store=_store(name), lookups=lookups(model))
-            for name, model in shown.items()}, hidden
+def statuses(user: Any) -> dict[str, dict[str, Any]]:
+    """Each visible model's status; a model whose status cannot be read shows the error, the others still show."""
+    found = {}
+    for name, model in visible_models(user).items():
+        try:
+            found[name] = collect_status(model, store=_store(name), lookups=airflow_lookups(model))
+        except Exception as error:  # noqa: BLE001 - one model's broken store is not every model's page
+            log.exception("status of model %s failed", name)
+            found[name] = {"error": f"{type(error).__name__}: {error}"}
+    return found
+
+
+def roll_back_rights(user: Any) -> dict[str, bool]:
+    return {name: may(user, model.dag_id(ROLLBACK_DAG_ID), start_runs=True)
+            for name, model in visible_models(user).items()}
 
 
 @app.get("/", response_class=HTMLResponse)
 def status_page(user: Any = Depends(page_user)) -> HTMLResponse:
-    models, hidden = statuses(user)
-    rights = {name: may(user, status["model"]["dag_id"], start_runs=True) for name, status in models.items()}
-    return HTMLResponse(dashboard.status_page(models, can_roll_back=rights, hidden=hidden))
+    return HTMLResponse(dashboard.status_page(statuses(user), can_roll_back=roll_back_rights(user)))
 
 
 @app.get("/api/status")
 def status_json(user: Any = Depends(current_user)) -> JSONResponse:
     """``tuneloop status --json`` of every model the caller may see: ``{"models": {name: status}}``."""
-    models, _ = statuses(user)
-    return JSONResponse(_json({"models": models}))
+    return JSONResponse(_json({"models": statuses(user)}))
 
 
 @app.get("/compare", response_class=HTMLResponse)
@@ -207,28 +239,41 @@ def _record(user: Any, model: str, run_id: str) -> dict[str, Any]:
 
 
 class Rollback(BaseModel):
+    """A rollback as the page asks for it: with the production (and canary) the person saw, so that a second
+    click, or a page left open while production moved, does not roll back what nobody looked at."""
+
     model: str = Field(max_length=200)
     reason: str = Field(min_length=3, max_length=1000)
+    production: str | None = Field(max_length=100)
+    canary: str | None = Field(None, max_length=100)
     to_version: str | None = Field(None, max_length=100)
 
 
 @app.post("/api/rollback")
-def rollback(request: Request, body: Rollback, user: Any = Depends(current_user)) -> JSONResponse:
+def rollback(body: Rollback, user: Any = Depends(current_user)) -> JSONResponse:
     """Production back to the previous version (or ``to_version``), or a running canary ended, in the caller's
-    name. JSON only: a form another site posts cannot carry it (browsers preflight cross-site JSON)."""
+    name, if production (and the canary) are still what the caller saw (409 otherwise). JSON only: a page of
+    another site cannot send it with the caller's session (the session cookie is SameSite=lax, and FastAPI reads a
+    body as JSON only when its content type says so, which a cross-site form or simple request cannot)."""
     from tuneloop.deployment import DeploymentError, rollback as roll_back
     from tuneloop.history import version_label
     from tuneloop.registry import ModelRegistry
+    from tuneloop.rollout import canary_from_history
 
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise HTTPException(status_code=415, detail="send the rollback as application/json")
     config = model_for(user, body.model)
-    dag_id = config.dag_id(WEEKLY_DAG_ID)
+    dag_id = config.dag_id(ROLLBACK_DAG_ID)
     if not may(user, dag_id, start_runs=True):
-        raise HTTPException(status_code=403, detail=f"you may not start runs of {dag_id}: no rollback")
+        raise HTTPException(status_code=403, detail=f"you may not run {dag_id}: no rollback")
     registry = ModelRegistry(config.tracking_uri, config.registry_uri, config.mlflow.model_name)
+    store = _store(body.model)
+    canary = canary_from_history(store.deployment_history(config.mlflow.model_name))
+    seen = (registry.production_version(), canary["version"] if canary else None)
+    if seen != (body.production, body.canary):
+        raise HTTPException(status_code=409, detail=(
+            f"production is {version_label(seen[0])}" + (f" with canary {version_label(seen[1])}" if seen[1] else "")
+            + " now, not what the page showed: reload it and look again"))
     try:
-        event = roll_back(registry, _store(body.model), to_version=body.to_version, reason=body.reason,
+        event = roll_back(registry, store, to_version=body.to_version, reason=body.reason,
                           actor=f"ui:{user.get_name()}")
     except DeploymentError as error:
         raise HTTPException(status_code=409, detail=str(error)) from error

@@ -25,11 +25,13 @@ class Elements(HTMLParser):
         self.tags: list[str] = []
         self.attributes: set[str] = set()
         self.scripts: list[str] = []
+        self.links: list[str] = []
         self._in_script = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
         self.attributes |= {name for name, _ in attrs}
+        self.links += [value or "" for name, value in attrs if name in ("href", "src", "action")]
         self._in_script = tag == "script"
 
     def handle_endtag(self, tag: str) -> None:
@@ -91,9 +93,10 @@ numbers = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**12, 
 @given(text=texts, number=numbers)
 def test_user_text_is_always_text_never_markup(text: str, number: float) -> None:
     name = "m"
-    page = dashboard.status_page({name: status(text, number)}, can_roll_back={name: True}, hidden=1)
+    page = dashboard.status_page({name: status(text, number), "broken": {"error": text}}, can_roll_back={name: True})
     found = elements(page)
     assert set(found.tags) <= TAGS
+    assert not [link for link in found.links if link.strip().lower().startswith(("javascript:", "data:"))]
     assert found.tags.count("script") == 1 and found.scripts == [dashboard.ROLLBACK_SCRIPT[8:-9]]
     assert not {a for a in found.attributes if a.startswith("on")}
     comparison = {"model": text, "a": text, "b": "2", "note": text, "primary": text, "direct": True,
@@ -117,3 +120,14 @@ def test_a_long_reason_is_cut_with_the_whole_of_it_on_hover() -> None:
 def test_numbers_that_are_not_finite_show_as_a_dash() -> None:
     assert [dashboard.number(v) for v in (None, float("nan"), float("inf"), 0.12345, 7)] == ["–", "–", "–", "0.123",
                                                                                               "7"]
+
+
+def test_with_a_canary_the_button_ends_the_canary_and_says_so() -> None:
+    running = status("x", 0.5)
+    html = dashboard.status_page({"m": running}, can_roll_back={"m": True})
+    assert 'End the canary vx (all traffic back to production v2), because:' in html
+    assert 'data-production="2" data-canary="x"' in html
+    running["model"]["canary"] = None
+    html = dashboard.status_page({"m": running}, can_roll_back={"m": True})
+    assert "Roll back production v2 to v1, because:" in html and 'data-canary=""' in html
+    assert "Roll back" not in dashboard.status_page({"m": running}, can_roll_back={"m": False})

@@ -31,15 +31,18 @@ def test_versions_trend_and_decisions_read_what_the_runs_recorded(history):
     assert len(judged) == 8  # versions 2..9
     roles = {v["role"]: v for v in status["model"]["versions"]}
     assert roles["production"]["version"] == written["production"] == status["model"]["production_version"]
-    candidate = max(judged, key=int)
-    if candidate not in {written["production"], status["model"]["previous_version"]}:
-        assert roles["candidate"]["version"] == candidate
+    assert roles["production"]["moved"]["action"] in ("deploy", "rollback")  # its own move, not a later reject
+    assert roles["production"]["moved"]["to_version"] == written["production"]
     for role in roles.values():  # each version's numbers are its own run's, as a candidate
         run = judged.get(role["version"])
         if run is not None:
             wer = next(m for m in run.summary["scoreboard"]["metrics"] if m["name"] == "wer")
             assert role["metrics"]["wer"] == wer["candidate"] and role["status"] == run.status
-    points = status["trend"]["points"]
+    origin, *points = status["trend"]["points"]
+    first = judged[min(judged, key=int)]
+    assert (origin["version"], origin["status"]) == (first.summary["production_before"], "baseline")
+    assert origin["candidate"]["wer"] == next(m for m in first.summary["scoreboard"]["metrics"]
+                                              if m["name"] == "wer")["baseline"]  # v1 as the first run measured it
     assert [p["version"] for p in points] == sorted(judged, key=int)  # v10 after v9, not after v1
     assert [p["status"] for p in points] == [judged[v].status for v in sorted(judged, key=int)]
     rolled_back = {e.from_version for e in store.deployment_history(config.mlflow.model_name) if e.action == "rollback"}
@@ -84,7 +87,7 @@ def test_training_progress_is_step_over_total_with_an_eta_from_the_logged_rate()
     points = [MetricPoint(10, start), MetricPoint(20, start + 5), MetricPoint(30, start + 10)]
     progress = training_progress(120, points, now=NOW + timedelta(seconds=12))
     assert (progress["step"], progress["total"], progress["fraction"]) == (30, 120, 0.25)
-    assert progress["seconds_per_step"] == 0.5 and progress["eta_seconds"] == 45.0
+    assert progress["seconds_per_step"] == 0.5 and progress["eta_seconds"] == 45.0 - 2.0  # 2 s already spent
     assert progress["seconds_since_logged"] == pytest.approx(2.0)
     assert training_progress(120, points[:1], now=NOW)["eta_seconds"] is None  # one point: no rate yet
     assert training_progress(None, points, now=NOW) is None and training_progress(120, [], now=NOW) is None
@@ -103,7 +106,7 @@ def test_a_failing_lookup_blanks_its_section_not_the_status(store, tmp_path) -> 
     status = collect_status(config, store=store, now=NOW, lookups=Lookups(steps=broken, next_run=broken,
                                                                          training=broken))
     [running] = status["in_progress"]
-    assert running["steps"] == {"error": "ConnectionError: MLflow is down"} and running["progress"] is None
+    assert running["steps"] == running["progress"] == {"error": "ConnectionError: MLflow is down"}
     assert status["trigger"]["next_scheduled_run"] == {"error": "ConnectionError: MLflow is down"}
 
 
@@ -153,3 +156,58 @@ def test_a_chat_gates_scoreboard_has_its_primary_score_higher_is_better() -> Non
     assert (primary["baseline"], primary["candidate"]) == (0.5, 0.75) and primary["p_value"] is not None
     latency = next(m for m in board["metrics"] if m["name"] == "latency_s")
     assert latency["lower_is_better"] and board["churn"]["fixed"] == 10 and board["churn"]["newly_broken"] == 0
+
+
+def test_the_candidate_is_the_newest_runs_version_unless_it_was_placed(store, tmp_path):
+    from tuneloop.history import DeploymentEvent
+
+    config = load_config(env={"TUNELOOP_HOME": str(tmp_path)})
+    name = config.mlflow.model_name
+    store.record_deployment(DeploymentEvent("bootstrap", name, None, "1", "first", at=NOW - timedelta(days=9)))
+    for version, status, hours in (("2", "deployed", 48), ("3", "rejected", 24)):
+        store.start_training_run(f"run-{version}", at=NOW - timedelta(hours=hours))
+        store.finish_training_run(f"run-{version}", status, candidate_version=version, summary={"lines": []},
+                                  at=NOW - timedelta(hours=hours - 1))
+    store.record_deployment(DeploymentEvent("deploy", name, "1", "2", "gate passed", run_id="run-2",
+                                            at=NOW - timedelta(hours=47), details={"previous": "1"}))
+    store.record_deployment(DeploymentEvent("reject", name, "2", "2", "v3 worse on WER", run_id="run-3",
+                                            at=NOW - timedelta(hours=23), details={"version": "3"}))
+    roles = {v["role"]: v for v in collect_status(config, store=store, now=NOW)["model"]["versions"]}
+    assert (roles["candidate"]["version"], roles["candidate"]["status"]) == ("3", "rejected")
+    assert roles["candidate"]["moved"]["reason"] == "v3 worse on WER"
+    assert roles["production"]["moved"]["reason"] == "gate passed"  # not the reject, whose from/to is production
+    store.start_training_run("run-4", at=NOW - timedelta(hours=2))
+    store.finish_training_run("run-4", "deployed", candidate_version="4", summary={"lines": []}, at=NOW)
+    store.record_deployment(DeploymentEvent("deploy", name, "2", "4", "better", run_id="run-4", at=NOW,
+                                            details={"previous": "2"}))
+    roles = {v["role"]: v for v in collect_status(config, store=store, now=NOW)["model"]["versions"]}
+    assert "candidate" not in roles and roles["production"]["version"] == "4"  # v3 is settled: no candidate
+
+
+def test_only_a_rollback_made_after_its_run_marks_a_version_rolled_back_by_hand(store, tmp_path):
+    from tuneloop.history import DeploymentEvent
+
+    config = load_config(env={"TUNELOOP_HOME": str(tmp_path)})
+    name = config.mlflow.model_name
+    board = {"n": 5, "verdict": "pass", "primary": "wer", "slices": [], "churn": {}, "reasons": [],
+             "metrics": [{"name": "wer", "baseline": 0.3, "candidate": 0.2, "lower_is_better": True}]}
+    for version, status in (("2", "rolled_back"), ("3", "deployed")):
+        store.start_training_run(f"run-{version}", at=NOW - timedelta(hours=10 - int(version)))
+        store.finish_training_run(f"run-{version}", status, candidate_version=version,
+                                  summary={"scoreboard": board, "production_before": str(int(version) - 1)})
+    # v2: its own post-deploy check sent it back; v3: a person, later
+    store.record_deployment(DeploymentEvent("rollback", name, "2", "1", "post-deploy check failed", run_id="run-2"))
+    store.record_deployment(DeploymentEvent("rollback", name, "3", "1", "users complain", actor="ui:ops"))
+    points = collect_status(config, store=store, now=NOW)["trend"]["points"]
+    assert [(p["version"], p["rolled_back_by_hand"]) for p in points] == [("1", False), ("2", False), ("3", True)]
+
+
+def test_a_retried_training_counts_from_its_own_steps_and_a_silent_one_runs_out_of_eta() -> None:
+    t0 = NOW.timestamp()
+    first = [MetricPoint(10, t0), MetricPoint(20, t0 + 10), MetricPoint(30, t0 + 20)]
+    resumed = [MetricPoint(30, t0 + 100), MetricPoint(40, t0 + 104), MetricPoint(50, t0 + 108)]  # from step 20's checkpoint
+    progress = training_progress(100, first + resumed, now=datetime.fromtimestamp(t0 + 110, timezone.utc))
+    assert progress["step"] == 50 and progress["seconds_per_step"] == 0.4  # this attempt's rate, not across the gap
+    assert progress["eta_seconds"] == pytest.approx(50 * 0.4 - 2)  # from now: 2 s since the last point
+    silent = training_progress(100, first, now=datetime.fromtimestamp(t0 + 1000, timezone.utc))
+    assert silent["eta_seconds"] == 0.0 and silent["seconds_since_logged"] == pytest.approx(980)

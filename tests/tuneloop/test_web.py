@@ -41,18 +41,20 @@ def airflow_db(airflow_env) -> None:
 
 @pytest.fixture
 def auth(airflow_db, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Any:
-    """Airflow's auth manager, initialised as the API server does: admin, a viewer, and ``helpdesk`` (a viewer
-    who may see the support model's DAG only)."""
+    """Airflow's auth manager, initialised as the API server does: admin, a viewer, an operator, ``helpdesk`` (a
+    viewer who may see the support model's DAGs only) and ``trainer`` (may run the weekly DAGs, not the rollback
+    ones)."""
     from airflow.api_fastapi.app import _AuthManagerState, init_auth_manager
 
     passwords = tmp_path / "passwords.json"
     passwords.write_text(json.dumps({"admin": "a", "viewer": "v", "helpdesk": "h", "operator": "o"}))
     monkeypatch.setenv("AIRFLOW__CORE__AUTH_MANAGER", "tests.standins.dag_scoped_auth.DagScopedAuthManager")
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
-                       "admin:admin,viewer:viewer,helpdesk:viewer,operator:user")
+                       "admin:admin,viewer:viewer,helpdesk:viewer,operator:user,trainer:user")
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
     monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "test-jwt-secret-" + "0123456789abcdef" * 4)
-    monkeypatch.setenv("TUNELOOP_TEST_DAG_ACCESS", "helpdesk=finetune_weekly_support")
+    monkeypatch.setenv("TUNELOOP_TEST_DAG_ACCESS", "helpdesk=finetune_weekly_support;"
+                       "trainer=finetune_weekly_asr|finetune_weekly_support")  # trains, may not roll back
     monkeypatch.setattr(_AuthManagerState, "instance", None)
     return init_auth_manager()
 
@@ -71,7 +73,7 @@ def installation(tmp_path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) ->
     monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     web.loaded_config.cache_clear()
-    web._store.cache_clear()
+    web._database.cache_clear()
     asr = load_config().for_model("asr")
     asr.home.mkdir(parents=True)
     history = write_history(ErrorCaseStore.from_config(asr), runs=40, versions=8, model_name="speech-to-text")
@@ -84,7 +86,7 @@ def installation(tmp_path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) ->
     deploy(registry, store, v2, reason="gate passed: <b>WER</b> 0.31 -> 0.22")
     yield {"config": asr, "history": history, "registry": registry}
     web.loaded_config.cache_clear()
-    web._store.cache_clear()
+    web._database.cache_clear()
 
 
 @pytest.fixture
@@ -139,7 +141,7 @@ def test_json_is_tuneloop_status_json(client: TestClient, auth: Any, capsys: pyt
             assert served[name][key] == printed[name][key], (name, key)
     asr = served["asr"]
     assert asr["model"]["production_version"] == "2" and asr["model"]["previous_version"] == "1"
-    assert len(asr["trend"]["points"]) == 7  # versions 2..8 of the history, each judged by the gate
+    assert len(asr["trend"]["points"]) == 8  # v1 (the first run's baseline), then 2..8, each judged by the gate
     assert [c["name"] for c in asr["trigger"]["conditions"]] == [
         "new error cases", "new corrected cases", "error rate", "hours since the last run"]
 
@@ -149,7 +151,7 @@ def test_the_page_shows_versions_trigger_trend_decisions_and_a_comparison(client
     asr = html[html.index('id="model-asr"'):html.index('id="model-support"')]
     production = re.search(r'<tr class="version-production">.*?</tr>', asr).group(0)
     assert "<b>v2</b>" in production and "gate passed: &lt;b&gt;WER&lt;/b&gt; 0.31 -&gt; 0.22" in production
-    assert '<svg class="trend-chart"' in asr and asr.count('class="point ') == 7
+    assert '<svg class="trend-chart"' in asr and asr.count('class="point ') == 8
     assert asr.count("<details class=decision") == 10 and "min_corrected_cases" in asr
     assert "Roll back production" not in asr  # a viewer may not start runs: no rollback form
     compare = client.get("/compare?model=asr&a=4&b=5", headers=as_user(auth, "viewer", "viewer"))
@@ -161,32 +163,41 @@ def test_a_user_without_access_to_a_models_dag_sees_nothing_of_it(client: TestCl
     helpdesk = as_user(auth, "helpdesk", "viewer")
     html = client.get("/", headers=helpdesk).text
     assert 'id="model-support"' in html and 'id="model-asr"' not in html and "speech-to-text" not in html
-    assert "1 model(s) not shown" in html
+    assert "not shown" not in html  # not even how many models there are
     assert set(client.get("/api/status", headers=helpdesk).json()["models"]) == {"support"}
     for path in ("/api/compare?model=asr&a=1&b=2", "/compare?model=asr&a=1&b=2",
                  "/api/decision?model=asr&run_id=x", "/decision?model=asr&run_id=x"):
         assert client.get(path, headers=helpdesk).status_code == 404, path
-    answer = client.post("/api/rollback", headers=helpdesk, json={"model": "asr", "reason": "not mine"})
+    answer = client.post("/api/rollback", headers=helpdesk, json={"model": "asr", "reason": "not mine",
+                                                                   "production": "2"})
     assert answer.status_code == 404
 
 
-def test_rollback_needs_the_right_to_start_runs_and_json(client: TestClient, auth: Any,
-                                                         installation: dict[str, Any]) -> None:
+def test_rollback_needs_the_right_to_run_the_rollback_dag_and_json(client: TestClient, auth: Any,
+                                                                    installation: dict[str, Any]) -> None:
     registry = installation["registry"]
-    viewer, operator = as_user(auth, "viewer", "viewer"), as_user(auth, "operator", "user")
-    assert client.post("/api/rollback", headers=viewer, json={"model": "asr", "reason": "worse"}).status_code == 403
-    form = client.post("/api/rollback", headers=operator, data={"model": "asr", "reason": "worse"})
-    assert form.status_code in (415, 422)  # a form (what another site could post) is not a rollback
+    viewer, trainer = as_user(auth, "viewer", "viewer"), as_user(auth, "trainer", "user")
+    operator = as_user(auth, "operator", "user")
+    asked = {"model": "asr", "reason": "users complain", "production": "2"}
+    for who in (viewer, trainer):  # reads the model; may not run finetune_rollback_asr
+        assert client.post("/api/rollback", headers=who, json=asked).status_code == 403
+        assert "Roll back production" not in client.get("/", headers=who).text
+    body = json.dumps(asked).encode()
+    for sent in (client.post("/api/rollback", headers=operator, data=asked),  # what another site could send:
+                 client.post("/api/rollback", headers=operator, content=body),  # a form, an untyped body,
+                 client.post("/api/rollback", headers=operator | {"Content-Type": "text/plain"}, content=body)):
+        assert sent.status_code == 422  # ... a text/plain one: not JSON, so no rollback
     assert registry.production_version() == "2"
     assert "Roll back production v2 to v1" in client.get("/", headers=operator).text
-    done = client.post("/api/rollback", headers=operator, json={"model": "asr", "reason": "users complain"})
+    done = client.post("/api/rollback", headers=operator, json=asked)
     assert done.status_code == 200 and done.json()["message"] == "production v2 → v1"
     assert registry.production_version() == "1"
     status = client.get("/api/status", headers=operator).json()["models"]["asr"]["model"]
     assert status["production_since"]["actor"] == "ui:operator"
     assert status["production_since"]["reason"] == "users complain"
-    again = client.post("/api/rollback", headers=operator, json={"model": "asr", "reason": "again"})
-    assert again.status_code == 409 and "detail" in again.json()
+    again = client.post("/api/rollback", headers=operator, json=asked)  # a second click on the same page
+    assert again.status_code == 409 and "production is v1 now" in again.json()["detail"]
+    assert registry.production_version() == "1"
 
 
 def test_no_secret_is_rendered(client: TestClient, auth: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,7 +208,8 @@ def test_no_secret_is_rendered(client: TestClient, auth: Any, monkeypatch: pytes
     admin = as_user(auth, "admin", "admin")
     served = client.get("/api/status", headers=admin).text
     assert SECRET not in served and "postgresql://***@db.internal:5432/mlflow" in served
-    assert SECRET not in client.get("/", headers=admin).text
+    page = client.get("/", headers=admin).text
+    assert SECRET not in page and "MLflow postgresql://***@db.internal:5432/mlflow" in page
 
 
 def test_unknown_versions_and_runs_are_answered_not_crashed(client: TestClient, auth: Any) -> None:

@@ -193,8 +193,8 @@ class RunRecords(StoreBase):
             return [_run_from_row(row) for row in conn.execute(query)]
 
     def runs_with_candidates(self, limit: int = 100) -> list[TrainingRun]:
-        """The most recent runs that registered a candidate version, newest first: one per version, what the
-        trend chart and version comparisons are drawn from."""
+        """The most recent runs that registered a candidate version, newest first (a version is registered by one
+        run: its retries register no other): what the trend chart and version comparisons are drawn from."""
         t = runs_table
         query = (sa.select(t).where(t.c.model == self._model, t.c.candidate_version.is_not(None))
                  .order_by(t.c.started_at.desc(), t.c.run_id.desc()).limit(limit))
