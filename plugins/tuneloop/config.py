@@ -554,18 +554,18 @@ NOTIFICATION_EVENTS: tuple[str, ...] = ("deployed", "rejected", "rolled_back", "
                                         "budget_exceeded")
 
 
-NOTIFIER_CONNECTIONS = {"smtp": "smtp_default", "apprise": "apprise_default"}
+NOTIFIER_CONNECTIONS = {"smtp": "smtp_default", "slack": "slack_default", "apprise": "apprise_default"}
 
 
 class NotificationChannel(_Section):
-    """Where a model's events are sent: e-mail through an Airflow SMTP connection (the SMTP provider), or any of
-    Apprise's services (Slack, Teams, Discord, a JSON webhook...) through an Airflow Apprise connection whose
-    ``config`` names their URLs (the Apprise provider)."""
+    """Where a model's events are sent: e-mail through an Airflow SMTP connection (the SMTP provider), a Slack
+    channel through a Slack incoming-webhook connection (the Slack provider), or any of Apprise's services (Teams,
+    Discord, a JSON webhook...) through an Airflow Apprise connection whose ``config`` names their URLs."""
 
-    kind: Literal["smtp", "apprise"] = Field("smtp", description="smtp: e-mail; apprise: the services of the "
-                                             "Apprise connection conn_id")
+    kind: Literal["smtp", "slack", "apprise"] = Field("smtp", description="smtp: e-mail; slack: the incoming "
+                                                      "webhook of connection conn_id; apprise: its services")
     conn_id: str | None = Field(None, min_length=1, description="Airflow connection; None: smtp_default / "
-                                "apprise_default")
+                                "slack_default / apprise_default")
     to: list[str] = Field(default_factory=list, description="recipients (smtp: at least one)")
     from_email: str | None = Field(None, description="sender (smtp); None: the connection's from_email")
     tag: str = Field("all", min_length=1, description="apprise: only the connection's services with this tag")

@@ -46,6 +46,15 @@ class Message:
         return "<html><body>" + "<br>\n".join(line(text) for text in self.lines) + "</body></html>"
 
 
+def slack_text(message: Message) -> str:
+    """The message as Slack ``mrkdwn``: the subject in bold, then the lines. ``&``, ``<`` and ``>`` are escaped as
+    Slack asks, so quoted user text never becomes a link or a mention (``<!channel>`` would page everyone)."""
+    def plain(text: str) -> str:
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+    return "\n".join([f"*{plain(message.subject)}*", *(plain(line) for line in message.lines)])
+
+
 def run_message(*, model_name: str, run_id: str, status: str, summary: Sequence[str],
                 links: Mapping[str, str]) -> Message | None:
     """The message of a finished run (the ``report`` step), or None when its status is not announced."""

@@ -1,4 +1,4 @@
-"""A JSON webhook on loopback: what Apprise's ``json://`` service (and any chat tool's incoming webhook) posts to.
+"""A JSON webhook on loopback: what Apprise's ``json://`` service and Slack's incoming webhooks are posted to.
 Keeps every request's path and JSON body; ``status`` is what it answers (500: a service that refuses)."""
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ class Webhook:
     def __exit__(self, *exc: Any) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def slack_connection(self, token: str = "T0001/B0001/tuneloopTEST") -> str:
+        """An Airflow Slack incoming-webhook connection whose endpoint is this webhook (Slack's own is
+        hooks.slack.com/services/<token>): the Slack provider posts ``{"text": ...}`` to ``/<token>``."""
+        return json.dumps({"conn_type": "slackwebhook", "host": f"http://127.0.0.1:{self.port}", "password": token})
 
     def apprise_connection(self, path: str = "/tuneloop") -> str:
         """An Airflow Apprise connection (JSON, for an ``AIRFLOW_CONN_...`` variable) whose one service is this

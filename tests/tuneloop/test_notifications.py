@@ -67,3 +67,14 @@ def test_a_channel_hears_only_the_events_it_lists_and_each_message_once():
     assert channels_for(channels, ["rolled_back"]) == [everything, failures_only]
     assert channels_for(channels, ["deployed"]) == [everything]
     assert channels_for(channels, ["waiting_for_approval", "budget_exceeded"]) == [everything, approvers]
+
+
+@given(lines=st.lists(st.text(), min_size=1, max_size=5), run_id=st.text(min_size=1))
+def test_any_text_reaches_slack_as_text_never_as_a_link_or_a_mention(lines, run_id):
+    from tuneloop.notifications import slack_text
+
+    message = run_message(model_name="m", run_id=run_id, status="failed", summary=lines, links={})
+    text = slack_text(message)
+    assert "<" not in text and ">" not in text  # Slack's control sequences are <...>: none can be formed
+    unescaped = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    assert unescaped == "\n".join([f"*{message.subject}*", *message.lines])  # and all of it is there

@@ -1,5 +1,5 @@
 """Notifications sent for real through Airflow connections: the SMTP provider's notifier to an SMTP server on
-loopback (aiosmtpd), the Apprise provider to a JSON webhook on loopback; one message per event to the channels that
+loopback (aiosmtpd), the Slack provider's webhook notifier and the Apprise provider to a webhook on loopback; one message per event to the channels that
 take it; a failing server never fails the run."""
 
 from __future__ import annotations
@@ -72,7 +72,28 @@ def test_a_run_that_was_skipped_sends_nothing(mailbox, tmp_path):
 def webhook(airflow_env, monkeypatch):
     with Webhook() as hook:
         monkeypatch.setenv("AIRFLOW_CONN_APPRISE_TUNELOOP_TEST", hook.apprise_connection())
+        monkeypatch.setenv("AIRFLOW_CONN_SLACK_TUNELOOP_TEST", hook.slack_connection())
         yield hook
+
+
+def test_slack_channels_get_one_message_per_event_and_user_text_pings_nobody(webhook, tmp_path):
+    config = config_with(tmp_path, '[{"kind": "slack", "conn_id": "slack_tuneloop_test"}, '
+                                   '{"kind": "slack", "conn_id": "slack_tuneloop_test", "events": ["deployed"]}]')
+    record = {**RECORD, "summary": [*RECORD["summary"], "reason given: <!channel> see <http://evil.test|here> & more"]}
+    assert notify_run(config, CONTEXT, record, "http://mlflow.example.test/#/experiments/1/runs/abc") == []
+    [(path, posted)] = webhook.received
+    assert path == "/T0001/B0001/tuneloopTEST" and posted["unfurl_links"] is False
+    lines = posted["text"].splitlines()
+    assert lines[0] == "*tuneloop speech-to-text: rolled back (manual__2026-12-07T10:00:00+00:00)*"
+    assert "reason given: &lt;!channel&gt; see &lt;http://evil.test|here&gt; &amp; more" in lines
+    assert "<" not in posted["text"] and "MLflow run: http://mlflow.example.test/#/experiments/1/runs/abc" in lines
+
+
+def test_a_slack_webhook_that_refuses_is_logged_not_raised(webhook, tmp_path):
+    webhook.status = 404  # a webhook revoked in Slack answers 404 no_service
+    config = config_with(tmp_path, '[{"kind": "slack", "conn_id": "slack_tuneloop_test"}]')
+    failures = notify_run(config, CONTEXT, RECORD, None)
+    assert len(failures) == 1 and failures[0].startswith("slack all (connection slack_tuneloop_test)")
 
 
 def test_apprise_channels_post_one_message_per_event_to_their_services(webhook, mailbox, tmp_path):
@@ -100,7 +121,8 @@ def test_a_service_that_refuses_the_message_is_logged_not_raised(webhook, tmp_pa
 
 
 @pytest.mark.parametrize("channel, field", [('{"kind": "smtp"}', "to"), ('{"kind": "apprise", "to": ["a@b.c"]}', "to"),
-                                            ('{"kind": "slack"}', "kind")])
+                                            ('{"kind": "slack", "from_email": "a@b.c"}', "to"),
+                                            ('{"kind": "pager"}', "kind")])
 def test_a_channel_that_cannot_send_is_refused_at_load_naming_the_field(tmp_path, channel, field):
     from tuneloop.config import ConfigError
 

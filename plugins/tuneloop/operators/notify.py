@@ -1,6 +1,7 @@
 """Sending tuneloop's notifications (:mod:`tuneloop.notifications`) through Airflow's providers, with the Airflow
-connection each configured channel names: e-mail by the SMTP provider's ``SmtpNotifier``; Slack, Teams, webhooks
-and the rest of Apprise's services by the Apprise provider's hook (its connection lists the services' URLs).
+connection each configured channel names: e-mail by the SMTP provider's ``SmtpNotifier``, Slack by the Slack
+provider's ``SlackWebhookNotifier``; Teams, Discord, webhooks and the rest of Apprise's services by the Apprise
+provider's hook (its connection lists the services' URLs).
 
 ``report`` announces how the run ended; the approval steps announce that they wait (:class:`ApprovalNotifier`,
 given to them as Airflow ``notifiers``). A notifier that fails -- an SMTP server down, a missing connection -- is
@@ -16,7 +17,8 @@ from urllib.parse import quote
 from airflow.sdk import BaseNotifier, Context
 
 from tuneloop.config import TuneloopConfig, load_model_config
-from tuneloop.notifications import Message, approval_message, channels_for, run_message, unreported_message
+from tuneloop.notifications import (Message, approval_message, channels_for, run_message, slack_text,
+                                    unreported_message)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,14 @@ def send_email(channel: Any, message: Message, context: Context) -> None:
     notifier.notify(context)  # not notifier(context): the message quotes reasons, never a template
 
 
+def send_slack(channel: Any, message: Message, context: Context) -> None:
+    """To the Slack channel of the incoming webhook the connection holds (a refusal raises: Slack answers 200)."""
+    from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+    SlackWebhookNotifier(slack_webhook_conn_id=channel.connection, text=slack_text(message),
+                         unfurl_links=False).notify(context)
+
+
 def send_apprise(channel: Any, message: Message, context: Context) -> None:
     """Through the services the Apprise connection names. Apprise answers whether they took the message (the
     provider's notifier drops that answer), so a service that refused it is a failure here, logged like the rest."""
@@ -59,7 +69,7 @@ def send_apprise(channel: Any, message: Message, context: Context) -> None:
                            "the message (its log says why)")
 
 
-SENDERS = {"smtp": send_email, "apprise": send_apprise}
+SENDERS = {"smtp": send_email, "slack": send_slack, "apprise": send_apprise}
 # how each event shows in chat tools (Apprise's notify types: its colour and icon)
 APPRISE_TYPES = {"deployed": "success", "rejected": "warning", "rolled_back": "warning", "failed": "failure",
                  "waiting_for_approval": "info", "budget_exceeded": "warning"}
