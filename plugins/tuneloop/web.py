@@ -3,7 +3,7 @@
 Airflow authenticates none of a plugin app's routes by itself, so every route here asks Airflow's auth manager who
 is calling (``get_user``: the UI's session cookie or a bearer token) and what they may see: a model is shown only
 to users who may read its DAG (``finetune_weekly`` / ``finetune_weekly_<name>``), a rollback only to those who may
-start its runs. An anonymous browser is sent to Airflow's login, an anonymous script gets 401. The data is
+run its rollback DAG (``finetune_rollback[_<name>]``). An anonymous browser is sent to Airflow's login, an anonymous script gets 401. The data is
 :func:`tuneloop.overview.collect_status`'s, the same as ``tuneloop status --json``; what only Airflow knows (the
 steps a run is on, the next scheduled run) is looked up in Airflow's database, a training's progress in MLflow.
 """
@@ -166,7 +166,10 @@ _MLFLOW = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tuneloop-mlflow"
 def _logged_training(config: TuneloopConfig, run_id: str) -> Any:
     from tuneloop.tracking import logged_training
 
-    return _MLFLOW.submit(logged_training, config, run_id).result(timeout=MLFLOW_LOOKUP_S)
+    try:
+        return _MLFLOW.submit(logged_training, config, run_id).result(timeout=MLFLOW_LOOKUP_S)
+    except TimeoutError:
+        raise TimeoutError(f"MLflow did not answer within {MLFLOW_LOOKUP_S:g} s") from None
 
 
 def statuses(user: Any) -> dict[str, dict[str, Any]]:
@@ -182,6 +185,7 @@ def statuses(user: Any) -> dict[str, dict[str, Any]]:
 
 
 def roll_back_rights(user: Any) -> dict[str, bool]:
+    """Per visible model, whether ``user`` gets the rollback form (the API checks again when it is sent)."""
     return {name: may(user, model.dag_id(ROLLBACK_DAG_ID), start_runs=True)
             for name, model in visible_models(user).items()}
 
@@ -235,7 +239,11 @@ def _record(user: Any, model: str, run_id: str) -> dict[str, Any]:
         location = None
     if not location:
         raise HTTPException(status_code=404, detail=f"run {run_id!r} of {model!r} has no decision record")
-    return storage.read_json(storage.storage_root(location, Path(location), config.storage_conn_id))
+    try:
+        return storage.read_json(storage.storage_root(location, Path(location), config.storage_conn_id))
+    except FileNotFoundError:
+        raise HTTPException(status_code=404, detail=f"the decision record of run {run_id!r} is gone from "
+                            f"{location}") from None
 
 
 class Rollback(BaseModel):

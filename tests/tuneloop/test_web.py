@@ -218,3 +218,23 @@ def test_unknown_versions_and_runs_are_answered_not_crashed(client: TestClient, 
     assert unknown["known"] == [] and unknown["churn"] is None
     assert client.get("/api/decision?model=asr&run_id=nope", headers=admin).status_code == 404
     assert client.get("/api/compare?model=asr&a=" + "9" * 101 + "&b=1", headers=admin).status_code == 422
+
+
+def test_a_decision_record_is_read_where_the_report_wrote_it(client: TestClient, auth: Any,
+                                                             installation: dict[str, Any], tmp_path) -> None:
+    from tuneloop.store import ErrorCaseStore
+
+    store = ErrorCaseStore.from_config(installation["config"])
+    kept, gone = store.decided_runs(limit=2)
+    record = {"run_id": kept.run_id, "status": kept.status, "task": "speech_to_text", "reason_started": "weekly",
+              "candidate_version": kept.candidate_version, "thresholds": {}, "gate": {}}
+    path = tmp_path / "decision.json"
+    path.write_text(json.dumps(record))
+    store.finish_training_run(kept.run_id, kept.status, summary={"record": str(path)})
+    store.finish_training_run(gone.run_id, gone.status, summary={"record": str(tmp_path / "deleted.json")})
+    admin = as_user(auth, "admin", "admin")
+    assert client.get("/api/decision", params={"model": "asr", "run_id": kept.run_id}, headers=admin).json() == record
+    page = client.get("/decision", params={"model": "asr", "run_id": kept.run_id}, headers=admin)
+    assert page.status_code == 200 and f"&quot;run_id&quot;: &quot;{kept.run_id}&quot;" in page.text
+    missing = client.get("/api/decision", params={"model": "asr", "run_id": gone.run_id}, headers=admin)
+    assert missing.status_code == 404 and "is gone from" in missing.json()["detail"]
