@@ -61,8 +61,9 @@ ui: setup
 	$(VENV)/bin/airflow standalone
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them (a module's tests
-# may share one installation, in order); TEST_WORKERS=0 runs it in this process.
-TEST_WORKERS ?= 2
+# may share one installation, in order); TEST_WORKERS=0 runs it in this process. Three on two cores: the end-to-end
+# tests wait on subprocesses and servers a good part of the time (two workers kept 1.3 cores busy).
+TEST_WORKERS ?= 3
 
 test: setup
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile

@@ -121,7 +121,7 @@ def actions(name: str, model: Mapping[str, Any], *, can_roll_back: bool) -> str:
                 f'{e(version_label(model["production_version"]))})' if canary else
                 f'Roll back production {e(version_label(model["production_version"]))} to '
                 f'{e(version_label(model["previous_version"]))}')
-        form = (f'<form class=rollback data-model="{e(name)}" data-production="{e(model["production_version"])}"'
+        form = (f'<form class=rollback data-model="{e(name)}" data-production="{e(model["production_version"] or "")}"'
                 f' data-canary="{e(canary["version"]) if canary else ""}"><label>{what}, because: '
                 "<input name=reason required minlength=3 size=40></label> <button>Roll back</button>"
                 "<span class=answer></span></form>")
