@@ -94,6 +94,8 @@ def versions_table(model: Mapping[str, Any]) -> str:
     rows = []
     for version in model["versions"]:
         metrics = ", ".join(f"{e(k)} {number(v)}" for k, v in version["metrics"].items()) or "–"
+        if version.get("measured_as") == "production":
+            metrics += " <span class=muted>(as production, by a later run)</span>"
         moved = version["moved"]
         when = (f'{e(moved["action"])} {e(moved["at"][:19].replace("T", " "))} UTC by {e(moved["actor"])}: '
                 f'{shortened(moved["reason"])}') if moved else "–"
@@ -107,7 +109,7 @@ def versions_table(model: Mapping[str, Any]) -> str:
     if not rows:
         return "<p>No version registered yet: run <code>tuneloop bootstrap</code>.</p>"
     return ("<h3>Versions</h3><table class=versions><tr><th>role</th><th>version</th><th>gate metrics (as "
-            "candidate)</th><th>its run</th><th>last move: when, by whom, why</th></tr>" + "".join(rows)
+            "the candidate of its run)</th><th>its run</th><th>last move: when, by whom, why</th></tr>" + "".join(rows)
             + "</table>" + canary_line)
 
 

@@ -155,8 +155,9 @@ def registry_status(config: TuneloopConfig, history: dict[str, str | None]) -> d
 def versions(aliases: dict[str, str | None], canary: dict[str, Any] | None, judged: Sequence[TrainingRun],
              history: Sequence[DeploymentEvent]) -> list[dict[str, Any]]:
     """Production, previous, candidate (the newest run's version, when it is none of the others: rejected,
-    declined, waiting) and canary: each with the gate's numbers from the run that registered it and its latest move
-    (when, what, by whom, why)."""
+    declined, waiting) and canary: each with the gate's numbers from the run that registered it (a version no run
+    registered, e.g. bootstrapped: as the production a later run measured) and its latest move (when, what, by
+    whom, why)."""
     roles = {"production": aliases["production"], "previous": aliases["previous"],
              "canary": canary["version"] if canary else None}
     placed = {str(v) for v in roles.values() if v is not None}
@@ -169,11 +170,13 @@ def versions(aliases: dict[str, str | None], canary: dict[str, Any] | None, judg
         if version is None:
             continue
         run = by_version.get(str(version))
-        board = (run.summary.get("scoreboard") or {}) if run else {}
+        numbers, _, primary = _side(str(version), judged)
+        measured = "candidate" if run is not None and run.summary.get("scoreboard") else "production"
         shown.append({"role": role, "version": str(version), "label": version_label(version),
                       "run_id": run.run_id if run else None, "status": run.status if run else None,
-                      "metrics": {m["name"]: m["candidate"] for m in board.get("metrics", [])},
-                      "primary": board.get("primary"), "moved": _last_move(str(version), history)})
+                      "metrics": {name: m["value"] for name, m in numbers.items()},
+                      "measured_as": measured if numbers else None, "primary": primary,
+                      "moved": _last_move(str(version), history)})
     return shown
 
 

@@ -164,10 +164,12 @@ def test_the_candidate_is_the_newest_runs_version_unless_it_was_placed(store, tm
     config = load_config(env={"TUNELOOP_HOME": str(tmp_path)})
     name = config.mlflow.model_name
     store.record_deployment(DeploymentEvent("bootstrap", name, None, "1", "first", at=NOW - timedelta(days=9)))
+    board = {"n": 5, "verdict": "pass", "primary": "wer", "slices": [], "churn": {}, "reasons": [],
+             "metrics": [{"name": "wer", "baseline": 0.4, "candidate": 0.3, "lower_is_better": True}]}
     for version, status, hours in (("2", "deployed", 48), ("3", "rejected", 24)):
         store.start_training_run(f"run-{version}", at=NOW - timedelta(hours=hours))
-        store.finish_training_run(f"run-{version}", status, candidate_version=version, summary={"lines": []},
-                                  at=NOW - timedelta(hours=hours - 1))
+        store.finish_training_run(f"run-{version}", status, candidate_version=version, at=NOW - timedelta(
+            hours=hours - 1), summary={"lines": [], "scoreboard": board, "production_before": str(int(version) - 1)})
     store.record_deployment(DeploymentEvent("deploy", name, "1", "2", "gate passed", run_id="run-2",
                                             at=NOW - timedelta(hours=47), details={"previous": "1"}))
     store.record_deployment(DeploymentEvent("reject", name, "2", "2", "v3 worse on WER", run_id="run-3",
@@ -176,6 +178,9 @@ def test_the_candidate_is_the_newest_runs_version_unless_it_was_placed(store, tm
     assert (roles["candidate"]["version"], roles["candidate"]["status"]) == ("3", "rejected")
     assert roles["candidate"]["moved"]["reason"] == "v3 worse on WER"
     assert roles["production"]["moved"]["reason"] == "gate passed"  # not the reject, whose from/to is production
+    assert (roles["production"]["metrics"], roles["production"]["measured_as"]) == ({"wer": 0.3}, "candidate")
+    # v1 was bootstrapped, judged by no run: its numbers are what run-2 measured of it as production
+    assert (roles["previous"]["metrics"], roles["previous"]["measured_as"]) == ({"wer": 0.4}, "production")
     store.start_training_run("run-4", at=NOW - timedelta(hours=2))
     store.finish_training_run("run-4", "deployed", candidate_version="4", summary={"lines": []}, at=NOW)
     store.record_deployment(DeploymentEvent("deploy", name, "2", "4", "better", run_id="run-4", at=NOW,
